@@ -1,0 +1,140 @@
+"""fsm-protocol: the modeller/worker task protocol as explicit state machines.
+
+The public API is exactly what this module re-exports; everything else lives
+in private modules and may change without notice.
+"""
+
+from __future__ import annotations
+
+from ._algorithms import (
+    BatchFailed,
+    BatchInfo,
+    Datasource,
+    Item,
+    ListDatasource,
+    ModellerAlgorithm,
+    WorkerAlgorithm,
+)
+from ._bindings import BindingNames
+from ._chart import Chart, Location, Role, State, Timer, Transition
+from ._engine import Event, Machine, Snapshot, Step, snapshot_from_dict, snapshot_to_dict
+from ._errors import (
+    BrokenTransportError,
+    ChartError,
+    ClosedTransportError,
+    ConfigError,
+    DecodeError,
+    FsmProtocolError,
+    InternalError,
+    PodResponseError,
+    Problem,
+    ProtocolViolation,
+    TransportError,
+)
+from ._executor import Violation
+from ._loader import check_chart_text, load_chart, load_chart_text
+from ._messages import (
+    MODELLER,
+    AbortReason,
+    JobRejectBody,
+    JobRequestBody,
+    Message,
+    MessageType,
+    Meta,
+    RejectReason,
+    ResourceConsumed,
+    TaskAbortBody,
+    body_of,
+    decode,
+    encode,
+)
+from ._modeller import Progress, ResultKey, TaskStatus, TaskTimeouts, WorkerOutcome, run_modeller
+from ._protocols import (
+    EchoProtocol,
+    ProtocolFactory,
+    ProtocolRegistry,
+    UsageLimit,
+    WorkerContext,
+    WorkerPlan,
+    registry,
+)
+from ._shipped import shipped_chart
+from ._task import Hooks, TaskOutcome, run_task
+from ._transport import MemoryTransport, Transport, memory_transport_pair
+from ._worker import FAILURE_LIMIT, Pod, WorkerReport, run_worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAILURE_LIMIT",
+    "MODELLER",
+    "AbortReason",
+    "BatchFailed",
+    "BatchInfo",
+    "BindingNames",
+    "BrokenTransportError",
+    "Chart",
+    "ChartError",
+    "ClosedTransportError",
+    "ConfigError",
+    "Datasource",
+    "DecodeError",
+    "EchoProtocol",
+    "Event",
+    "FsmProtocolError",
+    "Hooks",
+    "InternalError",
+    "Item",
+    "JobRejectBody",
+    "JobRequestBody",
+    "ListDatasource",
+    "Location",
+    "Machine",
+    "MemoryTransport",
+    "Message",
+    "MessageType",
+    "Meta",
+    "ModellerAlgorithm",
+    "Pod",
+    "PodResponseError",
+    "Problem",
+    "Progress",
+    "ProtocolFactory",
+    "ProtocolRegistry",
+    "ProtocolViolation",
+    "RejectReason",
+    "ResourceConsumed",
+    "ResultKey",
+    "Role",
+    "Snapshot",
+    "State",
+    "Step",
+    "TaskAbortBody",
+    "TaskOutcome",
+    "TaskStatus",
+    "TaskTimeouts",
+    "Timer",
+    "Transition",
+    "Transport",
+    "UsageLimit",
+    "Violation",
+    "WorkerAlgorithm",
+    "WorkerContext",
+    "WorkerOutcome",
+    "WorkerPlan",
+    "WorkerReport",
+    "body_of",
+    "check_chart_text",
+    "decode",
+    "encode",
+    "load_chart",
+    "load_chart_text",
+    "memory_transport_pair",
+    "registry",
+    "run_modeller",
+    "run_task",
+    "run_worker",
+    "shipped_chart",
+    "snapshot_from_dict",
+    "snapshot_to_dict",
+]

@@ -1,0 +1,5 @@
+"""``python -m fsm_protocol``: the same as the ``fsm-protocol`` command."""
+
+from ._cli import main
+
+raise SystemExit(main())
