@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._demo import add_demo
 from ._errors import Problem
 from ._loader import check_chart_text
 from ._resources import shipped_chart_paths
@@ -134,7 +135,7 @@ def _add_validate(subparsers: Subparsers) -> None:
 
 # -------------------------------------------------------------------- main
 
-_SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_validate,)
+_SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_validate, add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

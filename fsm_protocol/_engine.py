@@ -6,7 +6,7 @@ runtime awaits I/O *between* steps, so a step always runs to completion.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, final
 
 import attrs
@@ -56,7 +56,21 @@ class Snapshot:
     version: int = 1
 
 
-_snapshots = cattrs.Converter(forbid_extra_keys=True)
+_snapshots = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+
+
+def _exactly(kind: type) -> Callable[[Any, Any], Any]:
+    # cattrs would otherwise coerce: str(None) == "None", int("1") == 1, int(True) == 1.
+    def hook(value: Any, _: Any) -> Any:
+        if type(value) is not kind:
+            raise TypeError(f"expected {kind.__name__}, found {type(value).__name__}")
+        return value
+
+    return hook
+
+
+_snapshots.register_structure_hook(str, _exactly(str))
+_snapshots.register_structure_hook(int, _exactly(int))
 
 
 def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
@@ -67,10 +81,13 @@ def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
 
 def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
     """Structure a stored snapshot; raises ConfigError if it is malformed."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"invalid snapshot {data!r}: expected a mapping with chart and state")
     try:
         return _snapshots.structure(dict(data), Snapshot)
-    except Exception as exc:
-        raise ConfigError(f"invalid snapshot {dict(data)!r}: {exc}") from exc
+    except cattrs.BaseValidationError as exc:
+        details = "; ".join(cattrs.transform_error(exc))
+        raise ConfigError(f"invalid snapshot {dict(data)!r}: {details}") from exc
 
 
 def _negated(guard: str) -> tuple[str, bool]:

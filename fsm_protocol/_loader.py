@@ -292,7 +292,20 @@ def _to_data(
                 )
             key = _construct(key_node, ctor)
             if not isinstance(key, str):
-                key = str(key)
+                # YAML 1.1 reads on/off/yes/no/null and numbers as non-strings;
+                # carry on with the text as written so later checks still make sense.
+                text = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key)
+                where = _mark(loc.file, key_node)
+                loc.problems.append(
+                    Problem(
+                        loc.file,
+                        where.line,
+                        where.column,
+                        f"key {text!r} is read as {_describe(key)}, not as a name",
+                        f"quote it: '{text}'",
+                    )
+                )
+                key = text
             if key in result:
                 first = loc.keys[path + (key,)]
                 loc.problems.append(

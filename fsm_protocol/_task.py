@@ -140,7 +140,11 @@ async def run_task(
     configs: dict[str, object] = {}
     for pod_id in ids:
         spec = {**base, **(overrides or {}).get(pod_id, {})}
-        configs[pod_id] = protocols.load(spec)
+        try:
+            configs[pod_id] = protocols.load(spec)
+        except ConfigError:
+            # A deliberately bad override is the pod's to refuse (JOB_REJECT).
+            configs[pod_id] = protocol
         jobs[pod_id] = JobRequestBody(
             protocol=spec,
             pod_identifiers=tuple(ids),

@@ -19,6 +19,16 @@ from ._chart import Chart, Transition
 # transitions joins nested names with "_" by default, which clashes with our
 # snake_case state names; "/" cannot appear in a valid state name.
 _SEPARATOR = "/"
+# transitions binds each trigger, plus is_<state>, may_<trigger>, trigger, to
+# and state, to the model, and fails (or silently skips one) when two collide.
+# Chart events are free-form ("state", "is_idle", "trigger"), so the trigger
+# names given to transitions get a prefix with ":", which no state name and no
+# internal event name may contain.
+_TRIGGER_PREFIX = "fsm:"
+
+
+def _trigger_name(event: str) -> str:
+    return _TRIGGER_PREFIX + event
 
 
 class _State(NestedState):
@@ -100,7 +110,7 @@ class Adapter:
             self._fired = Fired(t)
 
         return {
-            "trigger": t.event,
+            "trigger": _trigger_name(t.event),
             "source": self._nested(t.source),
             "dest": None if t.target is None else self._nested(t.target),
             "conditions": [check(True, g) for g in t.guards if not g.startswith("!")],
@@ -117,7 +127,7 @@ class Adapter:
         """Fire ``event``; None when every candidate transition's guards failed."""
         self._fired = None
         try:
-            if not self._model.trigger(event, data=data):
+            if not self._model.trigger(_trigger_name(event), data=data):
                 return None
             return self._fired
         finally:

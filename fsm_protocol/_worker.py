@@ -245,7 +245,9 @@ class WorkerBindings:
         self._set_abort(AbortReason.PROTOCOL_ERROR, f"protocol error: {event.data}", event.data)
 
     def action_note_no_data(self, event: Event) -> None:
-        self._set_abort(AbortReason.NO_DATA, str(event.data or "there are no items to run"))
+        # Items exist but the caches skipped them all: the platform's NO_NEW_DATA.
+        reason = AbortReason.NO_NEW_DATA if self.skipped else AbortReason.NO_DATA
+        self._set_abort(reason, str(event.data or "there are no items to run"))
 
     def action_note_worker_error(self, event: Event) -> None:
         error = event.data if isinstance(event.data, BaseException) else None

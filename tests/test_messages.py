@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import bodies, json_values, messages
+from .strategies import bodies, json_values, messages
 
 from fsm_protocol._errors import DecodeError
 from fsm_protocol._messages import (

@@ -9,6 +9,7 @@ stale magic number behind.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,8 +120,8 @@ def where(problem: Problem) -> tuple[int, int]:
     return problem.line, problem.column
 
 
-def chart_with(states: str, *, head: str = "") -> str:
-    """A worker chart with MINIMAL's header and the given ``states:`` body."""
+def chart_with(states: str) -> str:
+    """A small worker chart (events go and tick, option wait_s) with this ``states:`` body."""
     header = dedent(
         """
         chart: t
@@ -130,7 +131,7 @@ def chart_with(states: str, *, head: str = "") -> str:
         events: {go: start, tick: the wait is over}
         """
     )
-    return header + dedent(head) + "states:\n" + textwrap.indent(dedent(states), "  ")
+    return header + "states:\n" + textwrap.indent(dedent(states), "  ")
 
 
 # ------------------------------------------------------------ clean charts
@@ -347,6 +348,20 @@ def test_custom_yaml_tag_is_refused_not_crashed_on() -> None:
     assert "could not determine a constructor" in problem.message
 
 
+def test_yaml_non_string_keys_are_reported_with_a_quoting_hint() -> None:
+    text = chart_with(
+        """
+        idle:
+          transitions: [{event: go, target: "off"}]
+        off: {final: true}
+        """
+    )
+    problem = only(text)
+    assert where(problem) == at(text, "off:")
+    assert problem.message == "key 'off' is read as a boolean, not as a name"
+    assert problem.hint == "quote it: 'off'"
+
+
 # ------------------------------------------------------- structure (keys)
 
 
@@ -424,7 +439,8 @@ def test_wrong_type(fragment: str, expected: str) -> None:
         """
     )
     problem = only(text)
-    assert where(problem) == at(text, fragment[len(key) + 2 :])
+    line, column = at(text, fragment)
+    assert where(problem) == (line, column + len(key) + 2)
     assert problem.message == f"$.states.idle.{key}: {expected}"
 
 
@@ -440,10 +456,16 @@ def test_wrong_type_of_a_state_and_of_a_transition() -> None:
     )
     problems = check(text)
     assert [(p.line, p.message) for p in problems] == [
-        (line_of(text, "- go"), "$.states.idle.transitions[0]: expected a mapping, found the string 'go'"),
-        (line_of(text, "guards: 7"), "$.states.idle.transitions[1].guards: expected a list of names, found the number 7"),
-        (line_of(text, "done:", 1), "$.states.done: expected a mapping, found null"),
-    ]  # fmt: skip
+        (
+            line_of(text, "- go"),
+            "$.states.idle.transitions[0]: expected a mapping, found the string 'go'",
+        ),
+        (
+            line_of(text, "guards: 7"),
+            "$.states.idle.transitions[1].guards: expected a list of names, found the number 7",
+        ),
+        (line_of(text, "done:"), "$.states.done: expected a mapping, found null"),
+    ]
 
 
 def test_wrong_type_at_the_top() -> None:
@@ -451,15 +473,16 @@ def test_wrong_type_at_the_top() -> None:
     problems = check(text)
     assert [(p.line, p.message) for p in problems] == [
         (line_of(text, "version:"), "$.version: expected an integer, found the string '1'"),
-        (line_of(text, "wait_s: soon"), "$.options.wait_s: expected a number, found the string 'soon'"),
-    ]  # fmt: skip
+        (
+            line_of(text, "wait_s: soon"),
+            "$.options.wait_s: expected a number, found the string 'soon'",
+        ),
+    ]
 
 
 @pytest.mark.parametrize("key", ["chart", "initial", "states"])
 def test_missing_required_top_level_key(key: str) -> None:
-    text = "\n".join(
-        line for line in MINIMAL.splitlines() if not line.startswith(f"{key}:")
-    )
+    text = "\n".join(line for line in MINIMAL.splitlines() if not line.startswith(f"{key}:"))
     if key == "states":  # drop the whole states block
         text = text.split("\n  idle:")[0] + "\n"
     problem = only(text)
@@ -757,7 +780,7 @@ def test_declared_event_must_not_look_like_a_message() -> None:
           transitions: [{event: go, target: done}]
         done: {final: true}
         """,
-    ).replace("events: {go: start,", "events: {'send:GO': no, go: start,")
+    ).replace("events: {go: start,", "events: {'send:GO': start, go: start,")
     problem = only(text)
     assert where(problem) == at(text, "'send:GO'")
     assert "must not look like a message event" in problem.message
@@ -778,7 +801,8 @@ def test_two_transitions_without_a_guard_to_separate_them() -> None:
     first, second = check(text)
     assert where(first) == at(text, "{event: go, target: idle")
     assert first.message == "two transitions from 'idle' on 'go' with no guard to separate them"
-    assert first.hint.startswith(f"the other is at line {line_of(text, '{event: go, target: done')}")
+    other = line_of(text, "{event: go, target: done")
+    assert first.hint.startswith(f"the other is at line {other}")
     assert where(second) == at(text, "{event: tick, target: idle")
 
 
@@ -993,7 +1017,7 @@ def test_many_structural_problems_in_one_run_in_line_order() -> None:
         (at(text, "taget"), "unknown key 'taget'"),
         (at(text, "{seconds: 1}"), "missing required key 'event'"),
         (at(text, "done:", nth=1), "duplicate key 'done'"),
-    ]  # fmt: skip
+    ]
 
 
 def test_many_errors_fixture_file() -> None:
@@ -1095,7 +1119,7 @@ def test_schema_message_types_match_the_wire() -> None:
 
 def _validator() -> Any:
     # jsonschema is in the test extra; a missing package is a failure, not a skip.
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
 
     schema = _schema()
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -1113,15 +1137,18 @@ def test_minimal_chart_validates_against_the_schema() -> None:
     assert list(_validator().iter_errors(yaml.safe_load(MINIMAL))) == []
 
 
+WORKING = ["states", "busy", "states", "working"]
+
+
 @pytest.mark.parametrize(
     ("old", "new", "path"),
     [
         ("description:", "descripton:", []),
         ("    on_exit:", "    on_exitt:", ["states", "busy"]),
-        ("guards: [ready]", "guards: [ready], guard: [done]", ["states", "busy", "states", "working", "transitions", 0]),
-        ("{seconds: wait_s, event: tick}", "{seconds: wait_s, event: tick, every: 1}", ["states", "busy", "states", "working", "after", 0]),
+        ("guards: [ready]", "guards: [ready], guard: [done]", [*WORKING, "transitions", 0]),
+        ("event: tick}", "event: tick, every: 1}", [*WORKING, "after", 0]),
     ],
-)  # fmt: skip
+)
 def test_schema_rejects_an_unknown_key(old: str, new: str, path: list[str | int]) -> None:
     assert old in MINIMAL
     data = yaml.safe_load(MINIMAL.replace(old, new))
@@ -1160,3 +1187,120 @@ def test_docs_mention_every_key() -> None:
     for cls in (RawChart, RawState, RawTransition, RawTimer):
         for field in attrs.fields(cls):
             assert f"`{field.name}`" in docs, f"docs/charts.md does not describe {field.name!r}"
+
+
+# Every example line in docs/charts.md comes from one of these charts: the
+# header below plus a states: body, or a whole file where the header is None.
+DOC_HEAD = dedent(
+    """
+    chart: worker
+    role: worker
+    initial: idle
+    options: {soft_timeout_s: 180}
+    events: {soft_timeout: x, run_done: y}
+    """
+)
+DOC_BINDINGS = BindingNames(
+    guards=frozenset({"is_batch_result", "ready"}),
+    actions=frozenset({"note_result", "store_job"}),
+    activities=frozenset({"run_batch"}),
+)
+T = "  transitions: [{event: run_done, target: done}]\n"
+DONE = "done: {final: true}\n"
+DOC_EXAMPLES: list[tuple[str | None, str]] = [
+    (None, "chart: worker\nstates:\n  idle: {transitions: [}\n"),
+    (None, ""),
+    (None, "- idle\n"),
+    (None, "chart: worker\ninitial: idle\n"),
+    (None, "chart: worker\ninitial: idle\nstates: {}\n"),
+    (DOC_HEAD, "idle: &a {final: true}\nx: {<<: *a}\n"),
+    (DOC_HEAD, "idle: &a\n  states: {x: *a}\n"),
+    (DOC_HEAD, "idle: {do: !py x}\n"),
+    (DOC_HEAD, "idle: {final: true}\noff: {final: true}\n"),
+    (DOC_HEAD, "idle:\n  transitions: []\n  transitions: []\n  final: true\n"),
+    (DOC_HEAD, "idle:\n  transitons: []\n"),
+    (DOC_HEAD, "idle:\n  colour: red\n"),
+    (DOC_HEAD, "idle:\n  final: 'yes'\n"),
+    (DOC_HEAD, "idle:\n  transitions:\n    - {target: done}\n"),
+    (DOC_HEAD.replace("role: worker", "role: pod"), "idle: {final: true}\n"),
+    (DOC_HEAD.replace("initial: idle", "version: 2\ninitial: idle"), "idle: {final: true}\n"),
+    (DOC_HEAD.replace("events: {", "events: {'recv:PING': x, "), "idle: {final: true}\n"),
+    (DOC_HEAD, "idle:\n  initial: waiting\n  states: {waiting: {}}\nwaiting: {final: true}\n"),
+    (DOC_HEAD, "idle: {final: true}\n2nd: {final: true}\n"),
+    (DOC_HEAD, "idel: {final: true}\n"),
+    (
+        DOC_HEAD.replace("initial: idle", "initial: listening"),
+        "idle: {final: true}\nengaged:\n  initial: listening\n  states: {listening: {}}\n",
+    ),
+    (DOC_HEAD, "idle:\n  states: {a: {}}\n"),
+    (DOC_HEAD, "idle:\n  initial: done\n  states: {a: {}}\n" + DONE),
+    (DOC_HEAD, "idle:\n  initial: done\n" + DONE),
+    (DOC_HEAD, "idle:\n  final: true\n  transitions: [{event: run_done, target: idle}]\n"),
+    (DOC_HEAD, "idle:\n  transitions: [{event: run_dnoe, target: done}]\n" + DONE),
+    (DOC_HEAD, "idle:\n  transitions: [{event: send:TASK_STRAT, target: done}]\n" + DONE),
+    (DOC_HEAD, "idle:\n  transitions: [{event: recv:JOB_ACCEPT, target: done}]\n" + DONE),
+    (DOC_HEAD, "idle:\n  transitions: [{event: recv:CONFORMANCE_SCENARIO, target: done}]\n" + DONE),
+    (
+        DOC_HEAD,
+        "idle:\n  transitions: [{event: run_done, target: compelte}]\ncomplete: {final: true}\n",
+    ),
+    (
+        DOC_HEAD,
+        "idle:\n  transitions: [{event: run_done, target: done, guards: ['!is_batch_reslt']}]\n"
+        + DONE,
+    ),
+    (
+        DOC_HEAD,
+        "idle:\n  transitions: [{event: run_done, target: done, actions: [note_reslt]}]\n" + DONE,
+    ),
+    (DOC_HEAD, "idle:\n  do: run_btch\n" + T + DONE),
+    (
+        DOC_HEAD,
+        "idle:\n  transitions:\n    - {event: run_done, target: done}\n"
+        "    - {event: run_done, target: idle, guards: [ready]}\n" + DONE,
+    ),
+    (DOC_HEAD, "idle:\n  after: [{seconds: 5, event: soft_timout}]\n" + T + DONE),
+    (
+        DOC_HEAD,
+        "idle:\n  after: [{seconds: soft_timeout, event: soft_timeout}]\n"
+        "  transitions: [{event: soft_timeout, target: done}]\n" + DONE,
+    ),
+    (
+        DOC_HEAD,
+        "idle:\n  after: [{seconds: 0, event: soft_timeout}]\n"
+        "  transitions: [{event: soft_timeout, target: done}]\n" + DONE,
+    ),
+    (DOC_HEAD.replace("180", "-1"), "idle: {final: true}\n"),
+    (DOC_HEAD, "idle:\n" + T + "spare:\n" + T + DONE),
+    (
+        DOC_HEAD,
+        "idle:\n  transitions: [{event: run_done, target: done}, "
+        "{event: soft_timeout, target: stuck}]\nstuck: {}\n" + DONE,
+    ),
+    (DOC_HEAD, "idle:\n  transitions: [{event: run_done, target: idle}]\n"),
+]
+
+
+def _doc_example_lines() -> Iterator[str]:
+    for head, body in DOC_EXAMPLES:
+        text = body if head is None else head + "states:\n" + textwrap.indent(body, "  ")
+        _, problems = check_chart_text(text, file="my_chart.yaml", bindings=DOC_BINDINGS)
+        assert problems, text
+        yield from (str(p) for p in problems)
+
+
+def test_docs_error_examples_are_real_output() -> None:
+    docs = (REPO / "docs" / "charts.md").read_text(encoding="utf-8")
+    documented = re.findall(r"`(my_chart\.yaml:[^`]*)`", docs)
+    produced = set(_doc_example_lines())
+    assert [line for line in documented if line not in produced] == []
+    assert len(documented) >= 40
+
+
+def test_docs_yaml_snippets_are_quoted_from_the_shipped_charts() -> None:
+    docs = (REPO / "docs" / "charts.md").read_text(encoding="utf-8")
+    shipped = {line for path in SHIPPED.values() for line in path.read_text().splitlines()}
+    for block in re.findall(r"```yaml\n(.*?)```", docs, re.S):
+        for line in block.splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                assert line in shipped, line
