@@ -116,6 +116,7 @@ __all__ = [
     "Timer",
     "Transition",
     "Transport",
+    "TransportError",
     "UsageLimit",
     "Violation",
     "WorkerAlgorithm",

@@ -23,8 +23,7 @@ class Location:
     column: int = 0
 
 
-def _loc_field() -> Location:
-    return attrs.field(default=Location(), eq=False, repr=False)
+NOWHERE = Location()
 
 
 class Role(str, enum.Enum):
@@ -102,7 +101,7 @@ class Timer:
 
     seconds: float | str
     event: str
-    loc: Location = _loc_field()
+    loc: Location = attrs.field(default=NOWHERE, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -115,7 +114,7 @@ class Transition:
     guards: tuple[str, ...] = ()
     actions: tuple[str, ...] = ()
     description: str = ""
-    loc: Location = _loc_field()
+    loc: Location = attrs.field(default=NOWHERE, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -132,7 +131,7 @@ class State:
     on_exit: tuple[str, ...] = ()
     after: tuple[Timer, ...] = ()
     description: str = ""
-    loc: Location = _loc_field()
+    loc: Location = attrs.field(default=NOWHERE, eq=False, repr=False)
 
     @property
     def compound(self) -> bool:

@@ -35,11 +35,17 @@ def add_demo(subparsers: Subparsers) -> None:
     parser.add_argument("--items", type=int, default=40, help="items per worker (default 40)")
     parser.add_argument("--batch-size", type=int, default=4, help="items per batch (default 4)")
     parser.add_argument(
-        "--fail", action="append", default=[], metavar="ITEM",
+        "--fail",
+        action="append",
+        default=[],
+        metavar="ITEM",
         help="an item that fails in its batch and succeeds on retry (repeatable), e.g. item-7",
     )
     parser.add_argument(
-        "--fail-alone", action="append", default=[], metavar="ITEM",
+        "--fail-alone",
+        action="append",
+        default=[],
+        metavar="ITEM",
         help="an item that fails even when retried alone (repeatable)",
     )
     parser.add_argument("--limit", type=int, default=None, help="inference usage limit per worker")
@@ -81,7 +87,9 @@ def run_demo(args: argparse.Namespace) -> int:
         def on_progress(p: BatchProgress) -> None:
             # Batch ids are 0-based on the wire; people count from 1.
             total = p.total_estimate or batches
-            progress.update(bar, completed=p.batch, total=total, description=f"{p.worker}: batch {p.batch + 1}")
+            progress.update(
+                bar, completed=p.batch, total=total, description=f"{p.worker}: batch {p.batch + 1}"
+            )
 
         def on_message(who: str, message: object) -> None:
             if args.trace:
@@ -107,7 +115,9 @@ def _print_outcome(console: Console, outcome: TaskOutcome) -> None:
         table.add_column(column)
     for pod_id, worker in outcome.workers.items():
         results = outcome.results_for(pod_id)
-        delivered = sum(len(body.get("items", [])) for body in results.values() if isinstance(body, dict))
+        delivered = sum(
+            len(body.get("items", [])) for body in results.values() if isinstance(body, dict)
+        )
         failed = outcome.failed_items.get(pod_id, ())
         table.add_row(
             pod_id,
@@ -117,4 +127,6 @@ def _print_outcome(console: Console, outcome: TaskOutcome) -> None:
             worker.abort_reason.value if worker.abort_reason else "-",
         )
     console.print(table)
-    console.print(f"{len(outcome.trace)} messages exchanged; {len(outcome.violations)} protocol violations")
+    console.print(
+        f"{len(outcome.trace)} messages exchanged; {len(outcome.violations)} protocol violations"
+    )

@@ -9,6 +9,7 @@ for. Nothing protocol-related is decided here: the charts decide.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -208,10 +209,8 @@ class Executor:
                 except TransportError as exc:
                     failed = True
                     self.post(slot.key, slot.eof_event, exc)
-        try:
+        with contextlib.suppress(TransportError):
             await transport.aclose()
-        except TransportError:
-            pass
 
     async def _receive_loop(self, slot: Slot) -> None:
         transport = slot.transport
@@ -265,7 +264,10 @@ class Executor:
             item.data()
             return
         slot = self._slots[item.key]
-        if item.origin is not None and self._tokens.get((item.key, item.origin[0])) != item.origin[1]:
+        if (
+            item.origin is not None
+            and self._tokens.get((item.key, item.origin[0])) != item.origin[1]
+        ):
             return  # posted by an activity or timer of a state since left
         machine = slot.machine
         name, data = item.name, item.data

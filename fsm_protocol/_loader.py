@@ -11,7 +11,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import attrs
 import cattrs
@@ -20,7 +20,9 @@ from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.errors import (
     AttributeValidationNote,
     BaseValidationError,
+    ClassValidationError,
     ForbiddenExtraKeysError,
+    IterableValidationError,
     IterableValidationNote,
 )
 from cattrs.gen import make_mapping_structure_fn
@@ -39,7 +41,7 @@ from ._chart import (
 from ._errors import ChartError, Problem
 from ._messages import MessageType
 
-PathKey = tuple[Union[str, int], ...]
+PathKey = tuple[str | int, ...]
 
 
 # ---------------------------------------------------------------- raw model
@@ -48,14 +50,14 @@ PathKey = tuple[Union[str, int], ...]
 
 @attrs.frozen
 class RawTimer:
-    seconds: Union[float, str]
+    seconds: float | str
     event: str
 
 
 @attrs.frozen
 class RawTransition:
     event: str
-    target: Union[str, None] = None
+    target: str | None = None
     guards: tuple[str, ...] = ()
     actions: tuple[str, ...] = ()
     description: str = ""
@@ -64,9 +66,9 @@ class RawTransition:
 @attrs.frozen
 class RawState:
     description: str = ""
-    initial: Union[str, None] = None
+    initial: str | None = None
     final: bool = False
-    do: Union[str, None] = None
+    do: str | None = None
     on_entry: tuple[str, ...] = ()
     on_exit: tuple[str, ...] = ()
     after: tuple[RawTimer, ...] = ()
@@ -79,7 +81,7 @@ class RawChart:
     chart: str
     initial: str
     states: dict[str, RawState]
-    role: Union[str, None] = None
+    role: str | None = None
     version: int = 1
     description: str = ""
     options: dict[str, float] = attrs.field(factory=dict)
@@ -88,14 +90,6 @@ class RawChart:
 
 attrs.resolve_types(RawState, globals(), locals())
 
-_TYPE_WORDS: dict[Any, str] = {
-    str: "a string",
-    bool: "true or false",
-    int: "an integer",
-    float: "a number",
-    Union[str, None]: "a string or null",
-    Union[float, str]: "a number of seconds or an option name",
-}
 
 
 def _describe(value: Any) -> str:
@@ -131,7 +125,9 @@ def _strict(kind: type, check: Callable[[Any], bool], words: str) -> Callable[[A
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
     conv.register_structure_hook(str, _strict(str, lambda v: isinstance(v, str), "a string"))
-    conv.register_structure_hook(bool, _strict(bool, lambda v: isinstance(v, bool), "true or false"))
+    conv.register_structure_hook(
+        bool, _strict(bool, lambda v: isinstance(v, bool), "true or false")
+    )
     conv.register_structure_hook(
         int, _strict(int, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
     )
@@ -147,7 +143,8 @@ def _make_converter() -> cattrs.Converter:
     def opt_str(value: Any, _: Any) -> str | None:
         if value is not None and not isinstance(value, str):
             raise _Mismatch("a string or null", value)
-        return value  # type: ignore[no-any-return]
+        result: str | None = value
+        return result
 
     def seconds(value: Any, _: Any) -> float | str:
         if isinstance(value, str):
@@ -194,8 +191,8 @@ def _make_converter() -> cattrs.Converter:
     def exactly(wanted: Any) -> Callable[[Any], bool]:
         return lambda type_: bool(type_ == wanted)
 
-    conv.register_structure_hook_func(exactly(Union[str, None]), opt_str)
-    conv.register_structure_hook_func(exactly(Union[float, str]), seconds)
+    conv.register_structure_hook_func(exactly(str | None), opt_str)
+    conv.register_structure_hook_func(exactly(float | str), seconds)
     conv.register_structure_hook_func(exactly(tuple[str, ...]), str_tuple)
     for cls in (RawTimer, RawTransition, RawState, RawChart):
         conv.register_structure_hook(
@@ -364,7 +361,7 @@ def _read_yaml(text: str, file: str) -> tuple[Any, _Located]:
 
 
 def _walk_errors(exc: BaseException, path: PathKey) -> Iterator[tuple[PathKey, BaseException]]:
-    if isinstance(exc, BaseValidationError):
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
         with_notes, without = exc.group_exceptions()
         for sub, note in with_notes:
             if isinstance(note, AttributeValidationNote):
@@ -405,7 +402,11 @@ def _structure(data: Any, located: _Located) -> RawChart | None:
                 known = _known_keys(path)
                 for extra in sorted(err.extra_fields):
                     close = difflib.get_close_matches(extra, known, n=1)
-                    hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
+                    hint = (
+                        f"did you mean {close[0]!r}?"
+                        if close
+                        else "known keys: " + ", ".join(known)
+                    )
                     located.problem(path + (extra,), f"unknown key {extra!r}", hint, key=True)
             elif isinstance(err, KeyError):
                 missing = str(err.args[0]) if err.args else "?"
@@ -513,7 +514,8 @@ class _Builder:
         elif self.states[raw.initial].parent is not None:
             self.problem(
                 ("initial",),
-                f"initial state {raw.initial!r} is nested inside {self.states[raw.initial].parent!r}",
+                f"initial state {raw.initial!r} is nested inside "
+                f"{self.states[raw.initial].parent!r}",
                 "the chart's initial state must be a top-level state",
             )
         for name, state in self.states.items():
@@ -558,7 +560,9 @@ class _Builder:
         if parsed is not None:
             direction, mtype = parsed
             if mtype is MessageType.CONFORMANCE_SCENARIO:
-                self.problem(path, f"event {event!r} is the conformance control line, not a message")
+                self.problem(
+                    path, f"event {event!r} is the conformance control line, not a message"
+                )
             elif self.role is not None:
                 peer = Role.MODELLER if self.role is Role.WORKER else Role.WORKER
                 sender = self.role if direction == "send" else peer
@@ -600,7 +604,8 @@ class _Builder:
                     where,
                     f"{kind[:-1] if kind != 'activities' else 'activity'} {bare!r} "
                     f"is not provided by the {role} bindings",
-                    self.suggest(bare, provided) or f"known: {', '.join(sorted(provided)) or 'none'}",
+                    self.suggest(bare, provided)
+                    or f"known: {', '.join(sorted(provided)) or 'none'}",
                 )
 
     def check_transitions(self) -> None:
@@ -648,7 +653,9 @@ class _Builder:
                             or "declare it under options: with a default",
                         )
                 elif not (timer.seconds > 0 and math.isfinite(timer.seconds)):
-                    self.problem(tpath + ("seconds",), f"timer seconds must be > 0, found {timer.seconds}")
+                    self.problem(
+                        tpath + ("seconds",), f"timer seconds must be > 0, found {timer.seconds}"
+                    )
         for name, value in self.raw.options.items():
             if not (value >= 0 and math.isfinite(value)):
                 self.problem(("options", name), f"option {name!r} must be >= 0, found {value}")
@@ -697,7 +704,9 @@ class _Builder:
                     can_end.add(prev)
                     queue.append(prev)
         if not any(s.final for s in self.states.values()):
-            self.problem(("states",), "the chart has no final state", "mark one state final: true", key=True)
+            self.problem(
+                ("states",), "the chart has no final state", "mark one state final: true", key=True
+            )
             return
         for leaf in sorted(reached - can_end):
             self.problem(
@@ -761,7 +770,9 @@ def check_chart_text(
     if data is None and located.problems:
         return None, _sorted(located.problems)
     if not isinstance(data, dict):
-        located.problem((), f"a chart must be a mapping, found {_describe(data)}", "start with chart: NAME")
+        located.problem(
+            (), f"a chart must be a mapping, found {_describe(data)}", "start with chart: NAME"
+        )
         return None, located.problems
     raw = _structure(data, located)
     if raw is None:
@@ -770,7 +781,9 @@ def check_chart_text(
     return chart, _sorted(located.problems)
 
 
-def load_chart_text(text: str, *, file: str = "<memory>", bindings: BindingNames | None = None) -> Chart:
+def load_chart_text(
+    text: str, *, file: str = "<memory>", bindings: BindingNames | None = None
+) -> Chart:
     """Like :func:`load_chart` for text already in memory."""
     chart, problems = check_chart_text(text, file=file, bindings=bindings)
     if chart is None:

@@ -114,6 +114,9 @@ class TaskTimeouts:
         }
 
 
+DEFAULT_TIMEOUTS = TaskTimeouts()
+
+
 @final
 class LinkBindings:
     """Guards and actions of the modeller chart for one worker."""
@@ -151,7 +154,9 @@ class LinkBindings:
         return not self.machine.is_final and event in self.machine.expected()
 
     def send(self, type_: MessageType, body: Any = None) -> None:
-        self.task.executor.raise_event(self.pod_id, f"send:{type_.value}", self.task.message(self.pod_id, type_, body))
+        self.task.executor.raise_event(
+            self.pod_id, f"send:{type_.value}", self.task.message(self.pod_id, type_, body)
+        )
 
     # -------------------------------------------------------------- guards
 
@@ -186,7 +191,10 @@ class LinkBindings:
         return bool(event.data.body == self.next_batch_id)
 
     def guard_is_batch_result(self, event: Event) -> bool:
-        return event.data.meta.batch_number is not None and event.data.meta.batch_number == self.current_batch
+        return (
+            event.data.meta.batch_number is not None
+            and event.data.meta.batch_number == self.current_batch
+        )
 
     def guard_is_unbatched_result(self, event: Event) -> bool:
         return event.data.meta.batch_number is None
@@ -323,7 +331,9 @@ class _Task:
     last_progress: Progress | None = None
 
     def message(self, pod_id: str, type_: MessageType, body: Any = None) -> Message:
-        return Message.make(type_, task_id=self.task_id, sender=self.sender, recipient=pod_id, seq=0, body=body)
+        return Message.make(
+            type_, task_id=self.task_id, sender=self.sender, recipient=pod_id, seq=0, body=body
+        )
 
     def setup_values(self) -> Any:
         hook = optional_hook(self.algorithm, "setup_values")
@@ -338,10 +348,18 @@ class _Task:
 
     def counted(self) -> list[LinkBindings]:
         """Workers the barrier and completion wait for: accepted on time, not cancelled."""
-        return [link for link in self.links.values() if link.accepted and not link.late and not link.cancel_sent]
+        return [
+            link
+            for link in self.links.values()
+            if link.accepted and not link.late and not link.cancel_sent
+        ]
 
     def responses_in(self) -> bool:
-        return all(link.answered or link.state != "requested" for link in self.links.values() if link.machine)
+        return all(
+            link.answered or link.state != "requested"
+            for link in self.links.values()
+            if link.machine
+        )
 
     def all_ready(self) -> bool:
         counted = self.counted()
@@ -409,7 +427,11 @@ class _Task:
             return TaskStatus.CANCELLED
         if not any(link.accepted and not link.late for link in links):
             return TaskStatus.REJECTED
-        if all(link.state == "complete" for link in self.counted()) and self.counted() and not self.own_abort:
+        if (
+            all(link.state == "complete" for link in self.counted())
+            and self.counted()
+            and not self.own_abort
+        ):
             return TaskStatus.COMPLETE
         return TaskStatus.ABORTED
 
@@ -435,7 +457,7 @@ async def run_modeller(
     configs: Mapping[str, object],
     links: Mapping[str, Transport],
     algorithm: Any = None,
-    timeouts: TaskTimeouts = TaskTimeouts(),
+    timeouts: TaskTimeouts = DEFAULT_TIMEOUTS,
     require_all_pods: bool = False,
     sender: str = "modeller",
     cancel: Any = None,
@@ -453,7 +475,9 @@ async def run_modeller(
 
     chart = shipped_chart("modeller")
     options = {**chart.options, "response_timeout_s": timeouts.response_timeout_s}
-    executor = Executor(options=options, on_step=on_step, on_message=on_message, expected_task=task_id)
+    executor = Executor(
+        options=options, on_step=on_step, on_message=on_message, expected_task=task_id
+    )
     task = _Task(task_id, sender, executor, timeouts, algorithm, require_all_pods, on_progress)
     for pod_id, transport in links.items():
         link = LinkBindings(task, pod_id, jobs[pod_id], configs[pod_id])
@@ -470,7 +494,9 @@ async def run_modeller(
                 idle_ok=_waiting_on_modeller,
             )
         )
-        executor.raise_event(pod_id, "send:JOB_REQUEST", task.message(pod_id, MessageType.JOB_REQUEST, jobs[pod_id]))
+        executor.raise_event(
+            pod_id, "send:JOB_REQUEST", task.message(pod_id, MessageType.JOB_REQUEST, jobs[pod_id])
+        )
 
     async def watch_cancel() -> None:
         await cancel.wait()
@@ -504,7 +530,11 @@ async def run_modeller(
 
 
 def _sort_key(key: ResultKey) -> tuple[str, int, int]:
-    return (key.worker, -1 if key.batch is None else key.batch, -1 if key.retry is None else key.retry)
+    return (
+        key.worker,
+        -1 if key.batch is None else key.batch,
+        -1 if key.retry is None else key.retry,
+    )
 
 
 def _waiting_on_modeller(machine: Machine) -> bool:

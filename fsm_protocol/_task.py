@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, AsyncContextManager
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import attrs
 import trio
@@ -15,6 +16,7 @@ from ._errors import ConfigError, PodResponseError
 from ._executor import Violation
 from ._messages import AbortReason, JobRequestBody, Message
 from ._modeller import (
+    DEFAULT_TIMEOUTS,
     Progress,
     ResultKey,
     TaskStatus,
@@ -43,7 +45,7 @@ class Hooks:
     on_state_change: Callable[[str, Step], None] | None = None
     on_message: Callable[[str, Message], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
-    around_run: Callable[[str], AsyncContextManager[Any]] | None = None
+    around_run: Callable[[str], AbstractAsyncContextManager[Any]] | None = None
 
 
 @attrs.frozen
@@ -95,7 +97,7 @@ async def run_task(
     project_id: str | None = None,
     require_all_pods: bool = False,
     task_id: str | None = None,
-    timeouts: TaskTimeouts = TaskTimeouts(),
+    timeouts: TaskTimeouts = DEFAULT_TIMEOUTS,
     hooks: Hooks = Hooks(),
     protocols: ProtocolRegistry = registry,
     modeller_algorithm: Any = None,
@@ -165,37 +167,40 @@ async def run_task(
     async def serve(pod: Pod, transport: Any) -> None:
         on_step, on_message = _hook(hooks, "worker", pod.pod_id)
         try:
-            reports[pod.pod_id] = await run_worker(pod, transport, on_step=on_step, on_message=on_message)
+            reports[pod.pod_id] = await run_worker(
+                pod, transport, on_step=on_step, on_message=on_message
+            )
         finally:
             # A worker that crashed must not leave the modeller waiting on it.
             await transport.aclose()
 
     on_step, on_message = _hook(hooks, "modeller", "")
-    async with around(task_id):
-        async with trio.open_nursery() as nursery:
-            for pod in pods:
-                modeller_end, worker_end = memory_transport_pair()
-                links[pod.pod_id] = modeller_end
-                nursery.start_soon(serve, pod, worker_end)
-            run = await run_modeller(
-                task_id=task_id,
-                jobs=jobs,
-                configs=configs,
-                links=links,
-                algorithm=modeller_algorithm,
-                timeouts=timeouts,
-                require_all_pods=require_all_pods,
-                cancel=cancel,
-                on_step=on_step,
-                on_message=on_message,
-                on_progress=hooks.on_progress,
-            )
+    async with around(task_id), trio.open_nursery() as nursery:
+        for pod in pods:
+            modeller_end, worker_end = memory_transport_pair()
+            links[pod.pod_id] = modeller_end
+            nursery.start_soon(serve, pod, worker_end)
+        run = await run_modeller(
+            task_id=task_id,
+            jobs=jobs,
+            configs=configs,
+            links=links,
+            algorithm=modeller_algorithm,
+            timeouts=timeouts,
+            require_all_pods=require_all_pods,
+            cancel=cancel,
+            on_step=on_step,
+            on_message=on_message,
+            on_progress=hooks.on_progress,
+        )
     outcome = TaskOutcome(
         task_id=task_id,
         status=run.status,
         workers=run.workers,
         results=run.results,
-        abort_reasons={p: w.abort_reason for p, w in run.workers.items() if w.abort_reason is not None},
+        abort_reasons={
+            p: w.abort_reason for p, w in run.workers.items() if w.abort_reason is not None
+        },
         failed_items={p: r.failed for p, r in reports.items() if r.failed},
         trace=run.trace,
         violations=run.violations,

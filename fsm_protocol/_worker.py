@@ -62,7 +62,7 @@ class Pod:
     """
 
     pod_id: str
-    datasource: Datasource = ListDatasource()
+    datasource: Datasource = attrs.field(factory=ListDatasource)
     results_dir: Path | None = None
     registry: ProtocolRegistry = registry
     vet: Callable[[Message, JobRequestBody], tuple[RejectReason, Sequence[str]] | None] | None = (
@@ -281,7 +281,9 @@ class WorkerBindings:
             self._apply_options(job)
             self.config = self.pod.registry.load(job.protocol)
             factory = self.pod.registry[job.protocol["class_name"]]
-            self.plan = factory.worker(self.config, WorkerContext(self.pod.pod_id, self.pod.datasource))
+            self.plan = factory.worker(
+                self.config, WorkerContext(self.pod.pod_id, self.pod.datasource)
+            )
             if self.plan.batch_size < 1:
                 raise ConfigError(f"batch size must be at least 1, found {self.plan.batch_size}")
             if job.run_on_new_data_only and self.pod.results_dir is None:
@@ -350,7 +352,11 @@ class WorkerBindings:
     async def do_finish_preparing(self, ctx: ActivityContext) -> None:
         assert self.plan is not None and self.job is not None
         if not self.items:
-            ctx.post("no_data", "there are no items to run" + (" (all skipped by the caches)" if self.skipped else ""))
+            ctx.post(
+                "no_data",
+                "there are no items to run"
+                + (" (all skipped by the caches)" if self.skipped else ""),
+            )
             return
         size = self.plan.batch_size if self.job.batched_execution else len(self.items)
         self.batches = [self.items[i : i + size] for i in range(0, len(self.items), size)]
@@ -398,7 +404,9 @@ class WorkerBindings:
             raise ValueError(f"run_batch returned {len(results)} results for {len(items)} items")
         return results
 
-    def _deliver(self, ctx: ActivityContext, items: list[Item], results: Any, batch: int | None) -> bool:
+    def _deliver(
+        self, ctx: ActivityContext, items: list[Item], results: Any, batch: int | None
+    ) -> bool:
         """Send the results of a successful run; False when the usage limit ended the task."""
         assert self.plan is not None
         allowed = len(items)
@@ -424,7 +432,9 @@ class WorkerBindings:
         self.delivered.extend(i.name for i in kept)
         self.cut.extend(i.name for i in items[allowed:])
         if self.cache is not None:
-            self.cache.mark_processed(self._cache_scope(), [(i.name, i.modified or "") for i in kept])
+            self.cache.mark_processed(
+                self._cache_scope(), [(i.name, i.modified or "") for i in kept]
+            )
         if over:
             assert self.usage is not None
             ctx.post(
@@ -440,7 +450,9 @@ class WorkerBindings:
         for item in items:
             self.failed[item.name] = f"{type(error).__name__}: {error}"
         if self.cache is not None:
-            self.cache.mark_failed(self._cache_scope(), [(i.name, self.failed[i.name]) for i in items])
+            self.cache.mark_failed(
+                self._cache_scope(), [(i.name, self.failed[i.name]) for i in items]
+            )
 
     async def do_run_all(self, ctx: ActivityContext) -> None:
         items = self.batches[0]

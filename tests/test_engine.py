@@ -243,6 +243,53 @@ def test_self_transition_on_a_compound_state_reenters_its_initial_leaf() -> None
     assert step.actions == ("exit_inner", "exit_outer", "enter_outer", "enter_inner")
 
 
+# The rows of the exit/entry table in docs/charts.md, "Internal and external transitions".
+REGIONS = chart_of(
+    """
+    chart: regions
+    initial: outer
+    events: {up: u, down: d, finish: f}
+    states:
+      outer:
+        initial: inner
+        on_entry: [enter_outer]
+        on_exit: [exit_outer]
+        transitions:
+          - {event: down, target: other}
+          - {event: finish, target: done}
+        states:
+          inner:
+            on_entry: [enter_inner]
+            on_exit: [exit_inner]
+            transitions:
+              - {event: up, target: outer}
+          other:
+            on_entry: [enter_other]
+            on_exit: [exit_other]
+      done:
+        final: true
+    """
+)
+
+
+def test_target_enclosing_the_source_is_exited_and_reentered() -> None:
+    machine = Machine.from_chart(REGIONS, Recorder())
+    step = machine.fire("up")
+    assert step.exited == ("inner", "outer")
+    assert step.entered == ("outer", "inner")
+    assert step.actions == ("exit_inner", "exit_outer", "enter_outer", "enter_inner")
+
+
+def test_target_inside_a_compound_source_keeps_the_source_active() -> None:
+    machine = Machine.from_chart(REGIONS, Recorder())
+    step = machine.fire("down")
+    assert (step.exited, step.entered) == (("inner",), ("other",))
+    assert step.actions == ("exit_inner", "enter_other")
+    step = machine.fire("down")  # from the target itself: it is exited and entered again
+    assert (step.exited, step.entered) == (("other",), ("other",))
+    assert machine.active == ("other", "outer")
+
+
 # ------------------------------------------------------------------- hierarchy
 
 

@@ -68,12 +68,17 @@ async def test_a_task_start_before_acceptance_is_recorded_does_not_hang(
         with trio.fail_after(3600):  # a hang would show as Cancelled here, not as a pass
             run = await run_modeller(
                 task_id=task_id,
-                jobs={p: job(protocol, ["fast/p", "slow/p"], batched=False) for p in ("fast/p", "slow/p")},
+                jobs={
+                    p: job(protocol, ["fast/p", "slow/p"], batched=False)
+                    for p in ("fast/p", "slow/p")
+                },
                 configs={"fast/p": protocol, "slow/p": protocol},
                 links={"fast/p": m_fast, "slow/p": m_slow},
             )
     assert run.status is TaskStatus.COMPLETE
-    starts = [m.recipient for m in run.trace if m.sender == "modeller" and m.type.value == "TASK_START"]
+    starts = [
+        m.recipient for m in run.trace if m.sender == "modeller" and m.type.value == "TASK_START"
+    ]
     assert sorted(starts) == ["fast/p", "slow/p"]
     assert run.violations == ()
 

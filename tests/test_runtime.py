@@ -39,7 +39,7 @@ from fsm_protocol import (
 )
 from fsm_protocol._modeller import Progress
 
-from .peers import results_meta, scripted_modeller, scripted_worker
+from .peers import scripted_worker
 
 
 def types_between(trace: tuple[Message, ...], pod: str) -> list[str]:
@@ -242,7 +242,9 @@ async def test_modeller_final_step_gets_every_result() -> None:
 async def test_limit_overrun_truncates_results_and_aborts() -> None:
     # The platform's example: 10 used of 20, a batch of 14 -> overrun 4, allowed 10.
     items = tuple(f"i{n}" for n in range(14))
-    protocol = echo(items=items, batch_size=14, inference_limit=UsageLimit(limit=20, total_usage=10))
+    protocol = echo(
+        items=items, batch_size=14, inference_limit=UsageLimit(limit=20, total_usage=10)
+    )
     outcome = await run_task(protocol, [Pod("a/p")], batched_execution=True)
     assert outcome.abort_reasons == {"a/p": AbortReason.LIMITS_EXCEEDED}
     (result,) = [m for m in outcome.trace if m.type is MessageType.EVALUATION_RESULTS]
@@ -353,9 +355,7 @@ async def test_run_on_new_data_only_skips_processed_items_across_restarts(tmp_pa
     third = await run(data_pod(tmp_path, ("x", "1"), ("y", "2"), ("z", "1"), ("bad", "1")))
     assert third.abort_reasons == {"a/p": AbortReason.NO_NEW_DATA}
     # force_rerun_failed_files brings the failed item back.
-    fourth = await run(
-        data_pod(tmp_path, ("x", "1"), ("bad", "1")), force_rerun_failed_files=True
-    )
+    fourth = await run(data_pod(tmp_path, ("x", "1"), ("bad", "1")), force_rerun_failed_files=True)
     assert fourth.worker_reports["a/p"].skipped == ("x",)
     assert (tmp_path / "item-cache.sqlite").exists()
 
@@ -438,7 +438,9 @@ async def test_user_cancel_sends_task_cancel_and_reports_confirmations(
 
     protocols = registry.with_protocol(
         ProtocolFactory(
-            "test.Nap", Nap, lambda c, ctx: WorkerPlan(Sleepy(), [Item(str(i)) for i in range(c.n)], 2)
+            "test.Nap",
+            Nap,
+            lambda c, ctx: WorkerPlan(Sleepy(), [Item(str(i)) for i in range(c.n)], 2),
         )
     )
     cancel = trio.Event()
@@ -518,7 +520,9 @@ async def test_pod_that_never_answers_is_left_out_after_the_response_timeout(
         nursery.cancel_scope.cancel()
     assert run.status is TaskStatus.COMPLETE
     assert run.workers["silent/p"].state == "unanswered"
-    first_start = next(m for m in run.trace if m.type is MessageType.TASK_START and m.sender == "modeller")
+    first_start = next(
+        m for m in run.trace if m.type is MessageType.TASK_START and m.sender == "modeller"
+    )
     assert first_start  # the barrier opened without the silent pod
     assert trio.current_time() == 60
 
@@ -544,7 +548,9 @@ async def test_late_accept_is_cancelled(autojump_clock: trio.testing.MockClock) 
         await peer.send("TASK_ABORT", abort_body("CANCELLED_BY_MODELLER"))
 
     slow_registry = registry.with_protocol(
-        ProtocolFactory("conformance.Echo", EchoProtocol, lambda c, ctx: WorkerPlan(Slow(), [Item("x")], 1))
+        ProtocolFactory(
+            "conformance.Echo", EchoProtocol, lambda c, ctx: WorkerPlan(Slow(), [Item("x")], 1)
+        )
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_worker, Pod("a/p", registry=slow_registry), ends["a/p"])
