@@ -8,6 +8,7 @@ through one cattrs converter, reporting every bad field at once.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, final
 
@@ -79,6 +80,18 @@ def _strict_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, strict(int))
     conv.register_structure_hook(bool, strict(bool))
     conv.register_structure_hook(float, strict(float, allow_int=True))
+
+    # JSON has lists only; a string must not pass as a tuple of characters.
+    def is_tuple(type_: Any) -> bool:
+        return typing.get_origin(type_) is tuple
+
+    def tuple_from_list(value: Any, type_: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, found {type(value).__name__} {value!r}")
+        (item_type, *_) = typing.get_args(type_)
+        return tuple(conv.structure(item, item_type) for item in value)
+
+    conv.register_structure_hook_func(is_tuple, tuple_from_list)
     return conv
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from .strategies import bodies, json_values, messages
 
 from fsm_protocol._errors import DecodeError
 from fsm_protocol._messages import (
@@ -31,6 +30,8 @@ from fsm_protocol._messages import (
     decode,
     encode,
 )
+
+from .strategies import bodies, json_values, messages
 
 SPEC_EXAMPLE = (
     '{"v": 1, "type": "CURRENT_BATCH_ID", "task_id": "t-42", "sender": "alice/pod-a",'
