@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fsm_protocol import ConfigError, EchoProtocol, ProtocolFactory, UsageLimit, WorkerPlan, registry
+from fsm_protocol import (
+    ConfigError,
+    EchoProtocol,
+    ProtocolFactory,
+    UsageLimit,
+    WorkerPlan,
+    registry,
+)
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
 

@@ -17,7 +17,10 @@ def python_blocks() -> list[str]:
 def test_readme_embedding_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     (block,) = python_blocks()
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
-    assert capsys.readouterr().out.strip() == "TaskStatus.COMPLETE {'items': ['a', 'b'], 'results': ['A', 'B']}"
+    assert (
+        capsys.readouterr().out.strip()
+        == "TaskStatus.COMPLETE {'items': ['a', 'b'], 'results': ['A', 'B']}"
+    )
 
 
 def test_readme_quick_start_has_the_two_commands() -> None:
@@ -25,4 +28,4 @@ def test_readme_quick_start_has_the_two_commands() -> None:
     assert ".venv/bin/fsm-protocol demo" in text
     assert ".venv/bin/pytest" in text
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
-    assert "fsm-protocol\" demo" in ci and "pytest\" -m \"not slow\"" in ci
+    assert 'fsm-protocol" demo' in ci and 'pytest" -m "not slow"' in ci
