@@ -15,8 +15,16 @@ from ._algorithms import (
     ModellerAlgorithm,
     WorkerAlgorithm,
 )
+from ._auth import (
+    JobSigner,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    require_signed_jobs,
+)
 from ._bindings import BindingNames
 from ._chart import Chart, Location, Role, State, Timer, Transition
+from ._diagram import render_graphviz, to_dot, to_mermaid, to_plantuml
 from ._engine import Event, Machine, Snapshot, Step, snapshot_from_dict, snapshot_to_dict
 from ._errors import (
     BrokenTransportError,
@@ -58,8 +66,11 @@ from ._protocols import (
     WorkerPlan,
     registry,
 )
+from ._scxml import from_scxml, to_scxml
+from ._sequence import read_trace, to_mermaid_sequence, to_sequence_svg
 from ._shipped import shipped_chart
 from ._task import Hooks, TaskOutcome, run_task
+from ._tcp import HandshakeError, Limits, PodListener, TcpTransport, connect
 from ._transport import MemoryTransport, Transport, memory_transport_pair
 from ._worker import FAILURE_LIMIT, Pod, WorkerReport, run_worker
 
@@ -82,11 +93,14 @@ __all__ = [
     "EchoProtocol",
     "Event",
     "FsmProtocolError",
+    "HandshakeError",
     "Hooks",
     "InternalError",
     "Item",
     "JobRejectBody",
     "JobRequestBody",
+    "JobSigner",
+    "Limits",
     "ListDatasource",
     "Location",
     "Machine",
@@ -96,6 +110,7 @@ __all__ = [
     "Meta",
     "ModellerAlgorithm",
     "Pod",
+    "PodListener",
     "PodResponseError",
     "Problem",
     "Progress",
@@ -113,6 +128,7 @@ __all__ = [
     "TaskOutcome",
     "TaskStatus",
     "TaskTimeouts",
+    "TcpTransport",
     "Timer",
     "Transition",
     "Transport",
@@ -126,16 +142,30 @@ __all__ = [
     "WorkerReport",
     "body_of",
     "check_chart_text",
+    "connect",
     "decode",
     "encode",
+    "from_scxml",
+    "generate_key",
     "load_chart",
     "load_chart_text",
+    "load_private_key",
+    "load_public_key",
     "memory_transport_pair",
+    "read_trace",
     "registry",
+    "render_graphviz",
+    "require_signed_jobs",
     "run_modeller",
     "run_task",
     "run_worker",
     "shipped_chart",
     "snapshot_from_dict",
     "snapshot_to_dict",
+    "to_dot",
+    "to_mermaid",
+    "to_mermaid_sequence",
+    "to_plantuml",
+    "to_scxml",
+    "to_sequence_svg",
 ]

@@ -21,9 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._conform_cli import add_check, add_conform
 from ._demo import add_demo
+from ._diagram_cli import add_diagram
 from ._errors import Problem
 from ._loader import check_chart_text
+from ._net_cli import add_keys, add_modeller, add_worker
 from ._resources import shipped_chart_paths
 
 EXIT_OK = 0
@@ -135,7 +138,16 @@ def _add_validate(subparsers: Subparsers) -> None:
 
 # -------------------------------------------------------------------- main
 
-_SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_validate, add_demo)
+_SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    _add_validate,
+    add_demo,
+    add_modeller,
+    add_worker,
+    add_keys,
+    add_diagram,
+    add_check,
+    add_conform,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

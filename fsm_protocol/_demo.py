@@ -7,9 +7,6 @@ import sys
 from typing import TYPE_CHECKING
 
 import trio
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from ._modeller import Progress as BatchProgress
 from ._modeller import TaskTimeouts
@@ -18,6 +15,8 @@ from ._task import Hooks, TaskOutcome, run_task
 from ._worker import Pod
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
@@ -57,6 +56,10 @@ def add_demo(subparsers: Subparsers) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    # rich is imported here so that other subcommands start without it.
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     if args.workers < 1 or args.items < 0 or args.batch_size < 1:
         print(
             "fsm-protocol demo: --workers and --batch-size must be at least 1, --items at least 0",
@@ -110,6 +113,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(console: Console, outcome: TaskOutcome) -> None:
+    from rich.table import Table
+
     table = Table(title=f"task {outcome.task_id}: {outcome.status.value}")
     for column in ("worker", "end state", "results", "failed items", "abort reason"):
         table.add_column(column)

@@ -184,7 +184,11 @@ class Executor:
                     for state in reversed(tuple(slot.machine.chart.ancestors(leaf))):
                         self._activate(slot, state)
                 while not all(s.machine.is_final for s in self._slots.values()):
-                    self._process(await self._next())
+                    item = await self._next()
+                    # Killed while an event was on its way: act on nothing more (the
+                    # send loop may already be gone).
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    self._process(item)
                 inner.cancel_scope.cancel()
             self._nursery = None
             for slot in self._slots.values():

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from hypothesis import strategies as st
 
+from fsm_protocol import EchoProtocol, UsageLimit
 from fsm_protocol._messages import (
     JSON,
     AbortReason,
@@ -171,4 +173,181 @@ def messages(type: MessageType | None = None) -> st.SearchStrategy[Message]:
             body=bodies(t),
             meta=metas(),
         )
+    )
+
+
+# ------------------------------------------------------------ scenarios
+#
+# A scenario is one task for the property tests (tests/test_properties.py):
+# the pods with their Echo configurations, the job's flags, and the faults and
+# timings to inject. Everything that decides the schedule is drawn here, so a
+# failing example replays exactly and shrinks.
+
+MAX_PODS = 8
+MAX_ITEMS = 50
+MAX_BATCH_DELAY = 20
+MAX_SETUP_DELAY = 50
+FAULT_WINDOW = 600  # seconds of mock time in which a fault or a cancel can strike
+
+
+@attrs.frozen
+class Crash:
+    """The worker's task is killed at ``at`` and its connection closed."""
+
+    at: int
+
+
+@attrs.frozen
+class Silent:
+    """From ``at`` on the worker neither reads nor writes, and never closes."""
+
+    at: int
+
+
+@attrs.frozen
+class LateAnswer:
+    """The worker's answer to the job request is held back ``delay`` seconds."""
+
+    delay: int
+
+
+Fault = Crash | Silent | LateAnswer
+
+
+@attrs.frozen
+class PodScenario:
+    """One pod: its Echo configuration, its speed and its fault.
+
+    ``invalid`` makes the configuration one a worker must refuse
+    (``"batch_size"``: a batch size of 0; ``"duplicate"``: a repeated item).
+    """
+
+    pod_id: str
+    items: tuple[str, ...]
+    batch_size: int = 1
+    fail_in_batch: tuple[str, ...] = ()
+    fail_alone: tuple[str, ...] = ()
+    limit: UsageLimit | None = None
+    initial_setup: bool = False
+    invalid: str | None = None
+    setup_delay: int = 0
+    batch_delays: tuple[int, ...] = (0,)
+    fault: Fault | None = None
+
+    def echo(self) -> EchoProtocol:
+        """The configuration as the job request carries it (maybe invalid)."""
+        items, size = self.items, self.batch_size
+        if self.invalid == "batch_size":
+            size = 0
+        elif self.invalid == "duplicate":
+            items = (*items, items[0]) if items else ("dup", "dup")
+        return EchoProtocol(
+            items=items,
+            batch_size=size,
+            fail_in_batch=self.fail_in_batch,
+            fail_alone=self.fail_alone,
+            inference_limit=self.limit,
+            initial_setup=self.initial_setup,
+        )
+
+
+@attrs.frozen
+class Scenario:
+    """One task: its pods, the job's flags, a user cancel, and the schedule seed."""
+
+    pods: tuple[PodScenario, ...]
+    batched: bool = False
+    test_run: bool = False
+    require_all_pods: bool = False
+    cancel_at: int | None = None
+    schedule_seed: int = 0
+
+    @property
+    def faulty(self) -> frozenset[str]:
+        """Pods that crash or go silent: their part of the run cannot be predicted."""
+        return frozenset(p.pod_id for p in self.pods if isinstance(p.fault, (Crash, Silent)))
+
+    @property
+    def late(self) -> frozenset[str]:
+        return frozenset(p.pod_id for p in self.pods if isinstance(p.fault, LateAnswer))
+
+
+def faults(*, response_timeout: int) -> st.SearchStrategy[Fault | None]:
+    """No fault (most often), a crash, silence, or an answer after the response timeout."""
+    at = st.integers(min_value=0, max_value=FAULT_WINDOW)
+    return st.one_of(
+        st.none(),
+        st.builds(Crash, at),
+        st.builds(Silent, at),
+        st.builds(LateAnswer, st.integers(response_timeout + 1, response_timeout + 200)),
+    )
+
+
+@st.composite
+def pod_scenarios(
+    draw: st.DrawFn,
+    pod_id: str,
+    *,
+    max_items: int = MAX_ITEMS,
+    with_faults: bool = True,
+    response_timeout: int = 100,
+) -> PodScenario:
+    count = draw(st.integers(min_value=0, max_value=max_items))
+    items = tuple(f"i{n}" for n in range(count))
+    some = st.lists(st.sampled_from(items), unique=True).map(tuple) if items else st.just(())
+    # Limits near what the items use, so that usage often lands exactly on the limit.
+    used = st.integers(min_value=0, max_value=20)
+    headroom = st.integers(min_value=-3, max_value=count + 3)
+    limit = draw(
+        st.none()
+        | st.builds(lambda u, h: UsageLimit(limit=max(0, u + h), total_usage=u), used, headroom)
+    )
+    return PodScenario(
+        pod_id=pod_id,
+        items=items,
+        batch_size=draw(st.integers(min_value=1, max_value=12)),
+        fail_in_batch=draw(some),
+        fail_alone=draw(some),
+        limit=limit,
+        initial_setup=draw(st.booleans()),
+        invalid=draw(st.sampled_from([None, None, None, None, None, "batch_size", "duplicate"])),
+        setup_delay=draw(st.integers(min_value=0, max_value=MAX_SETUP_DELAY)),
+        batch_delays=draw(
+            st.lists(st.integers(0, MAX_BATCH_DELAY), min_size=1, max_size=5).map(tuple)
+        ),
+        fault=draw(faults(response_timeout=response_timeout)) if with_faults else None,
+    )
+
+
+@st.composite
+def scenarios(
+    draw: st.DrawFn,
+    *,
+    max_pods: int = MAX_PODS,
+    max_items: int = MAX_ITEMS,
+    with_faults: bool = True,
+    with_cancel: bool = True,
+    response_timeout: int = 100,
+) -> Scenario:
+    """Tasks of 1 to ``max_pods`` Echo workers, with faults and a cancel when asked."""
+    count = draw(st.integers(min_value=1, max_value=max_pods))
+    pods = tuple(
+        draw(
+            pod_scenarios(
+                f"pod{n}/p",
+                max_items=max_items,
+                with_faults=with_faults,
+                response_timeout=response_timeout,
+            )
+        )
+        for n in range(count)
+    )
+    cancel = st.none() | st.integers(min_value=0, max_value=FAULT_WINDOW)
+    return Scenario(
+        pods=pods,
+        batched=draw(st.booleans()),
+        test_run=draw(st.booleans()),
+        require_all_pods=draw(st.booleans()),
+        cancel_at=draw(cancel) if with_cancel else None,
+        schedule_seed=draw(st.integers(min_value=0, max_value=2**32 - 1)),
     )

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""A modeller written from the wire spec alone, without fsm_protocol.
+
+It runs the one task a CONFORMANCE_SCENARIO line describes (spec section 6):
+every pod's messages come in on stdin and go out on stdout, one JSON object
+per line. Test it with the conformance kit:
+
+    fsm-protocol conform --role modeller -- python examples/plain_modeller.py
+
+``--bug NAME`` makes it deviate from the spec in one way (see BUGS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+Message = dict[str, Any]  # one decoded JSON line
+Lines = queue.Queue[bytes | None]  # stdin's lines, None at its end
+
+BUGS = {
+    "no-barrier": "sends TASK_START to each pod as soon as that pod is ready",
+    "early-complete": "sends TASK_COMPLETE to each pod as soon as that pod is done",
+    "no-cancel-on-abort": "lets the other pods run on after one aborts",
+    "ignore-late-accept": "takes a JOB_ACCEPT after the response timeout like any other",
+    "lose-quick-start": "records accepts lazily and drops a TASK_START that comes too soon",
+    "no-online-response": "never answers ONLINE_CHECK",
+    "wrong-seq": "counts seq per pod instead of per task",
+    "no-setup": "never sends ALGORITHM_EXCHANGE",
+    "hang-at-end": "does not exit when the task is over",
+}
+
+CANCEL_WAIT = 5.0  # how long a cancelled pod has to confirm with TASK_ABORT
+RECORD_EVERY = 0.3  # lose-quick-start: how often pending accepts are recorded
+
+
+class Pod:
+    def __init__(self, name: str, protocol: Message) -> None:
+        self.name = name
+        self.protocol = protocol
+        self.state = "requested"  # requested, left_out, accepted, ended
+        self.accepted = False
+        self.late = False
+        self.cancelled_at: float | None = None
+        self.ready = False
+        self.started = False
+        self.done = False
+        self.results: list[object] = []
+
+    @property
+    def running(self) -> bool:
+        return self.state == "accepted"
+
+    @property
+    def counted(self) -> bool:
+        return self.accepted and not self.late and self.cancelled_at is None
+
+
+class Modeller:
+    def __init__(self, bug: str | None) -> None:
+        self.bug = bug
+        self.task_id = ""
+        self.me = "modeller"
+        self.seq = 0
+        self.pod_seq: dict[str, int] = {}
+        self.pods: dict[str, Pod] = {}
+        self.own_abort = False
+        self.require_all = False
+        self.pending_accepts: dict[str, float] = {}
+        self.last_record = time.monotonic()
+
+    def send(self, pod: str, kind: str, body: object = None) -> None:
+        if self.bug == "wrong-seq":
+            seq = self.pod_seq.get(pod, 0)
+            self.pod_seq[pod] = seq + 1
+        else:
+            seq, self.seq = self.seq, self.seq + 1
+        message = {
+            "v": 1,
+            "type": kind,
+            "task_id": self.task_id,
+            "sender": self.me,
+            "recipient": pod,
+            "seq": seq,
+            "body": body,
+            "meta": {},
+        }
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    def cancel(self, pod: Pod) -> None:
+        if pod.running and pod.cancelled_at is None:
+            pod.cancelled_at = time.monotonic()
+            self.send(pod.name, "TASK_CANCEL")
+
+    def cancel_others(self, but: Pod | None = None) -> None:
+        for pod in self.pods.values():
+            if pod is not but:
+                if pod.state == "requested":
+                    pod.state = "left_out"
+                self.cancel(pod)
+
+    # --------------------------------------------------------------- rules
+
+    def answers_in(self) -> bool:
+        return all(pod.state != "requested" for pod in self.pods.values())
+
+    def check_progress(self) -> None:
+        counted = [pod for pod in self.pods.values() if pod.counted]
+        if self.bug == "no-barrier":
+            ready = [pod for pod in counted if pod.ready and not pod.started]
+        elif self.answers_in() and counted and all(pod.ready for pod in counted):
+            ready = [pod for pod in counted if not pod.started]
+        else:
+            ready = []
+        for pod in ready:
+            if pod.running:
+                pod.started = True
+                self.send(pod.name, "TASK_START")
+        if self.own_abort:
+            return
+        if self.bug == "early-complete":
+            finished = [pod for pod in counted if pod.done and pod.running]
+        elif self.answers_in() and counted and all(pod.done for pod in counted):
+            finished = [pod for pod in counted if pod.running]
+        else:
+            finished = []
+        for pod in finished:
+            self.send(pod.name, "TASK_COMPLETE")
+            pod.state = "ended"
+
+    def over(self) -> bool:
+        return all(pod.state in ("ended", "left_out") for pod in self.pods.values())
+
+    # ------------------------------------------------------------- messages
+
+    def on_message(self, message: Message) -> None:
+        pod = self.pods.get(message.get("sender", ""))
+        if pod is None or pod.state == "ended":
+            return  # nothing is owed to a pod that has ended
+        kind = message.get("type")
+        if kind == "JOB_ACCEPT":
+            if pod.state == "left_out" and self.bug != "ignore-late-accept":
+                pod.state, pod.accepted, pod.late = "accepted", True, True
+                if any(other.running for other in self.pods.values() if other is not pod):
+                    self.cancel(pod)
+                else:
+                    pod.state = "ended"
+                return
+            pod.state, pod.accepted = "accepted", True
+            if self.bug == "lose-quick-start":
+                self.pending_accepts[pod.name] = time.monotonic()
+            if pod.protocol.get("initial_setup") and self.bug != "no-setup":
+                self.send(pod.name, "ALGORITHM_EXCHANGE", {"echo": True})
+            self.send(pod.name, "LOG_MESSAGE", {"level": "INFO", "message": "welcome"})
+        elif kind == "JOB_REJECT":
+            pod.state = "ended"
+            if self.require_all:
+                self.cancel_others(but=pod)
+        elif kind == "TASK_START":
+            if pod.name in self.pending_accepts:
+                return  # the accept is not recorded yet: this TASK_START is lost
+            pod.ready = True
+        elif kind == "EVALUATION_RESULTS":
+            pod.results.append(message.get("body"))
+        elif kind == "BATCHES_COMPLETE" and message.get("body") == "TASK_COMPLETE":
+            pod.done = True
+        elif kind == "ONLINE_CHECK":
+            if self.bug != "no-online-response":
+                self.send(pod.name, "ONLINE_RESPONSE", message.get("body"))
+        elif kind == "TASK_ABORT":
+            was_cancelled = pod.cancelled_at is not None
+            pod.state = "ended"
+            if not was_cancelled:
+                self.own_abort = True
+                if self.bug != "no-cancel-on-abort":
+                    self.cancel_others(but=pod)
+        self.check_progress()
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, lines: Lines) -> None:
+        first = lines.get()
+        if first is None:
+            raise SystemExit("plain_modeller: no CONFORMANCE_SCENARIO line")
+        scenario = json.loads(first)
+        self.task_id = scenario["task_id"]
+        body = scenario["body"]
+        job = body["job"]
+        overrides = body.get("job_overrides") or {}
+        self.require_all = bool(body.get("require_all_pods"))
+        answer_by = time.monotonic() + float(body["response_timeout_s"])
+        for name in body["pods"]:
+            protocol = {**job["protocol"], **overrides.get(name, {})}
+            self.pods[name] = Pod(name, protocol)
+            self.send(name, "JOB_REQUEST", {**job, "protocol": protocol})
+        while not self.over():
+            now = time.monotonic()
+            if now >= answer_by and not self.answers_in():
+                for pod in self.pods.values():
+                    if pod.state == "requested":
+                        pod.state = "left_out"
+                if self.require_all:
+                    self.cancel_others()
+                self.check_progress()
+            for pod in self.pods.values():
+                if pod.cancelled_at is not None and now - pod.cancelled_at > CANCEL_WAIT:
+                    pod.state = "ended"  # it never confirmed; stop waiting for it
+            if self.pending_accepts and now - self.last_record >= RECORD_EVERY:
+                self.pending_accepts.clear()
+                self.last_record = now
+            wait = 0.05 if self.answers_in() else max(0.0, min(0.05, answer_by - now))
+            try:
+                line = lines.get(timeout=wait)
+            except queue.Empty:
+                continue
+            if line is None:
+                break  # our input ended: the pods are gone
+            try:
+                message = json.loads(line)
+            except ValueError:
+                # A line that belongs to nobody: cancel everyone, the task has failed.
+                self.cancel_others()
+                continue
+            if isinstance(message, dict) and message.get("task_id") == self.task_id:
+                self.on_message(message)
+        outcome = {name: pod.state for name, pod in self.pods.items()}
+        print(f"plain_modeller: task over: {outcome}", file=sys.stderr)
+
+
+def read_lines(lines: Lines) -> None:
+    # os.read, not sys.stdin: a daemon thread blocked in a buffered reader can abort
+    # the interpreter at exit.
+    pending = b""
+    while chunk := os.read(sys.stdin.fileno(), 65536):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            lines.put(line)
+    if pending:
+        lines.put(pending)
+    lines.put(None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bug", choices=sorted(BUGS), help="deviate from the spec on purpose")
+    args = parser.parse_args()
+    lines: Lines = queue.Queue()
+    threading.Thread(target=read_lines, args=(lines,), daemon=True).start()
+    Modeller(args.bug).run(lines)
+    if args.bug == "hang-at-end":
+        while True:
+            time.sleep(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

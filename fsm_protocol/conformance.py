@@ -1,0 +1,176 @@
+"""The conformance kit: check traces, and test other implementations of either role.
+
+Two entry points, usable from pytest or any script, with or without trio:
+
+* :func:`check_trace` judges a recorded trace (wire messages, in the order one
+  party observed them): the per-worker order of the modeller chart, the
+  modeller-wide rules, every sender's seq and, for ``conformance.Echo`` jobs,
+  every item's account. :func:`assert_conforms` raises :class:`AssertionError`
+  with the first violation instead, like ``trio.testing.check_two_way_stream``.
+* :func:`run_conformance` starts another implementation as a command, plays
+  the other role with this library's engine, and runs the scenario catalogue
+  (:func:`catalogue`) plus Hypothesis-generated scenarios against it. Its
+  :class:`Report` has a verdict per case, the coverage reached, and JSON and
+  JUnit forms. :func:`conform` is the same, for code already inside trio.
+
+Example::
+
+    from fsm_protocol.conformance import run_conformance
+
+    def test_my_worker_conforms():
+        report = run_conformance(role="worker", command=["python", "my_worker.py"], seed=1)
+        report.assert_passed()
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import trio
+
+from ._chart import Role
+from ._check import CheckResult, Finding, ItemAccount, TraceChecker, check_stream
+from ._conform import (
+    CaseHook,
+    CaseResult,
+    Coverage,
+    Echo,
+    Fault,
+    FaultKind,
+    Note,
+    Report,
+    Scenario,
+    Verdict,
+    catalogue,
+    conform,
+    generated_scenarios,
+    sequence_diagram,
+)
+from ._echo_model import Delivery, EchoPrediction, Fate
+from ._messages import Message, encode
+
+__all__ = [
+    "CaseResult",
+    "CheckResult",
+    "Coverage",
+    "Delivery",
+    "Echo",
+    "EchoPrediction",
+    "Fate",
+    "Fault",
+    "FaultKind",
+    "Finding",
+    "ItemAccount",
+    "Note",
+    "Report",
+    "Scenario",
+    "Verdict",
+    "assert_conforms",
+    "catalogue",
+    "check_trace",
+    "conform",
+    "generated_scenarios",
+    "run_conformance",
+    "sequence_diagram",
+]
+
+TraceSource = str | os.PathLike[str] | Iterable[bytes | str | Message]
+
+
+def check_trace(
+    trace: TraceSource, *, echo: bool = True, silent_pods: Iterable[str] = ()
+) -> CheckResult:
+    """Check a trace; stops at the first violation.
+
+    Args:
+        trace: A path to an NDJSON file, or the lines themselves (``bytes`` or
+            ``str``, with or without their newline), or :class:`Message` values.
+        echo: Also check the item account of ``conformance.Echo`` jobs.
+        silent_pods: Pods known never to answer; the trace may end with them
+            unanswered.
+
+    Returns:
+        The verdict: ``ok``, the first violation (``finding``) if any, and the
+        Echo item accounts.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    checker = TraceChecker(echo=echo, unanswered_ok=silent_pods)
+    if isinstance(trace, (str, os.PathLike)):
+        with open(trace, "rb") as stream:
+            return check_stream(stream, checker)
+    checker.feed_lines(encode(line) if isinstance(line, Message) else line for line in trace)
+    return checker.finish()
+
+
+def assert_conforms(
+    trace: TraceSource, *, echo: bool = True, silent_pods: Iterable[str] = ()
+) -> CheckResult:
+    """Like :func:`check_trace`, but raise :class:`AssertionError` on a violation.
+
+    Raises:
+        AssertionError: With the violation's line, reason, state and expected messages.
+    """
+    result = check_trace(trace, echo=echo, silent_pods=silent_pods)
+    if result.finding is not None:
+        raise AssertionError(result.finding.render())
+    return result
+
+
+def run_conformance(
+    *,
+    role: Role | str,
+    command: Sequence[str],
+    scenarios: Sequence[str | Scenario] | None = None,
+    seed: int | None = None,
+    generated: int | None = None,
+    timeout: float = 10.0,
+    time_scale: float = 1.0,
+    transport: str = "stdio",
+    on_case: CaseHook | None = None,
+) -> Report:
+    """Test an implementation of ``role`` started as ``command``.
+
+    Args:
+        role: The role the command plays, ``"worker"`` or ``"modeller"``.
+        command: The command line that starts it.
+        scenarios: Names from :func:`catalogue` (and ``generated-N``), or
+            :class:`Scenario` values; by default the whole catalogue.
+        seed: The Hypothesis seed for the generated scenarios; random if None,
+            and always in the report, so a failure can be replayed.
+        generated: How many generated scenarios; by default 10 with the whole
+            catalogue and 0 with named scenarios.
+        timeout: The deadline of each case, in seconds; the kit kills the
+            processes of a case that overruns it (verdict TIMEOUT).
+        time_scale: Multiplies every timing of the kit, for slow implementations.
+        transport: How the kit reaches the command: ``"stdio"``, or ``"tcp"`` on
+            loopback, with ``{host}``, ``{port}``, ``{pod}`` (worker) or ``{port}`` /
+            ``{port_file}`` and ``{task}`` (modeller) filled in the command; see
+            docs/conformance.md, "Over TCP".
+        on_case: Called with each case's result as soon as it is known.
+
+    Returns:
+        The report: a verdict per case, the coverage, the seed.
+
+    Raises:
+        ConfigError: An unknown role, scenario or transport, or no command.
+    """
+    kwargs: dict[str, Any] = {
+        "role": role,
+        "command": command,
+        "scenarios": scenarios,
+        "seed": seed,
+        "generated": generated,
+        "timeout": timeout,
+        "time_scale": time_scale,
+        "transport": transport,
+        "on_case": on_case,
+    }
+
+    async def run() -> Report:
+        return await conform(**kwargs)
+
+    return trio.run(run)

@@ -1,0 +1,113 @@
+"""The docs: committed diagrams match the charts, examples run, the site builds strictly."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gen_diagrams", ROOT / "scripts" / "gen_diagrams.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_diagrams_match_the_charts() -> None:
+    """Fails when a chart changed and its diagrams were not regenerated."""
+    stale = generator().drifted()
+    assert stale == [], (
+        f"out of date in docs/diagrams/: {', '.join(stale)}; "
+        "run: python scripts/gen_diagrams.py (needs Graphviz for the SVGs)"
+    )
+
+
+def test_the_drift_check_notices_a_changed_chart(tmp_path: Path) -> None:
+    gen = generator()
+    shutil.copy(gen.OUT / gen.TRACE, tmp_path / gen.TRACE)
+    for name, text in gen.text_files().items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    for name in gen.CHARTS:
+        marker = gen.svg_marker(gen.to_dot(gen.shipped_chart(name)))
+        (tmp_path / f"{name}.svg").write_text(f"<?xml?>\n{marker}\n<svg/>\n", encoding="utf-8")
+    gen.OUT = tmp_path
+    assert gen.drifted() == []
+    (tmp_path / "worker.mmd").write_text("stateDiagram-v2\n")
+    svg = tmp_path / "modeller.svg"
+    svg.write_text(svg.read_text().replace("drawn from DOT sha256 ", "drawn from DOT sha256 0"))
+    assert gen.drifted() == ["worker.mmd", "modeller.svg"]
+
+
+# ------------------------------------------------------------------ the guide
+
+
+def examples(page: Path) -> list[tuple[str, str | None]]:
+    """Each ```python block of a page, with the ```text block right after it, if any."""
+    pattern = re.compile(r"```python\n(.*?)```\n(?:\n```text\n(.*?)```)?", re.S)
+    return [(code, output) for code, output in pattern.findall(page.read_text(encoding="utf-8"))]
+
+
+# Pages whose examples run here; docs/charts.md is checked by its own tests.
+EXAMPLES = [
+    (page, index, code, output)
+    for page in ("guide.md", "semantics.md")
+    for index, (code, output) in enumerate(examples(DOCS / page))
+]
+
+
+@pytest.mark.parametrize(
+    ("page", "index", "code", "output"),
+    EXAMPLES,
+    ids=[f"{page}-{index + 1}" for page, index, _, _ in EXAMPLES],
+)
+def test_examples_run_and_print_what_the_page_shows(
+    page: str,
+    index: int,
+    code: str,
+    output: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"docs/{page} example {index + 1}", "exec"), {"__name__": "docs"})
+    printed = capsys.readouterr().out
+    if output:
+        assert printed == output
+
+
+def test_the_guide_has_its_examples() -> None:
+    assert sum(page == "guide.md" for page, *_ in EXAMPLES) >= 4
+
+
+# ------------------------------------------------------------------- the site
+
+
+def test_docs_build_strictly(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: a broken link, anchor or docstring fails the build."""
+    pytest.importorskip("mkdocs", reason="install the test extra: pip install -e '.[test]'")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    assert "run_task" in api and "load_chart" in api
+    assert (tmp_path / "site" / "diagrams" / "worker.svg").is_file()
