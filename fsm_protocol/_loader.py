@@ -775,7 +775,7 @@ def _number_hint(text: str) -> str:
         value = float(text)
     except ValueError:
         return ""
-    return f"YAML reads {text!r} as text, not a number: write it as {value:g} or with a decimal point"
+    return f"YAML reads {text!r} as text, not a number: write {value:g} or use a decimal point"
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
