@@ -798,6 +798,9 @@ class _Link:
     def action_store_result(self, obj: Any) -> None:
         self.slots.add(obj["meta"].get("algorithm_index", 0))
 
+    def action_store_retry_result(self, obj: Any) -> None:
+        """Retries carry no batch id: the Echo item account checks them instead."""
+
 
 def _note_started(link: _Link, obj: Any) -> None:
     link.started = True

@@ -46,16 +46,18 @@ class TaskStatus(str, enum.Enum):
 
 @attrs.frozen(order=True)
 class ResultKey:
-    """Where a result belongs: its worker, and its batch id or retry number.
+    """Where a result belongs: its worker, its batch id or retry number, its algorithm.
 
     ``batch`` is the id the worker sent in ``meta.batch_number``; a result
     without one (non-batched, or a resilience retry) has ``batch`` None and
-    ``retry`` counting from 0 in arrival order for that worker.
+    ``retry`` counting from 0 in arrival order for that worker. ``algorithm``
+    is ``meta.algorithm_index``: a batch may carry one result per algorithm.
     """
 
     worker: str
     batch: int | None = None
     retry: int | None = None
+    algorithm: int = 0
 
 
 @attrs.frozen
@@ -135,6 +137,7 @@ class LinkBindings:
         self.abort_message = ""
         self.problem = ""
         self.cancel_sent = False
+        self.cancel_raised = False
         self.setup_sent = False
         self.start_raised = False
         self.complete_raised = False
@@ -259,7 +262,11 @@ class LinkBindings:
         self.setup_sent = True
 
     def action_send_cancel(self, event: Event) -> None:
-        self.send(MessageType.TASK_CANCEL)
+        # Two reasons to cancel can arrive before the first TASK_CANCEL goes out;
+        # TASK_CANCEL still goes at most once.
+        if not self.cancel_raised:
+            self.cancel_raised = True
+            self.send(MessageType.TASK_CANCEL)
 
     def action_note_cancel_sent(self, event: Event) -> None:
         self.cancel_sent = True
@@ -281,12 +288,14 @@ class LinkBindings:
     def action_store_result(self, event: Event) -> None:
         message: Message = event.data
         batch = message.meta.batch_number
-        if batch is None and self.job.batched_execution:
-            key = ResultKey(self.pod_id, None, self.retries)
-            self.retries += 1
-        else:
-            key = ResultKey(self.pod_id, batch)
-            self.result_slots.add((batch, message.meta.algorithm_index))
+        algorithm = message.meta.algorithm_index
+        self.result_slots.add((batch, algorithm))
+        self.task.store_result(ResultKey(self.pod_id, batch, None, algorithm), message)
+
+    def action_store_retry_result(self, event: Event) -> None:
+        message: Message = event.data
+        key = ResultKey(self.pod_id, None, self.retries, message.meta.algorithm_index)
+        self.retries += 1
         self.task.store_result(key, message)
 
     def action_check_progress(self, event: Event) -> None:
@@ -529,11 +538,12 @@ async def run_modeller(
     )
 
 
-def _sort_key(key: ResultKey) -> tuple[str, int, int]:
+def _sort_key(key: ResultKey) -> tuple[str, int, int, int]:
     return (
         key.worker,
         -1 if key.batch is None else key.batch,
         -1 if key.retry is None else key.retry,
+        key.algorithm,
     )
 
 

@@ -31,6 +31,7 @@ from fsm_protocol import (
     Meta,
     Pod,
     ResultKey,
+    Snapshot,
     load_chart,
     load_chart_text,
     shipped_chart,
@@ -114,6 +115,18 @@ def test_stand_ins_walk_the_shipped_charts_from_the_start(chart: Any) -> None:
 # ---------------------------------------------------- worker, real bindings
 
 
+def estimate() -> Message:
+    return Message.make(
+        MessageType.NUMBER_OF_BATCHES, task_id="t", sender="w/p", recipient="m", seq=0, body=3
+    )
+
+
+def no_second_estimate(run: ChartRun) -> bool:
+    """Once an estimate went out, the chart lets no other one out."""
+    sent = any(s.event == "send:NUMBER_OF_BATCHES" and s.internal for s in run.steps)
+    return not sent or not run.machine.accepts("send:NUMBER_OF_BATCHES", estimate())
+
+
 def worker_bindings(batched: bool, initial_setup: bool, failure_limit: int) -> WorkerBindings:
     """Real worker bindings, with the job the ``vet_job`` activity would have stored."""
     bindings = WorkerBindings(
@@ -162,6 +175,7 @@ def test_worker_chart_with_its_real_bindings() -> None:
             failures_stop_at_the_limit,
             batch_ids_count_up,
             one_estimate_at_most,
+            no_second_estimate,
             results_only_while_running,
         ],
     )
@@ -180,6 +194,7 @@ def test_worker_chart_with_its_real_bindings_inside_the_batch_loop() -> None:
             failures_stop_at_the_limit,
             batch_ids_count_up,
             one_estimate_at_most,
+            no_second_estimate,
             results_only_while_running,
         ],
         start_in=["batches", "resilience", "final_step"],
@@ -190,12 +205,29 @@ def test_worker_chart_with_its_real_bindings_inside_the_batch_loop() -> None:
 # -------------------------------------------------- modeller, real bindings
 
 
-def link_bindings(batched: bool, initial_setup: bool) -> LinkBindings:
-    """Real bindings of one modeller link, in a task of its own."""
+# Where a second worker of the same task may be, and what the modeller knows of it then.
+OTHER_WORKER = {
+    "requested": {},  # has not answered yet
+    "configuring": {"accepted": True, "answered": True},
+    "single_ready": {"accepted": True, "answered": True},
+    "running": {"accepted": True, "answered": True, "start_raised": True},
+    "final_step": {"accepted": True, "answered": True, "start_raised": True},
+}
+
+
+def link_bindings(batched: bool, initial_setup: bool, other: str | None = None) -> LinkBindings:
+    """Real bindings of one modeller link, in a task of its own or beside a second worker."""
     task = _Task("t-1", "modeller", _Recorder(), TaskTimeouts(), None, False)  # type: ignore[arg-type]
     job = JobRequestBody(protocol={"class_name": "x"}, batched_execution=batched)
-    link = LinkBindings(task, "pod", job, EchoProtocol(initial_setup=initial_setup))
+    config = EchoProtocol(initial_setup=initial_setup)
+    link = LinkBindings(task, "pod", job, config)
     task.links["pod"] = link
+    if other is not None:
+        second = LinkBindings(task, "other", job, config)
+        second.machine = Machine.restore(MODELLER, second, Snapshot("modeller", other))
+        for name, value in OTHER_WORKER[other].items():
+            setattr(second, name, value)
+        task.links["other"] = second
     return link
 
 
@@ -221,11 +253,33 @@ def every_result_is_kept(run: ChartRun) -> bool:
     return len(bindings.task.results) == len(taken)
 
 
+# The rules the guards stand for, stated without the chart: when the chart
+# would let a message out, the task-wide condition behind it must hold.
+
+
+def task_start_only_through_the_barrier(run: ChartRun) -> bool:
+    bindings: LinkBindings = run.bindings  # type: ignore[assignment]
+    return not run.machine.accepts("send:TASK_START") or bindings.task.all_ready()
+
+
+def task_complete_only_when_all_are_done(run: ChartRun) -> bool:
+    bindings: LinkBindings = run.bindings  # type: ignore[assignment]
+    return not run.machine.accepts("send:TASK_COMPLETE") or bindings.task.all_done()
+
+
+def no_second_cancel(run: ChartRun) -> bool:
+    bindings: LinkBindings = run.bindings  # type: ignore[assignment]
+    return not bindings.cancel_sent or not run.machine.accepts("send:TASK_CANCEL")
+
+
 def modeller_invariants(*, keep_results: bool) -> list[Callable[[ChartRun], object]]:
     found: list[Callable[[ChartRun], object]] = [
         link_machine_of,
         cancel_goes_at_most_once,
         no_complete_after_a_cancel,
+        task_start_only_through_the_barrier,
+        task_complete_only_when_all_are_done,
+        no_second_cancel,
     ]
     return [*found, every_result_is_kept] if keep_results else found
 
@@ -259,10 +313,31 @@ def test_modeller_chart_with_its_real_bindings() -> None:
     run(machine)
 
 
+@pytest.mark.parametrize(
+    ("batched", "states"),
+    [
+        (False, ["single_announced", "single_ready", "running", "final_step"]),
+        (True, ["batch_announced", "batch_ready", "running_batch", "resilience", "final_step"]),
+    ],
+    ids=["non-batched", "batched"],
+)
+def test_modeller_chart_beside_a_second_worker(batched: bool, states: list[str]) -> None:
+    """The barrier and completion look across workers, so give the task a second one."""
+    machine = machine_from_chart(
+        MODELLER,
+        bindings=st.builds(
+            link_bindings, st.just(batched), st.booleans(), st.sampled_from(sorted(OTHER_WORKER))
+        ),
+        invariants=modeller_invariants(keep_results=True),
+        data_for=modeller_data,
+        start_in=states,
+    )
+    run(machine, stateful_step_count=10)
+
+
 RESULT_KEY_BUG = "ResultKey has no algorithm index: a batch's second result overwrites its first"
 
 
-@pytest.mark.xfail(reason=RESULT_KEY_BUG, raises=AssertionError, strict=True)
 def test_modeller_results_states_keep_every_result() -> None:
     """From the states that take results, with results of two algorithm indexes.
 
@@ -278,7 +353,6 @@ def test_modeller_results_states_keep_every_result() -> None:
     run(machine, max_examples=200, database=None, phases=NO_SHRINK)
 
 
-@pytest.mark.xfail(reason=RESULT_KEY_BUG, raises=AssertionError, strict=True)
 def test_modeller_keeps_every_algorithms_result_of_a_batch() -> None:
     """Found by ``every_result_is_kept`` (see the test above); the minimal case.
 
