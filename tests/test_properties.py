@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
