@@ -18,13 +18,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._conform_cli import add_check, add_conform
 from ._demo import add_demo
 from ._diagram_cli import add_diagram
 from ._errors import Problem
+from ._files import Unusable, read_text
 from ._loader import check_chart_text
 from ._net_cli import add_keys, add_modeller, add_worker
 from ._resources import shipped_chart_paths
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Unusable(Exception):
-    """An input file that cannot be read as text; the message says what to do."""
-
-
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -55,26 +51,6 @@ def _version() -> str:
 
 
 # ---------------------------------------------------------------- validate
-
-
-def _read_text(name: str) -> str:
-    try:
-        data = Path(name).read_bytes()
-    except FileNotFoundError:
-        raise _Unusable(f"{name}: no such file (check the path)") from None
-    except IsADirectoryError:
-        raise _Unusable(f"{name}: is a directory (name the .yaml chart files inside it)") from None
-    except PermissionError:
-        raise _Unusable(f"{name}: permission denied (make the file readable)") from None
-    except OSError as exc:
-        raise _Unusable(f"{name}: cannot be read: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _Unusable(
-            f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}; "
-            "save the chart as UTF-8)"
-        ) from None
 
 
 def _run_validate(args: argparse.Namespace) -> int:
@@ -96,8 +72,8 @@ def _run_validate(args: argparse.Namespace) -> int:
     unusable = 0
     for name in names:
         try:
-            text = _read_text(name)
-        except _Unusable as exc:
+            text = read_text(name)
+        except Unusable as exc:
             print(f"fsm-protocol validate: {exc}", file=sys.stderr)
             unusable += 1
             continue

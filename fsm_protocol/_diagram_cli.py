@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ._chart import Chart
 from ._diagram import render_graphviz, to_dot, to_mermaid, to_plantuml
 from ._errors import ConfigError, DecodeError, Problem
+from ._files import Unusable, read_text
 from ._loader import check_chart_text
 from ._resources import shipped_chart_paths
 from ._scxml import check_scxml_text, to_scxml
@@ -32,10 +33,6 @@ _TEXT_WRITERS: dict[str, Callable[[Chart], str]] = {
     "plantuml": to_plantuml,
     "scxml": to_scxml,
 }
-
-
-class _Unusable(Exception):
-    """Input that cannot be drawn; the message says what to do."""
 
 
 def add_diagram(subparsers: Subparsers) -> None:
@@ -79,33 +76,16 @@ def _fail(message: str) -> int:
     return EXIT_UNUSABLE
 
 
-def _read(name: str, what: str) -> str:
-    try:
-        data = Path(name).read_bytes()
-    except FileNotFoundError:
-        raise _Unusable(f"{name}: no such {what} file (check the path)") from None
-    except IsADirectoryError:
-        raise _Unusable(f"{name}: is a directory, not a {what} file") from None
-    except OSError as exc:
-        raise _Unusable(f"{name}: cannot be read: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _Unusable(
-            f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
-
-
 def _load_chart(name: str) -> Chart:
     # A shipped chart's bare name wins; write ./worker for a file called worker.
     shipped = shipped_chart_paths()
     path = str(shipped[name]) if name in shipped else name
     if name not in shipped and not Path(name).exists():
-        raise _Unusable(
+        raise Unusable(
             f"{name}: no such chart file, and no shipped chart of that name "
             f"(the shipped charts are {', '.join(shipped) or 'missing: reinstall'})"
         )
-    text = _read(path, "chart")
+    text = read_text(path, "chart")
     problems: list[Problem]
     if Path(path).suffix.lower() in _SCXML_SUFFIXES:
         chart, problems = check_scxml_text(text, file=path)
@@ -115,7 +95,7 @@ def _load_chart(name: str) -> Chart:
         for problem in problems:
             print(problem, file=sys.stderr)
         count = len(problems)
-        raise _Unusable(
+        raise Unusable(
             f"{path}: cannot draw a chart with {count} problem{'s' if count != 1 else ''} "
             "(fix them; fsm-protocol validate lists them too)"
         )
@@ -130,15 +110,15 @@ def _chart_output(chart: Chart, fmt: str) -> bytes:
 
 def _trace_output(name: str, fmt: str, *, fold: bool) -> bytes:
     if fmt not in TRACE_FORMATS:
-        raise _Unusable(
+        raise Unusable(
             f"a trace is drawn as {' or '.join(TRACE_FORMATS)}, not {fmt} (use --format svg)"
         )
     try:
-        messages = read_trace(_read(name, "trace"), file=name)
+        messages = read_trace(read_text(name, "trace"), file=name)
     except DecodeError as exc:
-        raise _Unusable(f"{exc} (a trace has one wire message per line)") from None
+        raise Unusable(f"{exc} (a trace has one wire message per line)") from None
     if not messages:
-        raise _Unusable(f"{name}: the trace has no messages")
+        raise Unusable(f"{name}: the trace has no messages")
     writer = to_sequence_svg if fmt == "svg" else to_mermaid_sequence
     return writer(messages, fold=fold).encode("utf-8")
 
@@ -153,7 +133,7 @@ def run_diagram(args: argparse.Namespace) -> int:
             output = _trace_output(args.trace, args.format, fold=not args.no_fold)
         else:
             output = _chart_output(_load_chart(args.chart), args.format)
-    except (_Unusable, ConfigError) as exc:
+    except (Unusable, ConfigError) as exc:
         return _fail(str(exc))
     binary = args.format == "png"
     if args.output is None:
