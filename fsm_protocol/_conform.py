@@ -1526,12 +1526,7 @@ async def _discard_output(peer: ProcessPeer) -> None:
 
 async def _half_close(conn: TcpTransport) -> None:
     """Send EOF on the connection but keep reading it; a full close if it cannot half-close."""
-    stream = getattr(conn, "_stream", None)
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            await stream.send_eof()
-        return
-    await conn.aclose()
+    await conn.send_eof()
 
 
 def _unbounded_reads(conn: TcpTransport) -> None:

@@ -109,6 +109,9 @@ class TcpTransport:
         first_message_timeout_s: float | None = None,
     ) -> None:
         self._stream = stream
+        # trio streams refuse two concurrent writers; results, cancels and an EOF
+        # can all be on their way at once.
+        self._send_lock = trio.Lock()
         self.peer = peer
         self.limits = limits
         self.expect_sender = expect_sender
@@ -129,6 +132,20 @@ class TcpTransport:
     async def send(self, message: Message) -> None:
         await self.send_line(encode(message))
 
+    async def send_eof(self) -> None:
+        """Half-close: the peer sees the end of its input, and its answer can still be read.
+
+        A TLS stream cannot half-close; it is closed instead.
+        """
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            async with self._send_lock:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await self._stream.send_eof()
+            return
+        await self.aclose()
+
     async def send_line(self, line: bytes) -> None:
         """Write bytes as they are: the hello, or malformed input in tests."""
         if self._closed:
@@ -137,7 +154,8 @@ class TcpTransport:
             )
         try:
             with trio.fail_after(self.limits.send_timeout_s):
-                await self._stream.send_all(line)
+                async with self._send_lock:
+                    await self._stream.send_all(line)
         except trio.TooSlowError:
             text = (
                 f"{self.peer} read nothing for {self.limits.send_timeout_s:g} s "
