@@ -388,6 +388,10 @@ class _Task:
             and all(link.complete_raised or link.expects("send:TASK_COMPLETE") for link in counted)
         )
 
+    def stopping(self) -> bool:
+        """Whether the whole task is being cancelled (own abort, user cancel, missing pod)."""
+        return self.own_abort or self.user_cancelled or bool(self.pods_missing)
+
     def check_progress(self) -> None:
         """Apply the modeller-wide rules after any link changed."""
         if self.require_all_pods and self.responses_in() and not self.pods_missing:
@@ -395,7 +399,9 @@ class _Task:
             if missing:
                 self.pods_missing = missing
                 self.cancel_all()
-        if self.all_ready():
+        # Once the task is being cancelled the barrier stays shut, even for links whose
+        # TASK_CANCEL is still queued (they are counted until it goes out).
+        if not self.stopping() and self.all_ready():
             for link in self.counted():
                 if not link.start_raised and link.expects("send:TASK_START"):
                     link.start_raised = True

@@ -4,10 +4,11 @@
 Each mutant replaces exactly one line of a chart or of the runtime. It is
 applied to a fresh copy of the repository in a temporary folder (the working
 tree is never edited), and the property tests run there with a fixed
-Hypothesis seed. The copy runs as a source checkout: the editable install of
-the working tree is hidden from it, so the copy's charts and code are the ones
-under test. The script prints a table: each mutant, caught or missed, by which
-test, and how long it took.
+Hypothesis seed, under the ``mutation`` profile (``ci`` without shrinking).
+The copy runs as a source checkout: the editable install of the working tree
+is hidden from it, so the copy's charts and code are the ones under test. The
+script prints a table: each mutant, caught or missed, by which test, and how
+long it took.
 
 Usage:
     python scripts/mutate.py                 # every mutant, two at a time
@@ -257,7 +258,7 @@ def run_suite(root: Path, seed: int) -> tuple[int, str]:
     args = [
         sys.executable, "-c", RUNNER, str(root),
         "-x", "-q", "-rf", "--no-header", "-p", "no:cacheprovider",
-        f"--hypothesis-seed={seed}", "--hypothesis-profile=ci", *TESTS,
+        f"--hypothesis-seed={seed}", "--hypothesis-profile=mutation", *TESTS,
     ]  # fmt: skip
     try:
         done = subprocess.run(

@@ -286,8 +286,8 @@ def modeller_invariants(*, keep_results: bool) -> list[Callable[[ChartRun], obje
 
 def modeller_data(event: str) -> Any:
     if event == "recv:EVALUATION_RESULTS":
-        # One algorithm index per result keeps this run about the order, not about
-        # several results per batch (see the xfail test below).
+        # One algorithm index per result keeps this run about the order; several
+        # results per batch have tests of their own below.
         return st.builds(
             lambda batch: Message.make(
                 MessageType.EVALUATION_RESULTS,
@@ -335,13 +335,10 @@ def test_modeller_chart_beside_a_second_worker(batched: bool, states: list[str])
     run(machine, stateful_step_count=10)
 
 
-RESULT_KEY_BUG = "ResultKey has no algorithm index: a batch's second result overwrites its first"
-
-
 def test_modeller_results_states_keep_every_result() -> None:
     """From the states that take results, with results of two algorithm indexes.
 
-    This is how the bug pinned below shows: ``every_result_is_kept`` fails
+    This is how the bug pinned below showed: ``every_result_is_kept`` failed
     after two ``recv:EVALUATION_RESULTS`` of one batch.
     """
     machine = machine_from_chart(
@@ -358,9 +355,9 @@ def test_modeller_keeps_every_algorithms_result_of_a_batch() -> None:
 
     The spec allows several ``EVALUATION_RESULTS`` per batch, one per
     ``meta.algorithm_index``, and the chart takes them (its duplicate check
-    is keyed by batch and index), but ``LinkBindings.action_store_result``
-    files each under ``ResultKey(worker, batch)``, so the second replaces
-    the first in ``TaskOutcome.results``.
+    is keyed by batch and index). ``LinkBindings.action_store_result`` used
+    to file each under ``ResultKey(worker, batch)``, so the second replaced
+    the first; ``ResultKey`` now carries the algorithm index.
     """
     link = link_bindings(batched=False, initial_setup=False)
     link.machine = machine = Machine.from_chart(MODELLER, link)

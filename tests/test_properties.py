@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
@@ -73,9 +74,6 @@ HANG = 10**6
 # Whole tasks are worth more examples than the profile's default, but the
 # thorough profile's count is never lowered.
 TASKS = settings(max_examples=max(settings.default.max_examples, 200))
-# Was True while the modeller chart left a pod out on a cancel without
-# check_progress (fixed; pinned by the test at the end of this module).
-KNOWN_BUG_LEFT_OUT_BY_CANCEL = False
 
 
 # ------------------------------------------------------------------ harness
@@ -245,8 +243,16 @@ def play(sc: Scenario) -> Run:
     clock = trio.testing.MockClock(autojump_threshold=0)
     try:
         return trio.run(run_scenario, sc, clock=clock)
-    except trio.TooSlowError:
-        raise AssertionError(f"the run hung: no end after {HANG} s of mock time") from None
+    except Exception as error:
+        if contains(error, lambda e: isinstance(e, trio.TooSlowError)):
+            raise AssertionError(f"the run hung: no end after {HANG} s of mock time") from error
+        raise
+
+
+def contains(error: BaseException, predicate: Callable[[BaseException], bool]) -> bool:
+    """Whether ``error``, or any error in its (nested) exception groups, matches."""
+    inner = getattr(error, "exceptions", ())
+    return predicate(error) or any(contains(e, predicate) for e in inner)
 
 
 # -------------------------------------------------------------- properties
@@ -491,11 +497,6 @@ def check_ends_promptly(run: Run) -> None:
     silent = [p.pod_id for p in sc.pods if isinstance(p.fault, Silent)]
     if silent:
         bound += TIMEOUTS.cancel_timeout_s
-        if KNOWN_BUG_LEFT_OUT_BY_CANCEL:
-            # See the xfail test below: a silent pod left out by a cancel is given up on
-            # only at the idle timeout. Remove this allowance when that test passes.
-            assert TIMEOUTS.worker_idle_timeout_s is not None
-            bound += TIMEOUTS.worker_idle_timeout_s
     if set(silent) & answered:
         assert TIMEOUTS.worker_idle_timeout_s is not None
         bound += 2 * TIMEOUTS.worker_idle_timeout_s
@@ -759,13 +760,9 @@ def test_a_pod_left_out_by_a_cancel_does_not_keep_the_modeller_waiting() -> None
     """A pod that has not answered when another worker aborts is left out at once.
 
     Found by ``check_ends_promptly``: the ``requested --cancel_requested-->
-    left_out`` arc of the modeller chart runs no ``check_progress``, so
-    ``task_ended`` is never raised for the silent pod and the modeller waits
-    for it until the idle timeout; without one, forever. (Adding
-    ``check_progress`` to that arc alone is not enough: with
-    ``require_all_pods`` it queues a second ``cancel_requested`` for links
-    whose first TASK_CANCEL is not sent yet, both pass ``!cancel_sent``, and
-    the modeller raises InternalError.)
+    left_out`` arc of the modeller chart ran no ``check_progress``, so
+    ``task_ended`` was never raised for the silent pod and the modeller waited
+    for it until the idle timeout; without one, forever.
     """
     trio.run(left_out_by_a_cancel, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -845,3 +842,58 @@ def test_a_worker_killed_mid_step_unwinds_cleanly() -> None:
     for seed in range(30):
         scheduler.seed(seed)
         trio.run(killed_as_its_setup_ends, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("first", ["ready/p", "mute/p"])
+def test_a_cancel_that_leaves_a_pod_out_opens_no_barrier(first: str) -> None:
+    """The user cancels while one worker waits at the barrier and another never answered.
+
+    Fixed: ``_Task.check_progress`` opens no barrier once the task is stopping.
+    Found by ``test_every_run_keeps_every_property`` once the arc
+    ``requested --cancel_requested--> left_out`` ran ``check_progress``. The
+    cancel raises ``cancel_requested`` for every link; when the unanswered pod's
+    turns it into ``left_out``, ``check_progress`` sees every answer in and the
+    ready worker still counted (its TASK_CANCEL is queued but not sent, so
+    ``cancel_sent`` is False) and raises ``send:TASK_START``. If the worker's
+    link comes first, its TASK_CANCEL goes out before that TASK_START, the
+    chart's ``all_ready`` guard refuses it, and the modeller raised
+    InternalError. If the silent pod comes first, TASK_START goes out to a
+    worker the user had just cancelled. Either way the barrier must stay shut:
+    the response wait (60 s) is not over when the user cancels (10 s).
+    """
+    links = dict.fromkeys(sorted(["ready/p", "mute/p"], key=lambda p: p != first))
+    trace = trio.run(
+        cancel_before_the_barrier, list(links), clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+    assert [m.type for m in trace if m.sender == MODELLER and m.type is T.TASK_START] == []
+
+
+async def cancel_before_the_barrier(order: list[str]) -> tuple[Message, ...]:
+    links, ends = {}, {}
+    for pod in order:  # the order of the links is the order the cancel reaches them
+        links[pod], ends[pod] = memory_transport_pair()
+    protocol = EchoProtocol(items=("x",))
+    jobs = {
+        p: JobRequestBody(protocol=registry.dump(protocol), pod_identifiers=tuple(links))
+        for p in links
+    }
+    cancel = trio.Event()
+
+    async def cancel_soon() -> None:
+        await trio.sleep(10)
+        cancel.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_worker, Pod("ready/p"), ends["ready/p"])  # mute/p never answers
+        nursery.start_soon(cancel_soon)
+        run = await run_modeller(
+            task_id=TASK_ID,
+            jobs=jobs,
+            configs={p: protocol for p in links},
+            links=links,
+            timeouts=TaskTimeouts(response_timeout_s=60),
+            cancel=cancel,
+        )
+        nursery.cancel_scope.cancel()
+    assert run.status is TaskStatus.CANCELLED
+    return run.trace
