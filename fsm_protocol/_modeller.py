@@ -95,7 +95,9 @@ class TaskTimeouts:
         response_timeout_s: How long pods have to answer the job request.
         cancel_timeout_s: How long a cancelled worker has to confirm with TASK_ABORT.
         worker_idle_timeout_s: How long a worker may stay silent while the
-            modeller waits on it (not while it waits on the modeller).
+            modeller waits on it (not while it waits on the modeller). A busy
+            worker sends nothing during a batch or its whole resilience phase,
+            so this must exceed the longest of those, or it ends ``lost``.
         task_start_timeout_s: Sent to workers: their wait for our TASK_START.
         soft_timeout_s: Sent to workers: quiet time before their ONLINE_CHECK.
         hard_timeout_s: Sent to workers: wait for the answer to ONLINE_CHECK.

@@ -85,6 +85,14 @@ class WorkerReport:
     skipped: tuple[str, ...] = ()
 
 
+@attrs.frozen
+class _Delivery:
+    """The items behind one EVALUATION_RESULTS: those it holds, and those the limit cut."""
+
+    kept: Sequence[Item]
+    cut: Sequence[Item]
+
+
 @attrs.define
 class _Abort:
     reason: AbortReason
@@ -124,6 +132,9 @@ class WorkerBindings:
         self.delivered: list[str] = []
         self.failed: dict[str, str] = {}
         self.cut: list[str] = []
+        # Results handed to the executor but not sent yet, by batch id (None for a
+        # retry or a non-batched run), oldest first. A cancel can overtake them.
+        self.unsent: dict[int | None, list[_Delivery]] = {}
         self.run_items: set[str] = set()
         self.usage: UsageLimit | None = None
         self.abort: _Abort | None = None
@@ -215,7 +226,18 @@ class WorkerBindings:
         self.next_batch_id = self.current_batch + 1
 
     def action_note_result(self, event: Event) -> None:
+        # Items count as delivered, and are cached, only once their results go out.
         self.successes += 1
+        waiting = self.unsent.get(event.data.meta.batch_number)
+        if not waiting:
+            return
+        delivery = waiting.pop(0)
+        self.delivered.extend(i.name for i in delivery.kept)
+        self.cut.extend(i.name for i in delivery.cut)
+        if self.cache is not None:
+            self.cache.mark_processed(
+                self._cache_scope(), [(i.name, i.modified or "") for i in delivery.kept]
+            )
 
     def action_note_failure(self, event: Event) -> None:
         self.consecutive_failures += 1
@@ -422,6 +444,7 @@ class WorkerBindings:
         body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
         body = body_hook(kept, kept_results)
         consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
+        self.unsent.setdefault(batch, []).append(_Delivery(kept, items[allowed:]))
         ctx.send(
             self.message(
                 MessageType.EVALUATION_RESULTS,
@@ -429,12 +452,6 @@ class WorkerBindings:
                 Meta(batch_number=batch, resources_consumed=consumed),
             )
         )
-        self.delivered.extend(i.name for i in kept)
-        self.cut.extend(i.name for i in items[allowed:])
-        if self.cache is not None:
-            self.cache.mark_processed(
-                self._cache_scope(), [(i.name, i.modified or "") for i in kept]
-            )
         if over:
             assert self.usage is not None
             ctx.post(
