@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -18,6 +19,12 @@ from fsm_protocol import (
     registry,
     run_worker,
 )
+from fsm_protocol._algorithms import ListDatasource
+from fsm_protocol._cache import ItemCache
+from fsm_protocol._engine import Event
+from fsm_protocol._executor import ActivityContext, Executor
+from fsm_protocol._protocols import EchoWorker, WorkerPlan
+from fsm_protocol._worker import WorkerBindings
 
 from .peers import Scripted, scripted_modeller
 
@@ -183,3 +190,32 @@ async def test_worker_vet_hook_can_refuse_a_job() -> None:
         await peer.send("JOB_REQUEST", request_body())
         reject = await peer.expect("JOB_REJECT")
         assert reject.body == {"UNAUTHORISED": ["unknown modeller"]}
+
+
+def test_items_count_as_delivered_only_once_their_results_go_out(tmp_path: Path) -> None:
+    """A result a cancel overtakes never leaves; its items must not be cached as done.
+
+    Found by the thorough property run: the worker used to count the items, and mark
+    them processed for ``run_on_new_data_only``, when the batch activity handed the
+    message over, so a dropped message still hid its items from the next run.
+    """
+    bindings = WorkerBindings(Pod("w/p", results_dir=tmp_path), Executor(options={}))
+    protocol = EchoProtocol(items=("a", "b"))
+    bindings.job = JobRequestBody(protocol={"class_name": "x"}, project_id="proj")
+    items = ListDatasource.from_names(protocol.items).items()
+    bindings.plan = WorkerPlan(EchoWorker(protocol), items)
+    bindings.cache = cache = ItemCache(tmp_path / "cache.sqlite")
+    handed_over: list[tuple[str, Any]] = []
+    ctx = ActivityContext("w/p", "running_batch", poster=lambda n, d: handed_over.append((n, d)))
+
+    bindings._deliver(ctx, list(bindings.plan.items), ["a", "b"], 0)
+
+    [(event, message)] = handed_over
+    assert event == "send:EVALUATION_RESULTS"
+    assert bindings.report("aborted").delivered == () and cache.processed("proj") == {}
+
+    bindings.action_note_result(Event(event, message))  # the message went out
+
+    assert bindings.report("complete").delivered == ("a", "b")
+    assert sorted(cache.processed("proj")) == ["a", "b"]
+    cache.close()
