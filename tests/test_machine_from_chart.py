@@ -272,6 +272,38 @@ def no_second_cancel(run: ChartRun) -> bool:
     return not bindings.cancel_sent or not run.machine.accepts("send:TASK_CANCEL")
 
 
+def a_late_accept_is_cancelled(run: ChartRun) -> bool:
+    """Spec section 4: a JOB_ACCEPT after the response timeout is answered with TASK_CANCEL."""
+    bindings: LinkBindings = run.bindings  # type: ignore[assignment]
+    return not bindings.late or bindings.cancel_raised
+
+
+def no_second_result_for_a_slot(run: ChartRun) -> bool:
+    """Two results with the same batch and algorithm index are a violation (spec section 4).
+
+    Retries in the resilience phase carry no batch id, and several are allowed.
+    """
+    bindings: LinkBindings = run.bindings  # type: ignore[assignment]
+    if run.machine.state == "resilience":
+        return True
+    return not any(
+        run.machine.accepts("recv:EVALUATION_RESULTS", result(batch, algorithm))
+        for batch, algorithm in bindings.result_slots
+    )
+
+
+def result(batch: int | None, algorithm: int = 0) -> Message:
+    return Message.make(
+        MessageType.EVALUATION_RESULTS,
+        task_id="t-1",
+        sender="pod",
+        recipient="modeller",
+        seq=0,
+        body={"items": []},
+        meta=Meta(batch_number=batch, algorithm_index=algorithm),
+    )
+
+
 def modeller_invariants(*, keep_results: bool) -> list[Callable[[ChartRun], object]]:
     found: list[Callable[[ChartRun], object]] = [
         link_machine_of,
@@ -280,6 +312,8 @@ def modeller_invariants(*, keep_results: bool) -> list[Callable[[ChartRun], obje
         task_start_only_through_the_barrier,
         task_complete_only_when_all_are_done,
         no_second_cancel,
+        a_late_accept_is_cancelled,
+        no_second_result_for_a_slot,
     ]
     return [*found, every_result_is_kept] if keep_results else found
 
@@ -289,15 +323,7 @@ def modeller_data(event: str) -> Any:
         # One algorithm index per result keeps this run about the order; several
         # results per batch have tests of their own below.
         return st.builds(
-            lambda batch: Message.make(
-                MessageType.EVALUATION_RESULTS,
-                task_id="t-1",
-                sender="pod",
-                recipient="modeller",
-                seq=0,
-                body={"items": []},
-                meta=Meta(batch_number=batch),
-            ),
+            result,
             st.none() | st.integers(min_value=0, max_value=3),
         )
     return None
@@ -348,6 +374,33 @@ def test_modeller_results_states_keep_every_result() -> None:
         start_in=["running", "resilience"],
     )
     run(machine, max_examples=200, database=None, phases=NO_SHRINK)
+
+
+def link_in_batch(initial_setup: bool) -> LinkBindings:
+    """A batched link whose worker announced batch 2: what ``running_batch`` holds."""
+    link = link_bindings(batched=True, initial_setup=initial_setup)
+    link.current_batch, link.next_batch_id = 2, 3
+    return link
+
+
+def batch_results(event: str) -> Any:
+    if event == "recv:EVALUATION_RESULTS":
+        # Mostly the current batch and the first algorithm, so that slots repeat.
+        batches = st.sampled_from([2, 2, 2, 1, 3, None])
+        return st.builds(result, batches, st.sampled_from([0, 0, 1]))
+    return None
+
+
+def test_modeller_running_batch_takes_one_result_per_slot() -> None:
+    """Walks from the start seldom announce a batch id; start inside a batch instead."""
+    machine = machine_from_chart(
+        MODELLER,
+        bindings=st.builds(link_in_batch, st.booleans()),
+        invariants=modeller_invariants(keep_results=True),
+        data_for=batch_results,
+        start_in=["running_batch"],
+    )
+    run(machine, stateful_step_count=10)
 
 
 def test_modeller_keeps_every_algorithms_result_of_a_batch() -> None:

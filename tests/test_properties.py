@@ -592,10 +592,21 @@ RESULTS_OVERTAKEN_BY_A_CANCEL = Scenario(
     batched=True,
 )
 
+# Spec section 4: a pod that accepts after the response timeout, while another
+# worker still runs, is cancelled at once. Random draws reach this only sometimes.
+LATE_ACCEPT_WHILE_ANOTHER_RUNS = Scenario(
+    pods=(
+        PodScenario("slow/p", items=("i0", "i1", "i2"), batch_delays=(60,)),
+        PodScenario("late/p", items=("i0",), fault=LateAnswer(110)),
+    ),
+    batched=True,
+)
+
 
 @TASKS
 @given(scenarios())
 @example(SILENT_PEER_AT_THE_BARRIER)
+@example(LATE_ACCEPT_WHILE_ANOTHER_RUNS)
 @example(RESULTS_OVERTAKEN_BY_A_CANCEL)
 def test_every_run_keeps_every_property(sc: Scenario) -> None:
     run = play(sc)
