@@ -383,8 +383,7 @@ class _Task:
     def all_done(self) -> bool:
         counted = self.counted()
         return (
-            not self.own_abort
-            and not self.user_cancelled
+            not self.stopping()
             and self.responses_in()
             and bool(counted)
             and all(link.complete_raised or link.expects("send:TASK_COMPLETE") for link in counted)
