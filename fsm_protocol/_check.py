@@ -1371,27 +1371,13 @@ class TraceChecker:
         if link.excused or link.ignored:
             return
 
-        # One step of the link's monitor: _take, inlined.
         if event is _SEND_TASK_START and not task.barrier_open:
             self._open_barrier(task)
         arcs = link.row.get(event)
         if arcs is None:
             self._refused(link, event, obj)
             return
-        for arc in arcs:
-            for guard, want in arc.guard_fns:
-                if guard(link, obj) is not want:
-                    break
-            else:
-                break
-        else:
-            self._guards_failed(link, event, obj, arcs)
-        if link.owed is not None and event in _SEND_EVENTS:
-            self._discharge(link, event[5:], obj)
-        for action in arc.action_fns:
-            action(link, obj)
-        if arc.target is not None:
-            self._move(link, event, arc.target)
+        self._take(link, event, obj, arcs)
         fact = _FACTS.get(event)
         if fact is not None:
             fact(link, obj)
