@@ -6,7 +6,7 @@ in private modules and may change without notice.
 
 from __future__ import annotations
 
-from ._algorithms import (
+from ._algo._algorithms import (
     BatchFailed,
     BatchInfo,
     Datasource,
@@ -15,18 +15,16 @@ from ._algorithms import (
     ModellerAlgorithm,
     WorkerAlgorithm,
 )
-from ._auth import (
-    JobSigner,
-    generate_key,
-    load_private_key,
-    load_public_key,
-    require_signed_jobs,
+from ._algo._protocols import (
+    EchoProtocol,
+    ProtocolFactory,
+    ProtocolRegistry,
+    UsageLimit,
+    WorkerContext,
+    WorkerPlan,
+    registry,
 )
-from ._bindings import BindingNames
-from ._chart import Chart, Location, Role, State, Timer, Transition
-from ._diagram import render_graphviz, to_dot, to_mermaid, to_plantuml
-from ._engine import Event, Machine, Snapshot, Step, snapshot_from_dict, snapshot_to_dict
-from ._errors import (
+from ._base._errors import (
     BrokenTransportError,
     ChartError,
     ClosedTransportError,
@@ -39,9 +37,35 @@ from ._errors import (
     ProtocolViolation,
     TransportError,
 )
-from ._executor import Violation
-from ._loader import check_chart_text, load_chart, load_chart_text
-from ._messages import (
+from ._core._bindings import BindingNames
+from ._core._chart import Chart, Location, Role, State, Timer, Transition
+from ._core._engine import Event, Machine, Snapshot, Step, snapshot_from_dict, snapshot_to_dict
+from ._core._loader import check_chart_text, load_chart, load_chart_text
+from ._core._shipped import shipped_chart
+from ._export._diagram import render_graphviz, to_dot, to_mermaid, to_plantuml
+from ._export._scxml import from_scxml, to_scxml
+from ._export._sequence import read_trace, to_mermaid_sequence, to_sequence_svg
+from ._net._auth import (
+    JobSigner,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    require_signed_jobs,
+)
+from ._net._tcp import HandshakeError, Limits, PodListener, TcpTransport, connect
+from ._runtime._executor import Violation
+from ._runtime._modeller import (
+    Progress,
+    ResultKey,
+    TaskStatus,
+    TaskTimeouts,
+    WorkerOutcome,
+    run_modeller,
+)
+from ._runtime._task import Hooks, TaskOutcome, run_task
+from ._runtime._transport import MemoryTransport, Transport, memory_transport_pair
+from ._runtime._worker import FAILURE_LIMIT, Pod, WorkerReport, run_worker
+from ._wire._messages import (
     MODELLER,
     AbortReason,
     JobRejectBody,
@@ -56,23 +80,6 @@ from ._messages import (
     decode,
     encode,
 )
-from ._modeller import Progress, ResultKey, TaskStatus, TaskTimeouts, WorkerOutcome, run_modeller
-from ._protocols import (
-    EchoProtocol,
-    ProtocolFactory,
-    ProtocolRegistry,
-    UsageLimit,
-    WorkerContext,
-    WorkerPlan,
-    registry,
-)
-from ._scxml import from_scxml, to_scxml
-from ._sequence import read_trace, to_mermaid_sequence, to_sequence_svg
-from ._shipped import shipped_chart
-from ._task import Hooks, TaskOutcome, run_task
-from ._tcp import HandshakeError, Limits, PodListener, TcpTransport, connect
-from ._transport import MemoryTransport, Transport, memory_transport_pair
-from ._worker import FAILURE_LIMIT, Pod, WorkerReport, run_worker
 
 __version__ = "0.1.0"
 

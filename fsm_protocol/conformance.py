@@ -30,9 +30,10 @@ from typing import Any
 
 import trio
 
-from ._chart import Role
-from ._check import CheckResult, Finding, ItemAccount, TraceChecker, check_stream
-from ._conform import (
+from ._algo._echo_model import Delivery, EchoPrediction, Fate
+from ._check._checker import CheckResult, Finding, ItemAccount, TraceChecker, check_stream
+from ._core._chart import Role
+from ._kit._conform import (
     CaseHook,
     CaseResult,
     Coverage,
@@ -48,8 +49,7 @@ from ._conform import (
     generated_scenarios,
     sequence_diagram,
 )
-from ._echo_model import Delivery, EchoPrediction, Fate
-from ._messages import Message, encode
+from ._wire._messages import Message, encode
 
 __all__ = [
     "CaseResult",

@@ -56,11 +56,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from ._bindings import ACTION_PREFIX, GUARD_PREFIX
-from ._chart import Chart, Role, Transition, parse_message_event
-from ._engine import Event, Machine, Snapshot, Step
-from ._errors import ConfigError, ProtocolViolation
-from ._messages import (
+from ._base._errors import ConfigError, ProtocolViolation
+from ._core._bindings import ACTION_PREFIX, GUARD_PREFIX
+from ._core._chart import Chart, Role, Transition, parse_message_event
+from ._core._engine import Event, Machine, Snapshot, Step
+from ._wire._messages import (
     AbortReason,
     JobRejectBody,
     JobRequestBody,

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fsm_protocol import Chart, Message, shipped_chart  # noqa: E402
-from fsm_protocol._diagram import render_graphviz, to_dot, to_mermaid, to_plantuml  # noqa: E402
-from fsm_protocol._scxml import to_scxml  # noqa: E402
-from fsm_protocol._sequence import read_trace, to_mermaid_sequence, to_sequence_svg  # noqa: E402
+from fsm_protocol._export._diagram import render_graphviz, to_dot, to_mermaid, to_plantuml  # noqa: E402
+from fsm_protocol._export._scxml import to_scxml  # noqa: E402
+from fsm_protocol._export._sequence import read_trace, to_mermaid_sequence, to_sequence_svg  # noqa: E402
 
 OUT = ROOT / "docs" / "diagrams"
 CHARTS = ("worker", "modeller")
@@ -76,9 +76,7 @@ def new_demo_trace() -> None:
         items=tuple(f"item-{n}" for n in range(1, 31)), batch_size=2, fail_in_batch=("item-9",)
     )
     pods = [Pod("demo/pod-a"), Pod("demo/pod-b")]
-    outcome = trio.run(
-        lambda: run_task(protocol, pods, batched_execution=True, task_id="t-demo")
-    )
+    outcome = trio.run(lambda: run_task(protocol, pods, batched_execution=True, task_id="t-demo"))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / TRACE).write_bytes(b"".join(encode(m) for m in outcome.trace))
 

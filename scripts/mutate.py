@@ -56,42 +56,42 @@ MUTANTS = [
     ),
     Mutant(
         "barrier-opens-for-one",
-        "fsm_protocol/_modeller.py",
+        "fsm_protocol/_runtime/_modeller.py",
         'and all(link.start_raised or link.expects("send:TASK_START") for link in counted)',
         'and any(link.start_raised or link.expects("send:TASK_START") for link in counted)',
         "the runtime opens the TASK_START barrier when any one worker is ready",
     ),
     Mutant(
         "off-by-one-batch-id",
-        "fsm_protocol/_modeller.py",
+        "fsm_protocol/_runtime/_modeller.py",
         "self.next_batch_id = event.data.body + 1",
         "self.next_batch_id = event.data.body + 2",
         "the modeller expects batch k+2 after batch k",
     ),
     Mutant(
         "last-batch-skipped",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         "if batch_id + 1 < len(self.batches):",
         "if batch_id + 2 < len(self.batches):",
         "the worker announces BATCHES_ONLY one batch early",
     ),
     Mutant(
         "batches-only-skipped",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         'ctx.send(self.message(MessageType.BATCHES_COMPLETE, "BATCHES_ONLY"))',
         'ctx.send(self.message(MessageType.BATCHES_COMPLETE, "TASK_COMPLETE"))',
         'the worker ends its batches with "TASK_COMPLETE" instead of "BATCHES_ONLY"',
     ),
     Mutant(
         "abort-swallowed",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         "ctx.send(self.message(MessageType.TASK_ABORT, body, Meta(reason=abort.reason.value)))",
         "pass",
         "the worker decides to abort but never sends TASK_ABORT",
     ),
     Mutant(
         "dropped-result",
-        "fsm_protocol/_modeller.py",
+        "fsm_protocol/_runtime/_modeller.py",
         "self.results[key] = message.body",
         "pass",
         "store_result does not store",
@@ -107,21 +107,21 @@ MUTANTS = [
     ),
     Mutant(
         "limit-arithmetic",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         "if total >= self.usage.limit:",
         "if total > self.usage.limit:",
         "reaching the usage limit exactly does not stop the worker",
     ),
     Mutant(
         "duplicate-task-start",
-        "fsm_protocol/_modeller.py",
+        "fsm_protocol/_runtime/_modeller.py",
         "link.send(MessageType.TASK_START)",
         "link.send(MessageType.TASK_START); link.send(MessageType.TASK_START)",
         "the modeller sends TASK_START twice when the barrier opens",
     ),
     Mutant(
         "estimate-twice",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         "ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, len(self.batches)))",
         "ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, len(self.batches))); "
         "ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, len(self.batches)))",
@@ -129,21 +129,21 @@ MUTANTS = [
     ),
     Mutant(
         "failure-limit-4",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         "FAILURE_LIMIT = 5",
         "FAILURE_LIMIT = 4",
         "the worker gives up after 4 consecutive failed batches instead of 5",
     ),
     Mutant(
         "retry-results-not-sent",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         "if not self._deliver(ctx, [item], results, None):",
         "if False:",
         "a retried item that succeeds sends no EVALUATION_RESULTS",
     ),
     Mutant(
         "complete-before-all-done",
-        "fsm_protocol/_modeller.py",
+        "fsm_protocol/_runtime/_modeller.py",
         'and all(link.complete_raised or link.expects("send:TASK_COMPLETE") for link in counted)',
         'and any(link.complete_raised or link.expects("send:TASK_COMPLETE") for link in counted)',
         "the runtime sends TASK_COMPLETE once any one worker is done",
@@ -174,7 +174,7 @@ MUTANTS = [
     ),
     Mutant(
         "retries-out-of-order",
-        "fsm_protocol/_worker.py",
+        "fsm_protocol/_runtime/_worker.py",
         "item = self.retry_queue.pop(0)",
         "item = self.retry_queue.pop()",
         "the resilience phase retries the failed items last first",
@@ -238,7 +238,7 @@ RUNNER = """
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 import fsm_protocol, pytest
-from fsm_protocol._resources import shipped_chart_path
+from fsm_protocol._base._resources import shipped_chart_path
 root = sys.argv[1]
 for where in (fsm_protocol.__file__, str(shipped_chart_path("worker"))):
     assert where.startswith(root), f"not the copy under test: {where}"

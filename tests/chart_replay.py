@@ -24,9 +24,9 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from fsm_protocol import JobRequestBody, Machine, Message, MessageType, ProtocolViolation, body_of
-from fsm_protocol._modeller import LinkBindings, TaskTimeouts, _Task
-from fsm_protocol._oracle import Rejection
-from fsm_protocol._shipped import shipped_chart
+from fsm_protocol._core._shipped import shipped_chart
+from fsm_protocol._runtime._modeller import LinkBindings, TaskTimeouts, _Task
+from tests.oracle import Rejection
 
 
 class _Recorder:

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from fsm_protocol import MODELLER, Message, MessageType, Meta
-from fsm_protocol._transport import MemoryTransport
+from fsm_protocol._runtime._transport import MemoryTransport
 
 
 class Scripted:

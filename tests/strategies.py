@@ -13,7 +13,7 @@ import attrs
 from hypothesis import strategies as st
 
 from fsm_protocol import EchoProtocol, UsageLimit
-from fsm_protocol._messages import (
+from fsm_protocol._wire._messages import (
     JSON,
     AbortReason,
     JobAcceptBody,

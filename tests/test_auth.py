@@ -26,7 +26,7 @@ from fsm_protocol import (
     run_modeller,
     run_worker,
 )
-from fsm_protocol._auth import (
+from fsm_protocol._net._auth import (
     SIGNATURE_OPTION,
     FileSeenJobs,
     JobSigner,

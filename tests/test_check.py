@@ -25,9 +25,9 @@ from fsm_protocol import (
     run_task,
     shipped_chart,
 )
-from fsm_protocol._check import TraceChecker, compile_chart, read_lines
-from fsm_protocol._cli import main
-from fsm_protocol._engine import Machine
+from fsm_protocol._check._checker import TraceChecker, compile_chart, read_lines
+from fsm_protocol._cli._main import main
+from fsm_protocol._core._engine import Machine
 from fsm_protocol.conformance import assert_conforms, check_trace
 
 TRACES = Path(__file__).parent / "traces"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fsm_protocol._cli import main
-from fsm_protocol._resources import shipped_chart_path, shipped_chart_paths
+from fsm_protocol._base._resources import shipped_chart_path, shipped_chart_paths
+from fsm_protocol._cli._main import main
 
 REPO = Path(__file__).resolve().parent.parent
 LOCATED = re.compile(r"^(?P<file>.+):(?P<line>\d+):(?P<col>\d+): \S")

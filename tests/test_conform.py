@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fsm_protocol import ConfigError, Role
-from fsm_protocol._cli import main
+from fsm_protocol._cli._main import main
 from fsm_protocol.conformance import (
     Echo,
     Report,
@@ -280,7 +280,7 @@ while True:
 
 
 async def test_a_babbling_worker_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fsm_protocol._conform as kit
+    import fsm_protocol._kit._conform as kit
 
     monkeypatch.setattr(kit, "MAX_LINES", 300)
     report = await _one("worker", _py(BABBLE), "single-run")

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from fsm_protocol import ConfigError
-from fsm_protocol._cli import main
+from fsm_protocol._cli._main import main
 from fsm_protocol.conformance import Verdict, conform
 
 PY = sys.executable
@@ -35,7 +35,7 @@ MODELLER_CASES = ["batches", "two-pods", "pod-aborts", "pod-rejects", "silent-po
 
 GARBAGE_WORKER = """
 import sys, trio
-from fsm_protocol._tcp import connect
+from fsm_protocol._net._tcp import connect
 
 async def main():
     conn = await connect(sys.argv[1], int(sys.argv[2]), pod_id=sys.argv[3])

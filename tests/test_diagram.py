@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fsm_protocol import ConfigError, load_chart_text, shipped_chart
-from fsm_protocol._cli import main
-from fsm_protocol._diagram import (
+from fsm_protocol._cli._main import main
+from fsm_protocol._export._diagram import (
     render_graphviz,
     state_body,
     to_dot,

@@ -29,8 +29,8 @@ from fsm_protocol import (
     snapshot_from_dict,
     snapshot_to_dict,
 )
-from fsm_protocol._modeller import LinkBindings
-from fsm_protocol._worker import WorkerBindings
+from fsm_protocol._runtime._modeller import LinkBindings
+from fsm_protocol._runtime._worker import WorkerBindings
 
 
 class Recorder:

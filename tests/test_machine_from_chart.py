@@ -36,9 +36,9 @@ from fsm_protocol import (
     load_chart_text,
     shipped_chart,
 )
-from fsm_protocol._executor import Executor
-from fsm_protocol._modeller import LinkBindings, TaskTimeouts, _Task
-from fsm_protocol._worker import WorkerBindings
+from fsm_protocol._runtime._executor import Executor
+from fsm_protocol._runtime._modeller import LinkBindings, TaskTimeouts, _Task
+from fsm_protocol._runtime._worker import WorkerBindings
 from fsm_protocol.testing import ChartRun, machine_from_chart
 
 from .chart_replay import _Recorder

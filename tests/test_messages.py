@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsm_protocol._errors import DecodeError
-from fsm_protocol._messages import (
+from fsm_protocol._base._errors import DecodeError
+from fsm_protocol._wire._messages import (
     DEFAULT_MAX_LINE_BYTES,
     MODELLER,
     AbortReason,

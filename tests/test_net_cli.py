@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import trustme
 
-from fsm_protocol._cli import main
-from fsm_protocol._net_cli import load_task, parse_address
+from fsm_protocol._cli._main import main
+from fsm_protocol._cli._net_cli import load_task, parse_address
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW_ECHO = "tests.net_algorithms:SLOW_ECHO"

@@ -14,8 +14,8 @@ import attrs
 import pytest
 
 from fsm_protocol import AbortReason, Message, MessageType, Meta, TaskAbortBody, registry
-from fsm_protocol._oracle import Rejection, check_order
-from fsm_protocol._protocols import EchoProtocol
+from fsm_protocol._algo._protocols import EchoProtocol
+from tests.oracle import Rejection, check_order
 
 from .chart_replay import replay_modeller_chart
 

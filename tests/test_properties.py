@@ -47,13 +47,13 @@ from fsm_protocol import (
     run_modeller,
     run_worker,
 )
-from fsm_protocol._algorithms import BatchInfo, ListDatasource
-from fsm_protocol._check import TraceChecker
-from fsm_protocol._echo_model import EchoPrediction, Fate, predict_echo
-from fsm_protocol._modeller import ModellerRun
-from fsm_protocol._oracle import Rejection, check_order
-from fsm_protocol._protocols import EchoModeller, EchoWorker
-from fsm_protocol._transport import MemoryTransport
+from fsm_protocol._algo._algorithms import BatchInfo, ListDatasource
+from fsm_protocol._algo._echo_model import EchoPrediction, Fate, predict_echo
+from fsm_protocol._algo._protocols import EchoModeller, EchoWorker
+from fsm_protocol._check._checker import TraceChecker
+from fsm_protocol._runtime._modeller import ModellerRun
+from fsm_protocol._runtime._transport import MemoryTransport
+from tests.oracle import Rejection, check_order
 
 from .chart_replay import replay_modeller_chart
 from .strategies import (

@@ -37,7 +37,7 @@ from fsm_protocol import (
     run_task,
     run_worker,
 )
-from fsm_protocol._modeller import Progress
+from fsm_protocol._runtime._modeller import Progress
 
 from .peers import scripted_worker
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fsm_protocol import Chart, ChartError, ConfigError, load_chart_text, shipped_chart
-from fsm_protocol._scxml import FSM_NS, SCXML_NS, from_scxml, to_scxml
+from fsm_protocol._export._scxml import FSM_NS, SCXML_NS, from_scxml, to_scxml
 
 etree = pytest.importorskip("lxml.etree")
 

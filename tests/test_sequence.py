@@ -22,8 +22,8 @@ from fsm_protocol import (
     encode,
     run_task,
 )
-from fsm_protocol._cli import main
-from fsm_protocol._sequence import (
+from fsm_protocol._cli._main import main
+from fsm_protocol._export._sequence import (
     Arrow,
     Note,
     plan_sequence,

@@ -39,8 +39,7 @@ from fsm_protocol import (
     run_modeller,
     run_worker,
 )
-from fsm_protocol._modeller import ModellerRun
-from fsm_protocol._tcp import (
+from fsm_protocol._net._tcp import (
     HandshakeError,
     Limits,
     PodListener,
@@ -51,6 +50,7 @@ from fsm_protocol._tcp import (
     parse_hello,
     server_ssl_context,
 )
+from fsm_protocol._runtime._modeller import ModellerRun
 
 LOCAL = "127.0.0.1"
 

@@ -19,10 +19,10 @@ import attrs
 import pytest
 import yaml
 
-from fsm_protocol._bindings import BindingNames
-from fsm_protocol._chart import Role, State, Timer, Transition
-from fsm_protocol._errors import ChartError, Problem
-from fsm_protocol._loader import (
+from fsm_protocol._base._errors import ChartError, Problem
+from fsm_protocol._core._bindings import BindingNames
+from fsm_protocol._core._chart import Role, State, Timer, Transition
+from fsm_protocol._core._loader import (
     RawChart,
     RawState,
     RawTimer,
@@ -31,7 +31,7 @@ from fsm_protocol._loader import (
     load_chart,
     load_chart_text,
 )
-from fsm_protocol._messages import MessageType
+from fsm_protocol._wire._messages import MessageType
 
 HERE = Path(__file__).resolve().parent
 CHARTS = HERE / "charts"

@@ -19,12 +19,12 @@ from fsm_protocol import (
     registry,
     run_worker,
 )
-from fsm_protocol._algorithms import ListDatasource
-from fsm_protocol._cache import ItemCache
-from fsm_protocol._engine import Event
-from fsm_protocol._executor import ActivityContext, Executor
-from fsm_protocol._protocols import EchoWorker, WorkerPlan
-from fsm_protocol._worker import WorkerBindings
+from fsm_protocol._algo._algorithms import ListDatasource
+from fsm_protocol._algo._protocols import EchoWorker, WorkerPlan
+from fsm_protocol._core._engine import Event
+from fsm_protocol._runtime._cache import ItemCache
+from fsm_protocol._runtime._executor import ActivityContext, Executor
+from fsm_protocol._runtime._worker import WorkerBindings
 
 from .peers import Scripted, scripted_modeller
 
@@ -32,7 +32,7 @@ TASK = "t-worker"
 
 
 def request_body(protocol: Any = None, *, batched: bool = False, **options: float) -> Any:
-    from fsm_protocol._messages import _converter
+    from fsm_protocol._wire._messages import _converter
 
     body = JobRequestBody(
         protocol=registry.dump(protocol or EchoProtocol(items=("a", "b"), batch_size=1)),

@@ -1,0 +1,1725 @@
+"""The streaming trace checker behind ``fsm-protocol check`` and the conformance kit.
+
+A trace is wire messages (NDJSON) in the order one party observed them. The
+checker runs one monitor per (task, worker): the modeller chart,
+``statecharts/modeller.yaml``, which is the modeller's view of one worker. W→M
+lines are its ``recv:`` events and M→W lines its ``send:`` events. The chart
+is compiled once into a table, leaf state → event → arcs, straight from
+:meth:`Chart.transitions_from`, so the chart stays the only statement of the
+order; the table only makes a step a dictionary lookup instead of an engine
+call. The guards and actions the chart names are implemented here with trace
+semantics (:class:`_Link`): where the runtime *sends* (``send_cancel``), the
+checker records an *obligation* that a later ``send:`` line discharges.
+
+The chart's internal events are inferred from what the trace shows:
+
+* the modeller's first ``TASK_START`` of a task means its response wait is
+  over, so pods that have not answered get ``response_timeout``;
+* a worker's own ``TASK_ABORT`` runs ``cancel_others``, which raises
+  ``cancel_requested`` on the other links, as in the runtime;
+* when every other link has ended, a pod still left out gets ``task_ended``.
+
+Messages cross in flight, and a trace recorded on the worker side shows the
+crossing. So a modeller message that reaches a worker after that worker's
+``TASK_ABORT`` is judged against the state the worker was in before the abort
+(spec section 4: a cancel that crosses the worker's abort is valid).
+
+Memory stays constant in the length of the trace: per worker, a few counters,
+and with ``conformance.Echo`` a compact prediction of its results.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, Any, Final, NoReturn, final
+
+import attrs
+
+from .._algo._echo_model import CONSECUTIVE_FAILURE_LIMIT, EchoPrediction, Fate, predict_echo
+from .._algo._protocols import EchoProtocol, registry
+from .._base._errors import ConfigError, DecodeError, InternalError
+from .._core._chart import Chart, Transition
+from .._core._shipped import shipped_chart
+from .._wire._messages import DEFAULT_MAX_LINE_BYTES, _json_decoder, decode
+
+# --- Results ------------------------------------------------------------------------------
+
+_EXCERPT: Final = 300
+
+
+@final
+@attrs.frozen
+class Finding:
+    """The first violation in a trace: where, what, and what was expected instead.
+
+    ``line`` is 1-based; a trace that ends too early is reported at the line
+    after its last one, with ``text`` None.
+    """
+
+    line: int
+    message: str
+    text: str | None = None
+    task_id: str | None = None
+    pod: str | None = None
+    state: str | None = None
+    expected: tuple[str, ...] = ()
+
+    def render(self, source: str = "trace") -> str:
+        """The finding as a person reads it: location, reason, then the details."""
+        lines = [f"{source}:{self.line}: {self.message}"]
+        if self.text is not None:
+            lines.append(f"  line:     {self.text}")
+        if self.pod is not None:
+            lines.append(f"  pod:      {self.pod} (task {self.task_id})")
+        if self.state is not None:
+            lines.append(f"  state:    {self.state}")
+        if self.expected:
+            lines.append("  expected: " + "\n            ".join(self.expected))
+        return "\n".join(lines)
+
+
+@final
+@attrs.frozen
+class ItemAccount:
+    """How one worker's ``conformance.Echo`` items ended, per spec section 5."""
+
+    task_id: str
+    pod: str
+    delivered: int = 0
+    failed: int = 0
+    cut: int = 0
+    not_run: int = 0
+
+
+@final
+@attrs.frozen
+class CheckResult:
+    """What :func:`~fsm_protocol.conformance.check_trace` found.
+
+    ``ok`` is True only when the trace conforms; ``finding`` is the first
+    violation otherwise. ``accounts`` holds the item account of every worker
+    that ran ``conformance.Echo``.
+    """
+
+    ok: bool
+    lines: int
+    tasks: int
+    pods: int
+    finding: Finding | None = None
+    accounts: tuple[ItemAccount, ...] = ()
+
+    def summary(self) -> str:
+        """One line: the verdict and the trace's size."""
+        if not self.ok:
+            assert self.finding is not None
+            return f"violation at line {self.finding.line}: {self.finding.message}"
+        text = (
+            f"conforms: {self.lines} {'line' if self.lines == 1 else 'lines'}, "
+            f"{self.tasks} {'task' if self.tasks == 1 else 'tasks'}, "
+            f"{self.pods} {'pod' if self.pods == 1 else 'pods'}"
+        )
+        if self.accounts:
+            total = [sum(getattr(a, f) for a in self.accounts) for f in _FATE_FIELDS]
+            text += "; Echo items: " + ", ".join(
+                f"{n} {label}" for n, label in zip(total, _FATE_LABELS, strict=True)
+            )
+        return text
+
+
+_FATE_FIELDS: Final = ("delivered", "failed", "cut", "not_run")
+_FATE_LABELS: Final = ("delivered", "failed", "cut", "not run")
+
+
+class _Stop(Exception):
+    """Raised inside the checker at the first violation; carries it out."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.message)
+        self.finding = finding
+
+
+# --- The compiled chart ---------------------------------------------------------------------
+
+Guard = Callable[[Any, Any], bool]
+Action = Callable[[Any, Any], None]
+
+
+@attrs.frozen
+class Arc:
+    """One transition as seen from one leaf, with its guards and actions resolved."""
+
+    transition: Transition
+    target: str | None
+    guards: tuple[tuple[str, bool], ...]
+    guard_fns: tuple[tuple[Guard, bool], ...]
+    action_fns: tuple[Action, ...]
+
+
+Table = Mapping[str, Mapping[str, tuple[Arc, ...]]]
+
+
+def _negated(guard: str) -> tuple[str, bool]:
+    return (guard[1:], False) if guard.startswith("!") else (guard, True)
+
+
+def compile_chart(chart: Chart, bindings: type) -> Table:
+    """Compile ``chart`` into leaf → event → arcs, in :meth:`Chart.transitions_from` order.
+
+    ``bindings`` provides ``guard_<name>(self, data)`` and
+    ``action_<name>(self, data)`` for every name the chart uses. Entry and
+    exit actions follow SCXML: an external transition exits up to the nearest
+    proper ancestor of its source that contains its target.
+
+    Raises:
+        ConfigError: ``bindings`` lacks a name the chart uses.
+    """
+    guards = {_negated(g)[0] for t in chart.transitions for g in t.guards}
+    actions = {a for t in chart.transitions for a in t.actions} | {
+        a for s in chart.states for a in (*s.on_entry, *s.on_exit)
+    }
+    missing = sorted(
+        [f"guard_{g}" for g in guards if not callable(getattr(bindings, f"guard_{g}", None))]
+        + [f"action_{a}" for a in actions if not callable(getattr(bindings, f"action_{a}", None))]
+    )
+    if missing:
+        raise ConfigError(
+            f"{bindings.__name__} cannot check chart {chart.name!r}: it lacks {', '.join(missing)}"
+        )
+    table: dict[str, dict[str, tuple[Arc, ...]]] = {}
+    for state in chart.states:
+        if state.children:
+            continue
+        row: dict[str, list[Arc]] = {}
+        if not state.final:
+            for t in chart.transitions_from(state.name):
+                row.setdefault(t.event, []).append(_arc(chart, bindings, state.name, t))
+        table[state.name] = {event: tuple(arcs) for event, arcs in row.items()}
+    return table
+
+
+def _arc(chart: Chart, bindings: type, leaf: str, t: Transition) -> Arc:
+    names = [_negated(g) for g in t.guards]
+    run: list[str] = []
+    target = None
+    if t.target is not None:
+        target = chart.settle(t.target)
+        target_line = list(chart.ancestors(target))
+        domain = next(
+            (s for s in chart.ancestors(t.source) if s != t.source and s in target_line), None
+        )
+        exited = list(chart.ancestors(leaf))
+        exited = exited[: exited.index(domain)] if domain in exited else exited
+        entered = target_line[: target_line.index(domain)] if domain in target_line else target_line
+        run += [a for s in exited for a in chart.state(s).on_exit]
+        run += t.actions
+        run += [a for s in reversed(entered) for a in chart.state(s).on_entry]
+    else:
+        run += t.actions
+    return Arc(
+        transition=t,
+        target=target,
+        guards=tuple(names),
+        guard_fns=tuple((getattr(bindings, f"guard_{n}"), want) for n, want in names),
+        action_fns=tuple(getattr(bindings, f"action_{a}") for a in run),
+    )
+
+
+# --- Wire facts -----------------------------------------------------------------------------
+
+_WORKER_ONLY: Final = frozenset(
+    {
+        "JOB_ACCEPT",
+        "JOB_REJECT",
+        "PREPARING_DATA",
+        "CONFIGURING_TASK",
+        "PREPARING_DATA_BATCHES",
+        "NUMBER_OF_BATCHES",
+        "CURRENT_BATCH_ID",
+        "EVALUATION_RESULTS",
+        "BATCHES_COMPLETE",
+        "TASK_ABORT",
+        "ONLINE_CHECK",
+    }
+)
+_MODELLER_ONLY: Final = frozenset(
+    {"JOB_REQUEST", "ALGORITHM_EXCHANGE", "TASK_COMPLETE", "TASK_CANCEL", "ONLINE_RESPONSE"}
+)
+_ALL_TYPES: Final = _WORKER_ONLY | _MODELLER_ONLY | {"TASK_START", "LOG_MESSAGE"}
+_SEND: Final = {t: f"send:{t}" for t in _ALL_TYPES}
+_RECV: Final = {t: f"recv:{t}" for t in _ALL_TYPES}
+_SEND_TASK_START: Final = _SEND["TASK_START"]
+_SEND_EVENTS: Final = frozenset(_SEND.values())
+_RECV_RESULTS: Final = _RECV["EVALUATION_RESULTS"]
+_RECV_EVENTS: Final = frozenset(_RECV.values())
+
+ECHO: Final = EchoProtocol.name
+# Abort reasons that blame the modeller or the link: the worker stops early, and
+# its results so far must only be a prefix of the prediction.
+_EARLY_END_REASONS: Final = frozenset(
+    {"MODELLER_TIMEOUT", "PROTOCOL_ERROR", "CANCELLED_BY_MODELLER"}
+)
+
+
+def _is_count(body: Any) -> bool:
+    return body.__class__ is int and (body == -1 or body >= 1)
+
+
+def _is_batch_id(body: Any) -> bool:
+    return body.__class__ is int and body >= 0
+
+
+def _is_null(body: Any) -> bool:
+    return body is None
+
+
+def _is_str(body: Any) -> bool:
+    return body.__class__ is str
+
+
+def _is_any(body: Any) -> bool:
+    return True
+
+
+def _is_object(body: Any) -> bool:
+    return body.__class__ is dict
+
+
+def _is_batches_complete(body: Any) -> bool:
+    return body.__class__ is str and body in ("BATCHES_ONLY", "TASK_COMPLETE")
+
+
+def _is_accept(body: Any) -> bool:
+    return body.__class__ is dict and len(body) == 1 and body.get("ACCEPT").__class__ is str
+
+
+# Bodies cheap to check here; every other type goes through the full decoder.
+_FAST_BODY: Final[Mapping[str, Callable[[Any], bool]]] = {
+    "EVALUATION_RESULTS": _is_any,
+    "CURRENT_BATCH_ID": _is_batch_id,
+    "NUMBER_OF_BATCHES": _is_count,
+    "TASK_START": _is_null,
+    "PREPARING_DATA": _is_null,
+    "CONFIGURING_TASK": _is_null,
+    "PREPARING_DATA_BATCHES": _is_null,
+    "TASK_COMPLETE": _is_null,
+    "TASK_CANCEL": _is_null,
+    "BATCHES_COMPLETE": _is_batches_complete,
+    "ONLINE_CHECK": _is_str,
+    "ONLINE_RESPONSE": _is_str,
+    "ALGORITHM_EXCHANGE": _is_object,
+    "JOB_ACCEPT": _is_accept,
+}
+
+
+def _meta_ok(meta: Any) -> bool:
+    """A sufficient check of ``meta``: True only if :func:`decode` accepts it too."""
+    if meta.__class__ is not dict:
+        return False
+    for key, value in meta.items():
+        if key == "batch_number" or key == "algorithm_index":
+            if value is None and key == "batch_number":
+                continue
+            if value.__class__ is not int or value < 0:
+                return False
+        elif key == "total_batches":
+            if value is not None and value.__class__ is not int:
+                return False
+        elif key == "reason":
+            if value is not None and value.__class__ is not str:
+                return False
+        elif key == "resources_consumed":
+            if value.__class__ is not list:
+                return False
+            for entry in value:
+                if (
+                    entry.__class__ is not dict
+                    or len(entry) != 3
+                    or entry.get("resource_type").__class__ is not str
+                    or entry.get("resource_identifier").__class__ is not str
+                    or entry.get("amount").__class__ is not int
+                ):
+                    return False
+    return True
+
+
+# The C scanner of the codec's own decoder (NaN and Infinity rejected), without the
+# two regular-expression calls json.JSONDecoder.decode adds around it.
+_scan: Final[Callable[[str, int], tuple[Any, int]]] = _json_decoder.scan_once  # type: ignore[attr-defined]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_message(obj: Mapping[str, Any]) -> str:
+    """A message in a few words: its direction, its type and the part of it that matters."""
+    typ = obj.get("type")
+    body = obj.get("body")
+    meta = obj.get("meta") or {}
+    if typ == "EVALUATION_RESULTS":
+        batch = meta.get("batch_number") if isinstance(meta, dict) else None
+        return f"EVALUATION_RESULTS {_short(body, 50)} (meta.batch_number {_short(batch)})"
+    if typ == "TASK_ABORT" and isinstance(body, dict):
+        return f"TASK_ABORT({body.get('reason')})"
+    if typ == "JOB_REJECT" and isinstance(body, dict):
+        return f"JOB_REJECT({', '.join(map(str, body))})"
+    if typ in ("NUMBER_OF_BATCHES", "CURRENT_BATCH_ID", "BATCHES_COMPLETE", "ONLINE_CHECK"):
+        return f"{typ} {_short(body)}"
+    return str(typ)
+
+
+# --- Guard wording --------------------------------------------------------------------------
+
+
+def _waiting_for(link: _Link, attribute: str, what: str) -> str:
+    missing = [other.pod for other in link.task.counted() if not getattr(other, attribute)]
+    if not missing:
+        return ""
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return f" (still waiting for {what} from {shown})"
+
+
+def _all_done_text(link: _Link) -> str:
+    if link.task.own_abort is not None:
+        return f"when no worker aborted on its own (but {link.task.own_abort})"
+
+    return 'once every counted worker has sent BATCHES_COMPLETE "TASK_COMPLETE"' + _waiting_for(
+        link, "finished", 'BATCHES_COMPLETE "TASK_COMPLETE"'
+    )
+
+
+# What each guard requires, worded as the condition that must hold; the key is
+# (guard, wanted value). The argument is the link, for the values at hand.
+_REQUIRES: Final[Mapping[tuple[str, bool], Callable[[_Link], str]]] = {
+    ("initial_setup", True): lambda link: "when the protocol has an initial setup",
+    ("initial_setup", False): lambda link: "when the protocol has no initial setup",
+    ("batched_job", True): lambda link: "in a batched job (batched_execution true)",
+    ("batched_job", False): lambda link: "in a non-batched job (batched_execution false)",
+    ("cancel_sent", True): lambda link: "after the modeller's TASK_CANCEL",
+    ("cancel_sent", False): lambda link: "before any TASK_CANCEL",
+    ("setup_pending", True): lambda link: "once, when the protocol has an initial setup",
+    ("setup_settled", True): lambda link: "after the modeller's ALGORITHM_EXCHANGE",
+    ("count_is_one", True): lambda link: "with body 1",
+    ("count_is_unknown", True): lambda link: "with body -1",
+    ("is_estimate", True): lambda link: "with a positive body (an estimate)",
+    ("estimate_seen", False): lambda link: "at most once",
+    ("is_next_batch_id", True): lambda link: f"with body {link.next_batch_id} (the next batch id)",
+    ("is_batch_result", True): lambda link: (
+        f"with meta.batch_number {link.current_batch} (the current batch)"
+    ),
+    ("is_unbatched_result", True): lambda link: "with meta.batch_number null",
+    ("is_retry_result", True): lambda link: "with meta.batch_number null (a retried item)",
+    ("duplicate_result", False): lambda link: (
+        "at most once per batch and meta.algorithm_index (no duplicate results)"
+    ),
+    ("is_batches_only", True): lambda link: 'with body "BATCHES_ONLY"',
+    ("is_task_complete", True): lambda link: 'with body "TASK_COMPLETE"',
+    ("all_ready", True): lambda link: (
+        "once every accepted worker has sent TASK_START"
+        + _waiting_for(link, "started", "TASK_START")
+    ),
+    ("all_done", True): _all_done_text,
+}
+
+
+# Wording that depends on the message a guard sits on.
+_REQUIRES_FOR: Final[Mapping[tuple[str, str, bool], str]] = {
+    ("send:TASK_CANCEL", "cancel_sent", False): "at most once",
+    ("send:TASK_COMPLETE", "cancel_sent", False): "to a worker that was not cancelled",
+    ("cancel_requested", "cancel_sent", False): "when no TASK_CANCEL was sent yet",
+}
+
+# Guards that read the message; the others can be evaluated without one.
+_MESSAGE_GUARDS: Final = frozenset(
+    {
+        "count_is_one",
+        "count_is_unknown",
+        "is_estimate",
+        "is_next_batch_id",
+        "is_batch_result",
+        "is_unbatched_result",
+        "is_retry_result",
+        "duplicate_result",
+        "is_batches_only",
+        "is_task_complete",
+    }
+)
+# Modeller-wide guards: shown even when false, since they say what the task waits for.
+_WAITING_GUARDS: Final = frozenset({"all_ready", "all_done"})
+
+
+def _requirement(link: _Link, guard: str, want: bool, event: str = "") -> str:
+    special = _REQUIRES_FOR.get((event, guard, want))
+    if special is not None:
+        return special
+    text = _REQUIRES.get((guard, want))
+    return text(link) if text else f"when {'' if want else 'not '}{guard}"
+
+
+def _expected_texts(link: _Link) -> list[str]:
+    """The messages the link's state allows now, each with the conditions on the message.
+
+    Arcs whose message-independent guards are false are left out (the modeller-
+    wide ones stay, to say what the task waits for); arcs that differ only in a
+    guard and its negation are shown once, without it.
+    """
+    shown: list[str] = []
+    for event, arcs in link.row.items():
+        direction, sep, name = event.partition(":")
+        if not sep or direction not in ("send", "recv"):
+            continue
+        options: list[frozenset[tuple[str, bool]]] = []
+        for arc in arcs:
+            live = True
+            kept = set()
+            for (guard, want), (fn, _) in zip(arc.guards, arc.guard_fns, strict=True):
+                if guard in _MESSAGE_GUARDS or guard in _WAITING_GUARDS:
+                    kept.add((guard, want))
+                elif fn(link, None) is not want:
+                    live = False
+                    break
+                elif (event, guard, want) in _REQUIRES_FOR:
+                    kept.add((guard, want))
+            if live:
+                options.append(frozenset(kept))
+        merged = _merge_complements(options)
+        who = "M" if direction == "send" else "W"
+        for option in merged:
+            conditions = [_requirement(link, g, want, event) for g, want in sorted(option)]
+            text = f"{who}: {name}" + (" " + " and ".join(conditions) if conditions else "")
+            if text not in shown:
+                shown.append(text)
+    return shown
+
+
+def _merge_complements(
+    options: list[frozenset[tuple[str, bool]]],
+) -> list[frozenset[tuple[str, bool]]]:
+    merged = list(dict.fromkeys(options))
+    changed = True
+    while changed:
+        changed = False
+        for a in merged:
+            for guard, want in a:
+                b = (a - {(guard, want)}) | {(guard, not want)}
+                if b in merged:
+                    merged = [o for o in merged if o not in (a, b)] + [a - {(guard, want)}]
+                    changed = True
+                    break
+            if changed:
+                break
+    if frozenset() in merged:
+        return [frozenset()]
+    return merged
+
+
+# --- The checker's bindings -------------------------------------------------------------------
+
+
+class _Task:
+    """One task: its modeller, its links, and what the modeller-wide rules look across."""
+
+    __slots__ = (
+        "ahead",
+        "barrier_open",
+        "checker",
+        "links",
+        "modeller",
+        "next_seq",
+        "own_abort",
+        "plans",
+        "task_id",
+    )
+
+    def __init__(self, checker: TraceChecker, task_id: str, modeller: str) -> None:
+        self.checker = checker
+        self.task_id = task_id
+        self.modeller = modeller
+        self.links: dict[str, _Link] = {}
+        self.next_seq = 0
+        # Modeller seqs seen above next_seq: its messages to different pods travel
+        # on different links, so a trace may show them out of order.
+        self.ahead: set[int] = set()
+        self.barrier_open = False
+        self.own_abort: str | None = None
+        # Echo predictions by job: the pods of a task usually share one.
+        self.plans: dict[tuple[str, bool, bool], _EchoAccount] = {}
+
+    def counted(self) -> list[_Link]:
+        """Workers the barrier and completion wait for: accepted on time, not cancelled."""
+        return [
+            link
+            for link in self.links.values()
+            if link.accepted and not link.late and not link.cancel_sent
+        ]
+
+    def all_ready(self) -> bool:
+        counted = self.counted()
+        return bool(counted) and all(link.started for link in counted)
+
+    def all_done(self) -> bool:
+        counted = self.counted()
+        return self.own_abort is None and bool(counted) and all(link.finished for link in counted)
+
+
+class _Link:
+    """The checker's bindings of the modeller chart for one worker.
+
+    Guards read the message (the decoded JSON object) and what this link has
+    seen; actions record facts and obligations. Every method returns a real
+    bool or None, so the hot loop can compare with ``is``.
+    """
+
+    __slots__ = (
+        "accepted",
+        "account",
+        "batched",
+        "before_end",
+        "cancel_line",
+        "cancel_sent",
+        "current_batch",
+        "ended_by",
+        "estimate_seen",
+        "excused",
+        "finished",
+        "ignored",
+        "initial_setup",
+        "last_modeller_seq",
+        "late",
+        "leaf",
+        "next_batch_id",
+        "next_seq",
+        "owed",
+        "pod",
+        "row",
+        "setup_sent",
+        "slots",
+        "started",
+        "summary",
+        "task",
+    )
+
+    def __init__(
+        self, task: _Task, pod: str, leaf: str, row: Mapping[str, tuple[Arc, ...]]
+    ) -> None:
+        self.task = task
+        self.pod = pod
+        self.leaf = leaf
+        self.row = row
+        self.next_seq = 0
+        self.last_modeller_seq = -1
+        self.batched = False
+        self.initial_setup = False
+        self.accepted = False
+        self.late = False
+        self.cancel_sent = False
+        self.cancel_line = 0
+        self.setup_sent = False
+        self.started = False
+        self.finished = False
+        self.current_batch: int | None = None
+        self.next_batch_id: int = 0
+        self.estimate_seen = False
+        self.slots: set[int] = set()
+        self.owed: dict[str, tuple[int, str]] | None = None
+        self.account: _EchoAccount | None = None
+        self.summary: ItemAccount | None = None
+        self.before_end: str | None = None
+        self.ended_by = ""
+        self.ignored = False
+        self.excused = False
+
+    # ------------------------------------------------------------------ guards
+
+    def guard_initial_setup(self, obj: Any) -> bool:
+        return self.initial_setup
+
+    def guard_batched_job(self, obj: Any) -> bool:
+        return self.batched
+
+    def guard_cancel_sent(self, obj: Any) -> bool:
+        return self.cancel_sent
+
+    def guard_setup_pending(self, obj: Any) -> bool:
+        return self.initial_setup and not self.setup_sent
+
+    def guard_setup_settled(self, obj: Any) -> bool:
+        return not self.initial_setup or self.setup_sent
+
+    def guard_count_is_one(self, obj: Any) -> bool:
+        return bool(obj["body"] == 1)
+
+    def guard_count_is_unknown(self, obj: Any) -> bool:
+        return bool(obj["body"] == -1)
+
+    def guard_is_estimate(self, obj: Any) -> bool:
+        return bool(obj["body"] > 0)
+
+    def guard_estimate_seen(self, obj: Any) -> bool:
+        return self.estimate_seen
+
+    def guard_is_next_batch_id(self, obj: Any) -> bool:
+        return bool(obj["body"] == self.next_batch_id)
+
+    def guard_is_batch_result(self, obj: Any) -> bool:
+        batch = obj["meta"]["batch_number"]
+        return batch is not None and batch == self.current_batch
+
+    def guard_is_unbatched_result(self, obj: Any) -> bool:
+        return obj["meta"]["batch_number"] is None
+
+    def guard_is_retry_result(self, obj: Any) -> bool:
+        return obj["meta"]["batch_number"] is None
+
+    def guard_duplicate_result(self, obj: Any) -> bool:
+        # Results must name the current batch, so only its slots can repeat.
+        return obj["meta"].get("algorithm_index", 0) in self.slots
+
+    def guard_is_batches_only(self, obj: Any) -> bool:
+        return bool(obj["body"] == "BATCHES_ONLY")
+
+    def guard_is_task_complete(self, obj: Any) -> bool:
+        return bool(obj["body"] == "TASK_COMPLETE")
+
+    def guard_all_ready(self, obj: Any) -> bool:
+        return self.task.all_ready()
+
+    def guard_all_done(self, obj: Any) -> bool:
+        return self.task.all_done()
+
+    # ----------------------------------------------------------------- actions
+
+    def owe(self, type_: str, cause: str) -> None:
+        if self.owed is None:
+            self.owed = {}
+        self.owed.setdefault(type_, (self.task.checker.line, cause))
+
+    def action_note_accept(self, obj: Any) -> None:
+        self.accepted = True
+        if self.account is not None and self.account.problem is not None:
+            self.task.checker.violate(
+                self,
+                f"pod {self.pod} accepted a conformance.Echo job whose configuration is invalid"
+                f" ({self.account.problem}); expected JOB_REJECT(TASK_SETUP_ERROR)",
+                obj,
+            )
+
+    def action_note_late(self, obj: Any) -> None:
+        self.late = True
+
+    def action_note_reject(self, obj: Any) -> None:
+        if self.account is None:
+            return
+        reasons = list(obj["body"])
+        if self.account.problem is None:
+            self.task.checker.violate(
+                self,
+                f"pod {self.pod} rejected a valid conformance.Echo job ({', '.join(reasons)});"
+                " a worker under test accepts it",
+                obj,
+            )
+        elif reasons != ["TASK_SETUP_ERROR"]:
+            self.task.checker.violate(
+                self,
+                f"pod {self.pod} rejected an invalid conformance.Echo job with {reasons[0]};"
+                " expected reason TASK_SETUP_ERROR",
+                obj,
+            )
+
+    def action_note_no_answer(self, obj: Any) -> None:
+        pass
+
+    def action_note_bad_input(self, obj: Any) -> None:
+        pass
+
+    def action_note_link_lost(self, obj: Any) -> None:
+        pass
+
+    def action_check_progress(self, obj: Any) -> None:
+        pass  # The barrier and completion are guards; inference runs after every step.
+
+    def action_send_setup(self, obj: Any) -> None:
+        self.owe("ALGORITHM_EXCHANGE", f"pod {self.pod} accepted a job with an initial setup")
+
+    def action_note_setup_sent(self, obj: Any) -> None:
+        self.setup_sent = True
+
+    def action_send_cancel(self, obj: Any) -> None:
+        if self.late:
+            cause = f"the JOB_ACCEPT of pod {self.pod} came after the modeller stopped waiting"
+        else:
+            cause = self.task.checker.cause or "the modeller decided to cancel"
+        self.owe("TASK_CANCEL", cause)
+
+    def action_note_cancel_sent(self, obj: Any) -> None:
+        self.cancel_sent = True
+        self.cancel_line = self.task.checker.line
+
+    def action_note_abort(self, obj: Any) -> None:
+        reason = obj["body"]["reason"]
+        if reason == "CANCELLED_BY_MODELLER" and not self.cancel_sent:
+            self.task.checker.violate(
+                self,
+                f"pod {self.pod} aborted with CANCELLED_BY_MODELLER, but the modeller sent it no"
+                " TASK_CANCEL",
+                obj,
+            )
+        if not self.cancel_sent and self.task.own_abort is None:
+            self.task.own_abort = f"pod {self.pod} aborted with {reason}"
+
+    def action_cancel_others(self, obj: Any) -> None:
+        checker = self.task.checker
+        if self.task.own_abort is None:
+            self.task.own_abort = f"pod {self.pod} was lost"
+        cause = self.task.own_abort
+        for other in self.task.links.values():
+            if other is not self:
+                checker.queue.append((other, "cancel_requested", cause))
+
+    def action_answer_online_check(self, obj: Any) -> None:
+        self.owe("ONLINE_RESPONSE", f"pod {self.pod} sent ONLINE_CHECK")
+
+    def action_note_batch_id(self, obj: Any) -> None:
+        self.current_batch = obj["body"]
+        self.next_batch_id = obj["body"] + 1
+        self.slots.clear()
+
+    def action_note_estimate(self, obj: Any) -> None:
+        self.estimate_seen = True
+
+    def action_store_result(self, obj: Any) -> None:
+        self.slots.add(obj["meta"].get("algorithm_index", 0))
+
+    def action_store_retry_result(self, obj: Any) -> None:
+        """Retries carry no batch id: the Echo item account checks them instead."""
+
+
+def _note_started(link: _Link, obj: Any) -> None:
+    link.started = True
+
+
+def _note_finished(link: _Link, obj: Any) -> None:
+    if obj["body"] == "TASK_COMPLETE":
+        link.finished = True
+
+
+# Facts the modeller-wide rules count, recorded on the worker's own messages.
+_FACTS: Final[Mapping[str, Callable[[_Link, Any], None]]] = {
+    "recv:TASK_START": _note_started,
+    "recv:BATCHES_COMPLETE": _note_finished,
+}
+
+
+# --- The Echo item account ------------------------------------------------------------------
+
+
+def _consecutive_stop(protocol: EchoProtocol, items: tuple[str, ...]) -> int | None:
+    """The batch at which 5 consecutive failures end a batched Echo run, if any."""
+    size = protocol.batch_size
+    run = 0
+    for batch, start in enumerate(range(0, len(items), size)):
+        if any(protocol.fails(name, alone=False) for name in items[start : start + size]):
+            run += 1
+            if run >= CONSECUTIVE_FAILURE_LIMIT:
+                return batch
+        else:
+            run = 0
+    return None
+
+
+def _batch_name(batch: int | None) -> str:
+    return "a retried item" if batch is None else f"batch {batch}"
+
+
+class _EchoAccount:
+    """What a correct worker sends for one Echo job, kept compact, and how far it got.
+
+    The deliveries come from :func:`predict_echo`. Each is a contiguous run of
+    the job's items, so delivery ``k`` is kept as three ints in three arrays:
+    its batch (-1 for a retry), and the start and stop of its run of items.
+    """
+
+    __slots__ = (
+        "abort_reason",
+        "batch_of",
+        "batched",
+        "batches",
+        "complete",
+        "counts",
+        "items",
+        "last_batch",
+        "limit_pending",
+        "loop_stop",
+        "next",
+        "problem",
+        "protocol",
+        "starts",
+        "stops",
+        "test_run",
+        "total",
+    )
+
+    def __init__(self, body: Mapping[str, Any], names: dict[str, str]) -> None:
+        self.problem: str | None = None
+        self.next = 0
+        self.limit_pending = False
+        self.items: tuple[str, ...] = ()
+        self.total = 0
+        self.counts: dict[Fate, int] = {}
+        self.complete = False
+        self.abort_reason: str | None = None
+        self.batches = 0
+        self.last_batch = -1
+        self.loop_stop = False
+        self.batched = body.get("batched_execution") is True
+        self.test_run = body.get("test_run") is True
+        try:
+            protocol = registry.load(body.get("protocol", {}))
+        except ConfigError as exc:
+            self.problem = str(exc).removeprefix("invalid conformance.Echo configuration: ")
+            self.protocol = EchoProtocol()
+            self.batch_of = self.starts = self.stops = array("q")
+            return
+        assert isinstance(protocol, EchoProtocol)
+        # Pods of one task usually share item names: keep one copy of each.
+        shared = tuple(names.setdefault(name, name) for name in protocol.items)
+        self.protocol = protocol = attrs.evolve(protocol, items=shared)
+        prediction = self.predict()
+        self.items = shared[:1] if self.test_run else shared
+        index = {name: i for i, name in enumerate(self.items)}
+        size = len(prediction.deliveries)
+        self.batch_of, self.starts, self.stops = (
+            array("q", bytes(8 * size)),
+            array("q", bytes(8 * size)),
+            array("q", bytes(8 * size)),
+        )
+        for k, delivery in enumerate(prediction.deliveries):
+            start = index[delivery.items[0]] if delivery.items else 0
+            stop = start + len(delivery.items)
+            if self.items[start:stop] != delivery.items:
+                raise InternalError(f"an Echo delivery is not a run of the items: {delivery}")
+            self.batch_of[k] = -1 if delivery.batch is None else delivery.batch
+            self.starts[k] = start
+            self.stops[k] = stop
+        self.total = size
+        self.counts = dict(collections.Counter(prediction.fates.values()))
+        self.complete = prediction.complete
+        self.abort_reason = prediction.abort_reason.value if prediction.abort_reason else None
+        self.batches = prediction.batches
+        stop_at = _consecutive_stop(protocol, self.items) if self.batched else None
+        self.loop_stop = stop_at is not None
+        self.last_batch = stop_at if stop_at is not None else self.batches - 1
+
+    def predict(self) -> EchoPrediction:
+        return predict_echo(self.protocol, batched=self.batched, test_run=self.test_run)
+
+    def delivered_items(self) -> int:
+        return sum(self.stops[k] - self.starts[k] for k in range(self.next))
+
+    def summary(self, task_id: str, pod: str, as_predicted: bool) -> ItemAccount:
+        if as_predicted:
+            c = self.counts
+            return ItemAccount(
+                task_id,
+                pod,
+                c.get(Fate.DELIVERED, 0),
+                c.get(Fate.FAILED, 0),
+                c.get(Fate.CUT, 0),
+                c.get(Fate.NOT_RUN, 0),
+            )
+        delivered = self.delivered_items()
+        return ItemAccount(task_id, pod, delivered, 0, 0, len(self.items) - delivered)
+
+    # ---------------------------------------------------------------- checks
+
+    def after(self, link: _Link, event: str, obj: Any) -> str | None:
+        """Check a worker message the chart accepted; the reason if Echo disagrees."""
+        if event is _RECV_RESULTS:
+            return self.result(obj)
+        if self.problem is not None:
+            return None
+        typ = event[5:]
+        if self.limit_pending and typ not in ("TASK_ABORT", "LOG_MESSAGE", "ONLINE_CHECK"):
+            limit = self.protocol.inference_limit
+            assert limit is not None
+            return (
+                f"{describe_message(obj)} after the results that reached the inference limit"
+                f" (limit {limit.limit}, total_usage {limit.total_usage}): Echo expects"
+                " TASK_ABORT(LIMITS_EXCEEDED) next"
+            )
+        if self.abort_reason == "NO_DATA" and typ in (
+            "NUMBER_OF_BATCHES",
+            "PREPARING_DATA_BATCHES",
+            "TASK_START",
+        ):
+            return f"{typ}, but the Echo job has no items to run: expected TASK_ABORT(NO_DATA)"
+        if typ == "CURRENT_BATCH_ID":
+            batch = obj["body"]
+            if batch > self.last_batch:
+                if self.loop_stop:
+                    return (
+                        f"CURRENT_BATCH_ID {batch}, but Echo predicts TASK_ABORT(WORKER_ERROR)"
+                        f" after batch {self.last_batch}, the {CONSECUTIVE_FAILURE_LIMIT}th"
+                        " consecutive failed batch"
+                    )
+                return (
+                    f"CURRENT_BATCH_ID {batch}, but Echo with {len(self.items)} items in batches"
+                    f" of {self.protocol.batch_size} has batches 0 to {self.batches - 1} only"
+                )
+        elif typ == "BATCHES_COMPLETE":
+            return self.batches_complete(link, obj["body"])
+        elif typ == "TASK_ABORT":
+            return self.abort(link, obj["body"]["reason"])
+        return None
+
+    def next_delivery(self) -> tuple[int | None, tuple[str, ...]] | None:
+        k = self.next
+        if k >= self.total:
+            return None
+        batch = self.batch_of[k]
+        return (None if batch == -1 else batch), self.items[self.starts[k] : self.stops[k]]
+
+    def result(self, obj: Any) -> str | None:
+        if self.problem is not None:
+            return None
+        body = obj["body"]
+        got = body.get("items") if body.__class__ is dict else None
+        k = self.next
+        if k < self.total and got.__class__ is list:
+            batch = obj["meta"]["batch_number"]
+            expected = self.batch_of[k]
+            if (batch == expected if batch is not None else expected == -1) and tuple(
+                got
+            ) == self.items[self.starts[k] : self.stops[k]]:
+                self.next = k = k + 1
+                if k == self.total and self.abort_reason == "LIMITS_EXCEEDED":
+                    self.limit_pending = True
+                return None
+        if got.__class__ is not list or any(name.__class__ is not str for name in got):
+            return (
+                'EVALUATION_RESULTS body must be {"items": [the items]} for conformance.Echo,'
+                f" found {_short(body)}"
+            )
+        return self.explain(got, obj["meta"]["batch_number"], self.next_delivery())
+
+    def explain(
+        self, got: list[str], batch: int | None, expected: tuple[int | None, tuple[str, ...]] | None
+    ) -> str:
+        """Why a result differs from the prediction, in terms of the items' fates."""
+        prediction = self.predict()
+        where: dict[str, tuple[int, int | None]] = {}
+        for k, delivery in enumerate(prediction.deliveries):
+            for name in delivery.items:
+                where[name] = (k, delivery.batch)
+        seen: set[str] = set()
+        for name in got:
+            if name not in prediction.fates:
+                return f"item {name!r} is not one of the job's items"
+            if name in seen:
+                return f"item {name!r} appears twice in one EVALUATION_RESULTS"
+            seen.add(name)
+            fate = prediction.fates[name]
+            if fate is Fate.FAILED:
+                why = (
+                    "it is in fail_alone, so its retry fails too"
+                    if name in self.protocol.fail_alone
+                    else "a non-batched run has no retry"
+                )
+                return f"item {name!r} was delivered, but Echo predicts that it fails ({why})"
+            if fate is Fate.CUT:
+                limit = self.protocol.inference_limit
+                assert limit is not None
+                return (
+                    f"item {name!r} was delivered beyond the inference limit: Echo predicts it is"
+                    f" cut (limit {limit.limit}, total_usage {limit.total_usage})"
+                )
+            if fate is Fate.NOT_RUN:
+                return (
+                    f"item {name!r} was delivered, but Echo predicts the task ends before its turn"
+                    f" (TASK_ABORT({self.abort_reason}))"
+                )
+            k, its_batch = where[name]
+            if k < self.next:
+                return (
+                    f"item {name!r} was delivered twice: it was already in the results of"
+                    f" {_batch_name(its_batch)}"
+                )
+        if expected is None:
+            return "EVALUATION_RESULTS, but Echo predicts no more results"
+        exp_batch, exp_items = expected
+        if batch != exp_batch:
+            if batch is not None and exp_batch is not None and batch < self.batches:
+                size = self.protocol.batch_size
+                failing = [
+                    n
+                    for n in self.items[batch * size : (batch + 1) * size]
+                    if self.protocol.fails(n, alone=False)
+                ]
+                if failing:
+                    return (
+                        f"results for batch {batch}, but Echo predicts batch {batch} fails (item"
+                        f" {failing[0]!r} fails in a batch), so it sends no results"
+                    )
+            return (
+                f"results for {_batch_name(batch)}, but Echo predicts the next results are for"
+                f" {_batch_name(exp_batch)} with items {list(exp_items)}"
+            )
+        lost = [name for name in exp_items if name not in seen]
+        if lost:
+            hint = ""
+            if self.next == self.total - 1 and self.abort_reason == "LIMITS_EXCEEDED":
+                hint = f" (the inference limit allows exactly these {len(exp_items)} items)"
+            return (
+                f"item(s) {', '.join(map(repr, lost))} lost: Echo predicts the results of"
+                f" {_batch_name(batch)} hold {list(exp_items)}{hint}, found {got}"
+            )
+        return f"results of {_batch_name(batch)} hold {got}, but Echo predicts {list(exp_items)}"
+
+    def batches_complete(self, link: _Link, kind: str) -> str | None:
+        expected = self.next_delivery()
+        if kind == "BATCHES_ONLY":
+            if link.current_batch != self.batches - 1:
+                return (
+                    f'BATCHES_COMPLETE "BATCHES_ONLY" after batch {link.current_batch}, but Echo'
+                    f" has batches 0 to {self.batches - 1}"
+                )
+            if self.loop_stop:
+                return (
+                    'BATCHES_COMPLETE "BATCHES_ONLY", but Echo predicts TASK_ABORT(WORKER_ERROR)'
+                    f" after {CONSECUTIVE_FAILURE_LIMIT} consecutive failed batches"
+                )
+            if expected is not None and expected[0] is not None:
+                return (
+                    f'BATCHES_COMPLETE "BATCHES_ONLY" before the results of batch {expected[0]}:'
+                    f" item(s) {list(expected[1])} lost"
+                )
+            return None
+        if not self.complete:
+            return (
+                f'BATCHES_COMPLETE "TASK_COMPLETE", but Echo predicts the worker aborts with'
+                f" {self.abort_reason}"
+            )
+        if expected is not None:
+            return (
+                f'BATCHES_COMPLETE "TASK_COMPLETE" before the results of'
+                f" {_batch_name(expected[0])}: item(s) {list(expected[1])} lost"
+            )
+        return None
+
+    def abort(self, link: _Link, reason: str) -> str | None:
+        if link.cancel_sent or reason in _EARLY_END_REASONS:
+            return None  # It stopped early; what it sent so far was checked as it came.
+        if self.complete:
+            return f"TASK_ABORT({reason}), but Echo predicts that this task completes"
+        if reason != self.abort_reason:
+            return f"TASK_ABORT({reason}), but Echo predicts TASK_ABORT({self.abort_reason})"
+        expected = self.next_delivery()
+        if expected is not None:
+            return (
+                f"TASK_ABORT({reason}) before the results of {_batch_name(expected[0])}:"
+                f" item(s) {list(expected[1])} lost"
+            )
+        return None
+
+
+# --- The checker ----------------------------------------------------------------------------
+
+
+class TraceChecker:
+    """Checks a trace line by line; stops at the first violation.
+
+    Feed it lines with :meth:`feed` (and, from the kit, the modeller's
+    internal events with :meth:`internal`), then call :meth:`finish`.
+
+    Args:
+        echo: Check the item account of ``conformance.Echo`` jobs.
+        unanswered_ok: Pods that are known never to answer (the kit's silent
+            pods); a trace may end with them unanswered.
+        max_line_bytes: Longer lines are a violation.
+    """
+
+    def __init__(
+        self,
+        *,
+        echo: bool = True,
+        unanswered_ok: Iterable[str] = (),
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        chart: Chart | None = None,
+    ) -> None:
+        self.chart = chart or shipped_chart("modeller")
+        self.table = _table(self.chart)
+        self.echo = echo
+        self.unanswered_ok = frozenset(unanswered_ok)
+        self.max_line_bytes = max_line_bytes
+        self.line = 0
+        self.tasks: dict[str, _Task] = {}
+        self.finding: Finding | None = None
+        self.queue: collections.deque[tuple[_Link, str, str]] = collections.deque()
+        self.cause: str | None = None
+        self.raw: bytes | str = b""
+        self._last_id: str | None = None
+        self._last_task: _Task | None = None
+        self._names: dict[str, str] = {}
+
+    # ------------------------------------------------------------ violations
+
+    def violate(self, link: _Link | None, message: str, obj: Any = None) -> NoReturn:
+        """Stop at a violation on the current line."""
+        raise _Stop(self._finding(link, message))
+
+    def _finding(self, link: _Link | None, message: str, *, at_end: bool = False) -> Finding:
+        text = None
+        if not at_end:
+            raw = self.raw
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            text = text.rstrip("\r\n")
+            if len(text) > _EXCERPT:
+                text = text[: _EXCERPT - 3] + "..."
+        state = expected = None
+        if link is not None:
+            path = self.chart.path(link.leaf)
+            state = link.leaf if path == link.leaf else f"{link.leaf} ({path})"
+            expected = self.expected(link)
+        return Finding(
+            line=self.line + 1 if at_end else self.line,
+            message=message,
+            text=text,
+            task_id=link.task.task_id if link is not None else None,
+            pod=link.pod if link is not None else None,
+            state=state,
+            expected=expected or (),
+        )
+
+    def expected(self, link: _Link) -> tuple[str, ...]:
+        """The messages the link's state allows, with their conditions."""
+        shown = _expected_texts(link)
+        if link.owed:
+            for type_, (line, cause) in link.owed.items():
+                shown.append(f"M: {type_} (owed since line {line}: {cause})")
+        return tuple(shown)
+
+    # -------------------------------------------------------------- feeding
+
+    def feed(self, raw: bytes | str) -> Finding | None:
+        """Check the next line of the trace; returns the first violation once found."""
+        if self.finding is None:
+            self.line += 1
+            try:
+                self._feed(raw)
+            except _Stop as stop:
+                self.finding = stop.finding
+        return self.finding
+
+    def feed_lines(self, lines: Iterable[bytes | str]) -> Finding | None:
+        """Check many lines; the same as calling :meth:`feed` on each, only faster."""
+        if self.finding is None:
+            feed = self._feed
+            try:
+                for raw in lines:
+                    self.line += 1
+                    feed(raw)
+            except _Stop as stop:
+                self.finding = stop.finding
+        return self.finding
+
+    def internal(
+        self, task_id: str, pod: str, event: str, *, excuse: bool = False
+    ) -> Finding | None:
+        """Apply an internal event the kit's own modeller took (a timeout, a kit fault).
+
+        With ``excuse``, the pod's later lines are not checked: the kit cut
+        its link on purpose.
+        """
+        if self.finding is not None:
+            return self.finding
+        task = self.tasks.get(task_id)
+        link = task.links.get(pod) if task is not None else None
+        if link is None:
+            return None
+        self.raw = ""
+        try:
+            if event in link.row:
+                self._fire(link, event, "")
+                self._drain()
+            if excuse:
+                link.excused = True
+        except _Stop as stop:
+            self.finding = stop.finding
+        return self.finding
+
+    def _feed(self, raw: bytes | str) -> None:
+        # The hot path, written for speed: one C JSON scan, then only the checks
+        # that prove decode() would accept the line. Anything unusual (and every
+        # type whose body is not cheap to check) goes through decode() itself.
+        self.raw = raw
+        obj: Any
+        try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            obj, end = _scan(text, 0)
+            if end != len(text) and (end != len(text) - 1 or text[end] != "\n"):
+                raise ValueError("not one JSON value")
+            if text.find("\n", 0, end) != -1:
+                raise ValueError("a newline inside the line")
+            size = len(obj)
+            typ = obj["type"]
+            task_id = obj["task_id"]
+            sender = obj["sender"]
+            recipient = obj["recipient"]
+            seq = obj["seq"]
+            version = obj["v"]
+            meta = obj["meta"] if size == 8 else None
+            if (
+                (size != 7 and size != 8)
+                or not _FAST_BODY[typ](obj["body"])
+                or version.__class__ is not int
+                or version != 1
+                or task_id.__class__ is not str
+                or sender.__class__ is not str
+                or recipient.__class__ is not str
+                or seq.__class__ is not int
+                or seq < 0
+                or (meta is not None and not _meta_ok(meta))
+                or (typ == "EVALUATION_RESULTS" and (meta is None or "batch_number" not in meta))
+                or len(raw) > self.max_line_bytes
+            ):
+                raise ValueError("not on the fast path")
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            StopIteration,
+            RecursionError,
+        ):
+            obj = self._decode(raw)
+            if obj is None:
+                return
+            typ = obj["type"]
+            task_id = obj["task_id"]
+            sender = obj["sender"]
+            recipient = obj["recipient"]
+            seq = obj["seq"]
+
+        if task_id == self._last_id:
+            task = self._last_task
+        else:
+            task = self.tasks.get(task_id)
+            if task is None:
+                task = self._new_task(obj)
+            self._last_id, self._last_task = task_id, task
+        assert task is not None
+        if sender == task.modeller:
+            if typ in _WORKER_ONLY:
+                self.violate(None, f"the modeller ({sender}) sent {typ}, which only workers send")
+            if seq == task.next_seq:
+                task.next_seq = seq + 1
+                if task.ahead:
+                    self._advance(task)
+            else:
+                self._seq_ahead(task, seq)
+            link = task.links.get(recipient)
+            if link is None:
+                if typ != "JOB_REQUEST":
+                    self.violate(
+                        None,
+                        f"the modeller sent {typ} to {recipient!r}, which got no JOB_REQUEST in"
+                        f" task {task.task_id!r}",
+                    )
+                link = self._new_link(task, recipient, obj)
+            if seq <= link.last_modeller_seq:
+                self.violate(
+                    link,
+                    f"seq {seq} from the modeller to pod {recipient}, after seq"
+                    f" {link.last_modeller_seq} to that pod; the seq rises with every message",
+                )
+            link.last_modeller_seq = seq
+            event = _SEND[typ]
+        else:
+            if typ in _MODELLER_ONLY:
+                self.violate(
+                    None,
+                    f"{sender!r} sent {typ}, which only the modeller sends (the modeller of task"
+                    f" {task.task_id!r} is {task.modeller!r})",
+                )
+            link = task.links.get(sender)
+            if link is None:
+                self.violate(
+                    None,
+                    f"{sender!r} sent {typ} in task {task.task_id!r}, but the modeller sent it no"
+                    " JOB_REQUEST",
+                )
+            if link.excused:
+                return
+            if recipient != task.modeller:
+                self.violate(
+                    link,
+                    f"pod {sender} sent {typ} to {recipient!r}; workers write to the modeller"
+                    f" ({task.modeller!r})",
+                )
+            if seq != link.next_seq:
+                self._bad_seq(sender, seq, link.next_seq, task, link)
+            link.next_seq = seq + 1
+            event = _RECV[typ]
+        if link.excused or link.ignored:
+            return
+
+        if event is _SEND_TASK_START and not task.barrier_open:
+            self._open_barrier(task)
+        arcs = link.row.get(event)
+        if arcs is None:
+            self._refused(link, event, obj)
+            return
+        self._take(link, event, obj, arcs)
+        fact = _FACTS.get(event)
+        if fact is not None:
+            fact(link, obj)
+        account = link.account
+        if account is not None and event in _RECV_EVENTS:
+            problem = account.after(link, event, obj)
+            if problem is not None:
+                self.violate(link, f"pod {link.pod}: {problem}", obj)
+            if not link.row:
+                self._close_account(link)
+        if self.queue:
+            self._drain()
+
+    def _close_account(self, link: _Link) -> None:
+        """Keep only the summary of an ended worker's account; free the rest."""
+        account = link.account
+        if account is None:
+            return
+        link.account = None
+        if account.problem is None and link.accepted:
+            as_predicted = not link.row and not link.cancel_sent and account.next == account.total
+            link.summary = account.summary(link.task.task_id, link.pod, as_predicted)
+        task = link.task
+        if all(not other.row for other in task.links.values()):
+            task.plans.clear()
+
+    def _decode(self, raw: bytes | str) -> Any:
+        """The slow path: decode() judges the line; the JSON object, or None to skip it."""
+        try:
+            message = decode(raw, max_line_bytes=self.max_line_bytes)
+        except DecodeError as exc:
+            self.violate(None, f"invalid message: {exc}")
+        if message.type.value == "CONFORMANCE_SCENARIO":
+            return None  # The kit's control line, not part of any task.
+        return _json_decoder.decode(raw.decode() if isinstance(raw, bytes) else raw)
+
+    def _seq_ahead(self, task: _Task, seq: int) -> None:
+        if seq < task.next_seq or seq in task.ahead:
+            self.violate(
+                None,
+                f"seq {seq} from the modeller in task {task.task_id!r} was used before; each"
+                " message takes the next number",
+            )
+        if len(task.ahead) >= _MAX_AHEAD:
+            self.violate(
+                None,
+                f"seq {task.next_seq} from the modeller in task {task.task_id!r} is missing:"
+                f" {len(task.ahead)} later numbers came without it (the seq goes up by exactly 1)",
+            )
+        task.ahead.add(seq)
+
+    def _advance(self, task: _Task) -> None:
+        ahead = task.ahead
+        while task.next_seq in ahead:
+            ahead.discard(task.next_seq)
+            task.next_seq += 1
+
+    def _bad_seq(
+        self, sender: str, seq: int, expected: int, task: _Task, link: _Link | None = None
+    ) -> NoReturn:
+        first = "its first message has seq 0" if expected == 0 else f"expected {expected}"
+        self.violate(
+            link,
+            f"seq {seq} from {sender} in task {task.task_id!r}; {first} (each sender's seq goes"
+            " up by exactly 1 per message)",
+        )
+
+    def _new_task(self, obj: Mapping[str, Any]) -> _Task:
+        if obj["type"] != "JOB_REQUEST":
+            self.violate(
+                None,
+                f"{obj['type']} for task {obj['task_id']!r}, which has no JOB_REQUEST before it;"
+                " a task starts with the modeller's JOB_REQUEST",
+            )
+        task = _Task(self, obj["task_id"], obj["sender"])
+        self.tasks[task.task_id] = task
+        return task
+
+    def _new_link(self, task: _Task, pod: str, obj: Mapping[str, Any]) -> _Link:
+        initial = self.chart.settle(self.chart.initial)
+        link = _Link(task, pod, initial, self.table[initial])
+        body = obj["body"]
+        link.batched = body.get("batched_execution") is True
+        protocol = body.get("protocol", {})
+        link.initial_setup = protocol.get("initial_setup") is True
+        if self.echo and protocol.get("class_name") == ECHO:
+            test_run = body.get("test_run") is True
+            key = (json.dumps(protocol, sort_keys=True), link.batched, test_run)
+            plan = task.plans.get(key)
+            if plan is None:
+                plan = task.plans[key] = _EchoAccount(body, self._names)
+            # The prediction is shared and never changes; only the progress is the link's.
+            link.account = copy.copy(plan)
+        task.links[pod] = link
+        return link
+
+    # ------------------------------------------------------------- stepping
+
+    def _take(self, link: _Link, event: str, obj: Any, arcs: tuple[Arc, ...]) -> None:
+        for arc in arcs:
+            if all(guard(link, obj) is want for guard, want in arc.guard_fns):
+                break
+        else:
+            self._guards_failed(link, event, obj, arcs)
+        if link.owed is not None and event in _SEND_EVENTS:
+            self._discharge(link, event[5:], obj)
+        for action in arc.action_fns:
+            action(link, obj)
+        if arc.target is not None:
+            self._move(link, event, arc.target)
+
+    def _move(self, link: _Link, event: str, target: str) -> None:
+        before = link.leaf
+        link.leaf = target
+        link.row = self.table[target]
+        if not link.row:
+            link.before_end = before
+            link.ended_by = event
+            link.owed = None
+            self._after_change(link.task)
+
+    def _fire(self, link: _Link, event: str, cause: str) -> None:
+        """Take an internal event if the link's state has it (guards included)."""
+        arcs = link.row.get(event)
+        if arcs is None:
+            return
+        for arc in arcs:
+            if all(guard(link, None) is want for guard, want in arc.guard_fns):
+                break
+        else:
+            return
+        self.cause = cause or None
+        try:
+            self._take(link, event, None, (arc,))
+        finally:
+            self.cause = None
+
+    def _drain(self) -> None:
+        while self.queue:
+            link, event, cause = self.queue.popleft()
+            self._fire(link, event, cause)
+
+    def _open_barrier(self, task: _Task) -> None:
+        # The modeller stopped waiting for answers: whoever has not answered is left out.
+        task.barrier_open = True
+        for link in list(task.links.values()):
+            self._fire(link, "response_timeout", "")
+
+    def _after_change(self, task: _Task) -> None:
+        # When every other link has ended, a pod still left out is owed nothing.
+        links = task.links.values()
+        if all(not link.row or "task_ended" in link.row for link in links):
+            for link in links:
+                if "task_ended" in link.row:
+                    self.queue.append((link, "task_ended", ""))
+
+    def _discharge(self, link: _Link, type_: str, obj: Any) -> None:
+        owed = link.owed
+        assert owed is not None
+        cancel = owed.get("TASK_CANCEL")
+        if cancel is not None and link.late and type_ in ("TASK_START", "TASK_COMPLETE"):
+            self.violate(
+                link,
+                f"the modeller sent {type_} to pod {link.pod}, whose JOB_ACCEPT came late (line"
+                f" {cancel[0]}): a late accept is answered with TASK_CANCEL",
+                obj,
+            )
+        owed.pop(type_, None)
+        if not owed:
+            link.owed = None
+
+    def _refused(self, link: _Link, event: str, obj: Any) -> None:
+        direction, _, typ = event.partition(":")
+        if not link.row:
+            if link.ended_by.startswith("recv:") and direction == "send" and link.before_end:
+                # Crossed in flight: judge it as the modeller saw the worker before its end.
+                arcs = self.table[link.before_end].get(event, ())
+                for arc in arcs:
+                    if all(guard(link, obj) is want for guard, want in arc.guard_fns):
+                        for action in arc.action_fns:
+                            action(link, obj)
+                        if arc.target is not None:
+                            link.before_end = arc.target
+                        return
+            elif link.ended_by.startswith("send:") and direction == "recv" and link.before_end:
+                # Sent while the modeller's last message was in flight (an ONLINE_CHECK, or
+                # an abort on a timeout): judged against the state before, with no effect.
+                arcs = self.table[link.before_end].get(event, ())
+                if any(
+                    all(guard(link, obj) is want for guard, want in arc.guard_fns) for arc in arcs
+                ):
+                    return
+            elif ":" not in link.ended_by and direction == "recv":
+                arcs = self.table[link.before_end or link.leaf].get(event, ())
+                if arcs:
+                    link.ignored = True  # A late answer after the task ended: nothing is owed.
+                    return
+            who = "the modeller sent" if direction == "send" else f"pod {link.pod} sent"
+            target = f" to pod {link.pod}" if direction == "send" else ""
+            self.violate(
+                link,
+                f"{who} {describe_message(obj)}{target} after that worker's end (state"
+                f" {link.leaf}); nothing may follow the end",
+                obj,
+            )
+        who = "the modeller sent" if direction == "send" else f"pod {link.pod} sent"
+        target = f" to pod {link.pod}" if direction == "send" else ""
+        self.violate(
+            link,
+            f"{who} {describe_message(obj)}{target} in state {link.leaf}, where {typ} is not"
+            " allowed",
+            obj,
+        )
+
+    def _guards_failed(self, link: _Link, event: str, obj: Any, arcs: tuple[Arc, ...]) -> None:
+        direction, _, typ = event.partition(":")
+        options = []
+        for arc in arcs:
+            failed = [
+                _requirement(link, name, want, event)
+                for (name, want), (guard, _) in zip(arc.guards, arc.guard_fns, strict=True)
+                if guard(link, obj) is not want
+            ]
+            options.append(" and ".join(failed))
+        who = "the modeller sent" if direction == "send" else f"pod {link.pod} sent"
+        target = f" to pod {link.pod}" if direction == "send" else ""
+        self.violate(
+            link,
+            f"{who} {describe_message(obj)}{target} in state {link.leaf}, but {typ} is allowed"
+            f" there only {'; or '.join(options)}",
+            obj,
+        )
+
+    # ---------------------------------------------------------------- finish
+
+    def finish(self) -> CheckResult:
+        """Check that every task reached its end, and return the verdict."""
+        if self.finding is None:
+            try:
+                self._finish()
+            except _Stop as stop:
+                self.finding = stop.finding
+        accounts = []
+        for task in self.tasks.values():
+            for link in task.links.values():
+                self._close_account(link)
+                if link.summary is not None:
+                    accounts.append(link.summary)
+        return CheckResult(
+            ok=self.finding is None,
+            lines=self.line,
+            tasks=len(self.tasks),
+            pods=sum(len(t.links) for t in self.tasks.values()),
+            finding=self.finding,
+            accounts=tuple(accounts),
+        )
+
+    def _finish(self) -> None:
+        if self.line == 0:
+            raise _Stop(
+                Finding(1, "the trace is empty; a trace holds every message of at least one task")
+            )
+        for task in self.tasks.values():
+            if task.ahead:
+                raise _Stop(
+                    Finding(
+                        self.line + 1,
+                        f"seq {task.next_seq} from the modeller in task {task.task_id!r} never"
+                        f" appeared, though {min(task.ahead)} did: the seq goes up by exactly 1"
+                        " per message",
+                    )
+                )
+            for link in task.links.values():
+                if link.row and not link.excused and not link.ignored:
+                    if link.pod in self.unanswered_ok and "response_timeout" in link.row:
+                        continue
+                    if link.pod in self.unanswered_ok and "task_ended" in link.row:
+                        continue
+                    short = [
+                        text.split(" ", 2)[0] + " " + text.split(" ", 2)[1]
+                        for text in _expected_texts(link)
+                        if not any(h in text for h in _HOUSEKEEPING)
+                    ]
+                    expecting = ", ".join(dict.fromkeys(short)) or "nothing more"
+                    if link.owed:
+                        expecting += "; the modeller owes it " + ", ".join(
+                            f"{type_} (since line {line}: {cause})"
+                            for type_, (line, cause) in link.owed.items()
+                        )
+                    note = ""
+                    if link.cancel_sent:
+                        note = (
+                            f" (the modeller cancelled it at line {link.cancel_line}; a cancelled"
+                            " worker ends with TASK_ABORT)"
+                        )
+                    raise _Stop(
+                        self._finding(
+                            link,
+                            f"trace ends while pod {link.pod} (task {task.task_id}) is in state"
+                            f" {link.leaf}, expecting {expecting}{note}",
+                            at_end=True,
+                        )
+                    )
+
+
+_HOUSEKEEPING: Final = ("LOG_MESSAGE", "ONLINE_CHECK", "ONLINE_RESPONSE")
+_MAX_AHEAD: Final = 100_000
+
+_TABLES: dict[int, Table] = {}
+
+
+def _table(chart: Chart) -> Table:
+    key = id(chart)
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = compile_chart(chart, _Link)
+    return table
+
+
+# --- Reading ---------------------------------------------------------------------------------
+
+
+def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
+    """Lines of a binary stream, never holding more than one line of ``max_line_bytes``.
+
+    A longer line is cut at the limit plus one byte, which the checker then
+    reports as too long, so a huge line cannot exhaust memory.
+    """
+    readline = stream.readline
+    limit = max_line_bytes + 1
+    while True:
+        raw = readline(limit)
+        if not raw:
+            return
+        if len(raw) == limit and not raw.endswith(b"\n"):
+            yield raw  # too long: the checker stops here
+            return
+        yield raw
+
+
+def check_stream(stream: IO[bytes], checker: TraceChecker | None = None) -> CheckResult:
+    """Check an open binary stream of NDJSON lines."""
+    checker = checker or TraceChecker()
+    checker.feed_lines(read_lines(stream, checker.max_line_bytes))
+    return checker.finish()

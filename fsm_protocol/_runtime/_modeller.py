@@ -1,0 +1,560 @@
+"""The modeller side: one ``statecharts/modeller.yaml`` machine per worker.
+
+Each link's machine follows one worker. The rules that span workers (the
+TASK_START barrier, TASK_COMPLETE only after every worker, cancelling the
+others after an abort) are the guards ``all_ready``/``all_done`` and the
+actions ``check_progress``/``cancel_others`` the chart names; :class:`_Task`
+holds what they look across.
+
+Results are stored under the batch id the worker put in ``meta``, never by
+arrival position, so a failed batch cannot shift the results after it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any, final
+
+import attrs
+
+from .._algo._algorithms import call_maybe_async, optional_hook
+from .._algo._protocols import has_initial_setup
+from .._base._errors import InternalError
+from .._core._engine import Event, Machine, Step
+from .._core._shipped import shipped_chart
+from .._wire._messages import (
+    AbortReason,
+    JobRejectBody,
+    JobRequestBody,
+    Message,
+    MessageType,
+    body_of,
+)
+from ._executor import Executor, Slot, Violation
+from ._transport import Transport
+
+
+class TaskStatus(str, enum.Enum):
+    """How a task ended, from the modeller's point of view."""
+
+    COMPLETE = "complete"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+@attrs.frozen(order=True)
+class ResultKey:
+    """Where a result belongs: its worker, its batch id or retry number, its algorithm.
+
+    ``batch`` is the id the worker sent in ``meta.batch_number``; a result
+    without one (non-batched, or a resilience retry) has ``batch`` None and
+    ``retry`` counting from 0 in arrival order for that worker. ``algorithm``
+    is ``meta.algorithm_index``: a batch may carry one result per algorithm.
+    """
+
+    worker: str
+    batch: int | None = None
+    retry: int | None = None
+    algorithm: int = 0
+
+
+@attrs.frozen
+class WorkerOutcome:
+    """How one worker's part of the task ended, as the modeller saw it."""
+
+    pod_id: str
+    state: str
+    accepted: bool = False
+    late: bool = False
+    reject: JobRejectBody | None = None
+    abort_reason: AbortReason | None = None
+    abort_message: str = ""
+    problem: str = ""
+    cancel_sent: bool = False
+    cancel_confirmed: bool | None = None
+    last_batch: int | None = None
+    estimate: int | None = None
+
+
+@attrs.frozen
+class Progress:
+    """The slowest running worker's batch: what the modeller shows a person."""
+
+    batch: int
+    total_estimate: int | None
+    worker: str
+
+
+@attrs.frozen
+class TaskTimeouts:
+    """Every modeller-side wait, in seconds; the worker's go in the job request.
+
+    Args:
+        response_timeout_s: How long pods have to answer the job request.
+        cancel_timeout_s: How long a cancelled worker has to confirm with TASK_ABORT.
+        worker_idle_timeout_s: How long a worker may stay silent while the
+            modeller waits on it (not while it waits on the modeller). A busy
+            worker sends nothing during a batch or its whole resilience phase,
+            so this must exceed the longest of those, or it ends ``lost``.
+        task_start_timeout_s: Sent to workers: their wait for our TASK_START.
+        soft_timeout_s: Sent to workers: quiet time before their ONLINE_CHECK.
+        hard_timeout_s: Sent to workers: wait for the answer to ONLINE_CHECK.
+    """
+
+    response_timeout_s: float = 300.0
+    cancel_timeout_s: float = 30.0
+    worker_idle_timeout_s: float | None = 3600.0
+    task_start_timeout_s: float = 1170.0
+    soft_timeout_s: float = 180.0
+    hard_timeout_s: float = 180.0
+
+    def worker_options(self) -> dict[str, float]:
+        return {
+            "task_start_timeout_s": self.task_start_timeout_s,
+            "soft_timeout_s": self.soft_timeout_s,
+            "hard_timeout_s": self.hard_timeout_s,
+        }
+
+
+DEFAULT_TIMEOUTS = TaskTimeouts()
+
+
+@final
+class LinkBindings:
+    """Guards and actions of the modeller chart for one worker."""
+
+    def __init__(self, task: _Task, pod_id: str, job: JobRequestBody, config: object) -> None:
+        self.task = task
+        self.pod_id = pod_id
+        self.job = job
+        self.config = config
+        self.machine: Machine | None = None
+        self.accepted = False
+        self.answered = False
+        self.late = False
+        self.reject: JobRejectBody | None = None
+        self.abort_reason: AbortReason | None = None
+        self.abort_message = ""
+        self.problem = ""
+        self.cancel_sent = False
+        self.cancel_raised = False
+        self.setup_sent = False
+        self.start_raised = False
+        self.complete_raised = False
+        self.current_batch: int | None = None
+        self.next_batch_id = 0
+        self.estimate: int | None = None
+        self.result_slots: set[tuple[int | None, int]] = set()
+        self.retries = 0
+
+    @property
+    def state(self) -> str:
+        assert self.machine is not None
+        return self.machine.state
+
+    def expects(self, event: str) -> bool:
+        assert self.machine is not None
+        return not self.machine.is_final and event in self.machine.expected()
+
+    def send(self, type_: MessageType, body: Any = None) -> None:
+        self.task.executor.raise_event(
+            self.pod_id, f"send:{type_.value}", self.task.message(self.pod_id, type_, body)
+        )
+
+    # -------------------------------------------------------------- guards
+
+    def guard_initial_setup(self, event: Event) -> bool:
+        return has_initial_setup(self.config)
+
+    def guard_batched_job(self, event: Event) -> bool:
+        return self.job.batched_execution
+
+    def guard_cancel_sent(self, event: Event) -> bool:
+        return self.cancel_sent
+
+    def guard_setup_pending(self, event: Event) -> bool:
+        return has_initial_setup(self.config) and not self.setup_sent
+
+    def guard_setup_settled(self, event: Event) -> bool:
+        return not has_initial_setup(self.config) or self.setup_sent
+
+    def guard_count_is_one(self, event: Event) -> bool:
+        return bool(event.data.body == 1)
+
+    def guard_count_is_unknown(self, event: Event) -> bool:
+        return bool(event.data.body == -1)
+
+    def guard_is_estimate(self, event: Event) -> bool:
+        return isinstance(event.data.body, int) and event.data.body > 0
+
+    def guard_estimate_seen(self, event: Event) -> bool:
+        return self.estimate is not None
+
+    def guard_is_next_batch_id(self, event: Event) -> bool:
+        return bool(event.data.body == self.next_batch_id)
+
+    def guard_is_batch_result(self, event: Event) -> bool:
+        return (
+            event.data.meta.batch_number is not None
+            and event.data.meta.batch_number == self.current_batch
+        )
+
+    def guard_is_unbatched_result(self, event: Event) -> bool:
+        return event.data.meta.batch_number is None
+
+    def guard_is_retry_result(self, event: Event) -> bool:
+        return event.data.meta.batch_number is None
+
+    def guard_duplicate_result(self, event: Event) -> bool:
+        meta = event.data.meta
+        return (meta.batch_number, meta.algorithm_index) in self.result_slots
+
+    def guard_is_batches_only(self, event: Event) -> bool:
+        return bool(event.data.body == "BATCHES_ONLY")
+
+    def guard_is_task_complete(self, event: Event) -> bool:
+        return bool(event.data.body == "TASK_COMPLETE")
+
+    def guard_all_ready(self, event: Event) -> bool:
+        return self.task.all_ready()
+
+    def guard_all_done(self, event: Event) -> bool:
+        return self.task.all_done()
+
+    # ------------------------------------------------------------- actions
+
+    def action_note_accept(self, event: Event) -> None:
+        self.accepted = self.answered = True
+
+    def action_note_late(self, event: Event) -> None:
+        self.late = True
+
+    def action_note_reject(self, event: Event) -> None:
+        self.answered = True
+        self.reject = body_of(event.data)
+
+    def action_note_no_answer(self, event: Event) -> None:
+        self.problem = "no answer to the job request within the response timeout"
+
+    def action_note_bad_input(self, event: Event) -> None:
+        self.answered = True
+        self.problem = f"protocol error: {event.data}"
+
+    def action_note_link_lost(self, event: Event) -> None:
+        self.answered = True
+        self.problem = f"connection lost: {event.data}" if event.data else "connection closed"
+
+    def action_note_abort(self, event: Event) -> None:
+        body = body_of(event.data)
+        self.abort_reason = body.reason
+        self.abort_message = body.message
+        if not self.cancel_sent:
+            self.task.own_abort = True
+
+    def action_cancel_others(self, event: Event) -> None:
+        self.task.own_abort = True
+        self.task.cancel_all(except_pod=self.pod_id)
+
+    def action_send_setup(self, event: Event) -> None:
+        self.send(MessageType.ALGORITHM_EXCHANGE, self.task.setup_values())
+
+    def action_note_setup_sent(self, event: Event) -> None:
+        self.setup_sent = True
+
+    def action_send_cancel(self, event: Event) -> None:
+        # Two reasons to cancel can arrive before the first TASK_CANCEL goes out;
+        # TASK_CANCEL still goes at most once.
+        if not self.cancel_raised:
+            self.cancel_raised = True
+            self.send(MessageType.TASK_CANCEL)
+
+    def action_note_cancel_sent(self, event: Event) -> None:
+        self.cancel_sent = True
+        self.task.executor.start_timer(
+            self.pod_id, self.task.timeouts.cancel_timeout_s, "cancel_unconfirmed"
+        )
+
+    def action_answer_online_check(self, event: Event) -> None:
+        self.send(MessageType.ONLINE_RESPONSE, event.data.body)
+
+    def action_note_batch_id(self, event: Event) -> None:
+        self.current_batch = event.data.body
+        self.next_batch_id = event.data.body + 1
+        self.task.report_progress()
+
+    def action_note_estimate(self, event: Event) -> None:
+        self.estimate = event.data.body
+
+    def action_store_result(self, event: Event) -> None:
+        message: Message = event.data
+        batch = message.meta.batch_number
+        algorithm = message.meta.algorithm_index
+        self.result_slots.add((batch, algorithm))
+        self.task.store_result(ResultKey(self.pod_id, batch, None, algorithm), message)
+
+    def action_store_retry_result(self, event: Event) -> None:
+        message: Message = event.data
+        key = ResultKey(self.pod_id, None, self.retries, message.meta.algorithm_index)
+        self.retries += 1
+        self.task.store_result(key, message)
+
+    def action_check_progress(self, event: Event) -> None:
+        self.task.check_progress()
+
+    def outcome(self) -> WorkerOutcome:
+        confirmed = None
+        if self.cancel_sent:
+            confirmed = self.state == "aborted"
+        return WorkerOutcome(
+            pod_id=self.pod_id,
+            state=self.state,
+            accepted=self.accepted,
+            late=self.late,
+            reject=self.reject,
+            abort_reason=self.abort_reason,
+            abort_message=self.abort_message,
+            problem=self.problem,
+            cancel_sent=self.cancel_sent,
+            cancel_confirmed=confirmed,
+            last_batch=self.current_batch,
+            estimate=self.estimate,
+        )
+
+
+@attrs.define
+class _Task:
+    """What the modeller-wide rules look across: every link of one task."""
+
+    task_id: str
+    sender: str
+    executor: Executor
+    timeouts: TaskTimeouts
+    algorithm: Any
+    require_all_pods: bool
+    on_progress: Callable[[Progress], None] | None = None
+    links: dict[str, LinkBindings] = attrs.field(factory=dict)
+    results: dict[ResultKey, Any] = attrs.field(factory=dict)
+    own_abort: bool = False
+    user_cancelled: bool = False
+    pods_missing: list[str] = attrs.field(factory=list)
+    last_progress: Progress | None = None
+
+    def message(self, pod_id: str, type_: MessageType, body: Any = None) -> Message:
+        return Message.make(
+            type_, task_id=self.task_id, sender=self.sender, recipient=pod_id, seq=0, body=body
+        )
+
+    def setup_values(self) -> Any:
+        hook = optional_hook(self.algorithm, "setup_values")
+        values = hook() if hook is not None else {}
+        return dict(values) if values is not None else {}
+
+    def store_result(self, key: ResultKey, message: Message) -> None:
+        self.results[key] = message.body
+        hook = optional_hook(self.algorithm, "on_results")
+        if hook is not None:
+            hook(key.worker, key.batch, message.body)
+
+    def counted(self) -> list[LinkBindings]:
+        """Workers the barrier and completion wait for: accepted on time, not cancelled."""
+        return [
+            link
+            for link in self.links.values()
+            if link.accepted and not link.late and not link.cancel_sent
+        ]
+
+    def responses_in(self) -> bool:
+        return all(
+            link.answered or link.state != "requested"
+            for link in self.links.values()
+            if link.machine
+        )
+
+    def all_ready(self) -> bool:
+        counted = self.counted()
+        return (
+            self.responses_in()
+            and bool(counted)
+            and all(link.start_raised or link.expects("send:TASK_START") for link in counted)
+        )
+
+    def all_done(self) -> bool:
+        counted = self.counted()
+        return (
+            not self.stopping()
+            and self.responses_in()
+            and bool(counted)
+            and all(link.complete_raised or link.expects("send:TASK_COMPLETE") for link in counted)
+        )
+
+    def stopping(self) -> bool:
+        """Whether the whole task is being cancelled (own abort, user cancel, missing pod)."""
+        return self.own_abort or self.user_cancelled or bool(self.pods_missing)
+
+    def check_progress(self) -> None:
+        """Apply the modeller-wide rules after any link changed."""
+        if self.require_all_pods and self.responses_in() and not self.pods_missing:
+            missing = [pod for pod, link in self.links.items() if not link.accepted]
+            if missing:
+                self.pods_missing = missing
+                self.cancel_all()
+        # Once the task is being cancelled the barrier stays shut, even for links whose
+        # TASK_CANCEL is still queued (they are counted until it goes out).
+        if not self.stopping() and self.all_ready():
+            for link in self.counted():
+                if not link.start_raised and link.expects("send:TASK_START"):
+                    link.start_raised = True
+                    link.send(MessageType.TASK_START)
+        if self.all_done():
+            for link in self.counted():
+                if not link.complete_raised and link.expects("send:TASK_COMPLETE"):
+                    link.complete_raised = True
+                    link.send(MessageType.TASK_COMPLETE)
+        others_over = all(
+            link.machine is not None and (link.machine.is_final or link.expects("task_ended"))
+            for link in self.links.values()
+        )
+        if others_over:
+            for pod_id, link in self.links.items():
+                if link.expects("task_ended"):
+                    self.executor.raise_event(pod_id, "task_ended")
+
+    def cancel_all(self, *, except_pod: str | None = None) -> None:
+        for pod_id, link in self.links.items():
+            if pod_id != except_pod and link.expects("cancel_requested"):
+                self.executor.raise_event(pod_id, "cancel_requested")
+
+    def report_progress(self) -> None:
+        running = [link for link in self.counted() if link.current_batch is not None]
+        if not running or self.on_progress is None:
+            return
+        slowest = min(running, key=lambda link: link.current_batch or 0)
+        assert slowest.current_batch is not None
+        progress = Progress(slowest.current_batch, slowest.estimate, slowest.pod_id)
+        if progress != self.last_progress:
+            self.last_progress = progress
+            self.on_progress(progress)
+
+    def status(self) -> TaskStatus:
+        links = list(self.links.values())
+        if self.user_cancelled:
+            return TaskStatus.CANCELLED
+        if not any(link.accepted and not link.late for link in links):
+            return TaskStatus.REJECTED
+        if (
+            all(link.state == "complete" for link in self.counted())
+            and self.counted()
+            and not self.own_abort
+        ):
+            return TaskStatus.COMPLETE
+        return TaskStatus.ABORTED
+
+
+@attrs.frozen
+class ModellerRun:
+    """What :func:`run_modeller` returns; :func:`run_task` adds worker reports to it."""
+
+    task_id: str
+    status: TaskStatus
+    workers: Mapping[str, WorkerOutcome]
+    results: Mapping[ResultKey, Any]
+    trace: tuple[Message, ...]
+    violations: tuple[Violation, ...]
+    final_result: Any
+    pods_missing: tuple[str, ...]
+
+
+async def run_modeller(
+    *,
+    task_id: str,
+    jobs: Mapping[str, JobRequestBody],
+    configs: Mapping[str, object],
+    links: Mapping[str, Transport],
+    algorithm: Any = None,
+    timeouts: TaskTimeouts = DEFAULT_TIMEOUTS,
+    require_all_pods: bool = False,
+    sender: str = "modeller",
+    cancel: Any = None,
+    on_step: Callable[[str, Step], None] | None = None,
+    on_message: Callable[[str, Message], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> ModellerRun:
+    """Run the modeller side of one task over one transport per pod.
+
+    ``jobs`` gives each pod its job request body (they differ only when a
+    conformance scenario overrides one pod's protocol). ``cancel`` is an
+    optional :class:`trio.Event`; setting it cancels the task.
+    """
+    import trio
+
+    chart = shipped_chart("modeller")
+    options = {**chart.options, "response_timeout_s": timeouts.response_timeout_s}
+    executor = Executor(
+        options=options, on_step=on_step, on_message=on_message, expected_task=task_id
+    )
+    task = _Task(task_id, sender, executor, timeouts, algorithm, require_all_pods, on_progress)
+    for pod_id, transport in links.items():
+        link = LinkBindings(task, pod_id, jobs[pod_id], configs[pod_id])
+        link.machine = Machine.from_chart(chart, link)
+        task.links[pod_id] = link
+        executor.add(
+            Slot(
+                pod_id,
+                link.machine,
+                link,
+                transport,
+                eof_event="link_lost",
+                idle_timeout=timeouts.worker_idle_timeout_s,
+                idle_ok=_waiting_on_modeller,
+            )
+        )
+        executor.raise_event(
+            pod_id, "send:JOB_REQUEST", task.message(pod_id, MessageType.JOB_REQUEST, jobs[pod_id])
+        )
+
+    async def watch_cancel() -> None:
+        await cancel.wait()
+        task.user_cancelled = True
+        executor.call_soon(task.cancel_all)
+
+    async with trio.open_nursery() as nursery:
+        if cancel is not None:
+            nursery.start_soon(watch_cancel)
+        await executor.run()
+        nursery.cancel_scope.cancel()
+
+    final_result = None
+    if task.status() is TaskStatus.COMPLETE:
+        hook = optional_hook(algorithm, "final_step")
+        if hook is not None:
+            final_result = await call_maybe_async(hook, dict(task.results))
+    for link in task.links.values():
+        if link.machine is None:
+            raise InternalError("a link has no machine")
+    return ModellerRun(
+        task_id=task_id,
+        status=task.status(),
+        workers={pod: link.outcome() for pod, link in task.links.items()},
+        results=dict(sorted(task.results.items(), key=lambda kv: _sort_key(kv[0]))),
+        trace=tuple(executor.trace),
+        violations=tuple(executor.violations),
+        final_result=final_result,
+        pods_missing=tuple(task.pods_missing),
+    )
+
+
+def _sort_key(key: ResultKey) -> tuple[str, int, int, int]:
+    return (
+        key.worker,
+        -1 if key.batch is None else key.batch,
+        -1 if key.retry is None else key.retry,
+        key.algorithm,
+    )
+
+
+def _waiting_on_modeller(machine: Machine) -> bool:
+    """A silent worker is fine while it waits for our TASK_START or TASK_COMPLETE."""
+    expected = machine.expected()
+    return "send:TASK_START" in expected or "send:TASK_COMPLETE" in expected

@@ -1,0 +1,94 @@
+"""Transports: how encoded messages travel between the modeller and a worker.
+
+A transport is one ordered, bidirectional NDJSON conversation with one peer.
+The in-memory pair is the embedded default; TCP and stdio implement the same
+small interface, so the runtime never knows which one it has.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, final
+
+import trio
+
+from .._base._errors import BrokenTransportError, ClosedTransportError
+from .._wire._messages import DEFAULT_MAX_LINE_BYTES, Message, decode, encode
+
+
+class Transport(Protocol):
+    """One conversation with one peer.
+
+    ``receive`` returns the next message, raises :class:`trio.EndOfChannel`
+    when the peer has finished sending, :class:`~fsm_protocol.DecodeError`
+    for a line that is not a valid message (the conversation may go on), and
+    :class:`~fsm_protocol.TransportError` when the connection broke.
+    """
+
+    async def send(self, message: Message) -> None: ...
+
+    async def receive(self) -> Message: ...
+
+    async def aclose(self) -> None: ...
+
+
+@final
+class MemoryTransport:
+    """One end of an in-process pair made by :func:`memory_transport_pair`.
+
+    Lines really are encoded and decoded, so an in-process run exercises the
+    same codec, and the same limits, as a run over the network.
+    """
+
+    def __init__(
+        self,
+        outgoing: trio.MemorySendChannel[bytes],
+        incoming: trio.MemoryReceiveChannel[bytes],
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
+        self._outgoing = outgoing
+        self._incoming = incoming
+        self._max_line_bytes = max_line_bytes
+        self._closed = False
+
+    async def send(self, message: Message) -> None:
+        await self.send_raw(encode(message))
+
+    async def send_raw(self, line: bytes) -> None:
+        """Send bytes as they are: for tests that feed a peer malformed input."""
+        if self._closed:
+            raise ClosedTransportError("this transport was closed; no more messages can be sent")
+        try:
+            await self._outgoing.send(line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise BrokenTransportError("the peer closed its end of the conversation") from exc
+
+    async def receive(self) -> Message:
+        if self._closed:
+            raise ClosedTransportError("this transport was closed; nothing more can be received")
+        line = await self._incoming.receive()  # EndOfChannel when the peer closed
+        return decode(line, max_line_bytes=self._max_line_bytes)
+
+    async def aclose(self) -> None:
+        """Stop sending; the peer sees the end of its input after what was sent."""
+        if not self._closed:
+            self._closed = True
+            await self._outgoing.aclose()
+            await self._incoming.aclose()
+
+
+def memory_transport_pair(
+    *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> tuple[MemoryTransport, MemoryTransport]:
+    """Two connected in-process transports, unbounded in both directions.
+
+    Unbounded buffers mean a sender never waits for a slow receiver, which is
+    how a network with buffering behaves and what the platform's races need.
+    """
+    a_send, b_recv = trio.open_memory_channel[bytes](math.inf)
+    b_send, a_recv = trio.open_memory_channel[bytes](math.inf)
+    return (
+        MemoryTransport(a_send, a_recv, max_line_bytes=max_line_bytes),
+        MemoryTransport(b_send, b_recv, max_line_bytes=max_line_bytes),
+    )

@@ -1,0 +1,576 @@
+"""The worker side: the bindings that ``statecharts/worker.yaml`` names, and its runner.
+
+Guards answer questions about the job and the message at hand, actions record
+facts, and activities (``do_``) do the work of a state and post the event that
+ends it. Which event is allowed, and where it leads, is the chart's business.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, final
+
+import attrs
+
+from .._algo._algorithms import (
+    BatchInfo,
+    Datasource,
+    Item,
+    ListDatasource,
+    call_maybe_async,
+    default_results_body,
+    optional_hook,
+)
+from .._algo._protocols import ProtocolRegistry, UsageLimit, WorkerContext, WorkerPlan, registry
+from .._base._errors import ConfigError, DecodeError
+from .._core._engine import Event, Machine
+from .._core._shipped import shipped_chart
+from .._wire._messages import (
+    MODELLER,
+    AbortReason,
+    JobRejectBody,
+    JobRequestBody,
+    Message,
+    MessageType,
+    Meta,
+    RejectReason,
+    ResourceConsumed,
+    TaskAbortBody,
+    body_of,
+)
+from ._cache import ItemCache
+from ._executor import ActivityContext, Executor, Slot
+from ._transport import Transport
+
+FAILURE_LIMIT = 5
+"""Consecutive failed batches after which a worker gives up (the platform's default)."""
+
+
+@attrs.frozen
+class Pod:
+    """One worker's identity, data and configuration.
+
+    Args:
+        pod_id: Its identifier, ``owner/name`` by convention.
+        datasource: Its items. Protocols such as Echo bring their own.
+        results_dir: Where its caches live; needed for ``run_on_new_data_only``.
+        registry: The protocols it can run.
+        vet: Called with the job request before accepting; return a reject
+            reason and details to refuse the job (authorisation hooks in here).
+    """
+
+    pod_id: str
+    datasource: Datasource = attrs.field(factory=ListDatasource)
+    results_dir: Path | None = None
+    registry: ProtocolRegistry = registry
+    vet: Callable[[Message, JobRequestBody], tuple[RejectReason, Sequence[str]] | None] | None = (
+        attrs.field(default=None, eq=False)
+    )
+
+
+@attrs.frozen
+class WorkerReport:
+    """How one in-process worker ended, with its own account of every item."""
+
+    pod_id: str
+    state: str
+    abort_reason: AbortReason | None = None
+    abort_message: str = ""
+    delivered: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    cut: tuple[str, ...] = ()
+    not_run: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class _Delivery:
+    """The items behind one EVALUATION_RESULTS: those it holds, and those the limit cut."""
+
+    kept: Sequence[Item]
+    cut: Sequence[Item]
+
+
+@attrs.define
+class _Abort:
+    reason: AbortReason
+    message: str
+    error: BaseException | None = None
+
+
+def _summary(error: BaseException | None) -> tuple[str | None, str | None]:
+    if error is None:
+        return None, None
+    lines = traceback.format_exception_only(type(error), error)
+    return type(error).__name__, "".join(lines).strip()[-500:]
+
+
+@final
+class WorkerBindings:
+    """Guards, actions and activities of the worker chart, for one task."""
+
+    def __init__(self, pod: Pod, executor: Executor, *, failure_limit: int = FAILURE_LIMIT) -> None:
+        self.pod = pod
+        self.executor = executor
+        self.failure_limit = failure_limit
+        self.request: Message | None = None
+        self.job: JobRequestBody | None = None
+        self.config: Any = None
+        self.plan: WorkerPlan | None = None
+        self.items: list[Item] = []
+        self.batches: list[list[Item]] = []
+        self.skipped: list[str] = []
+        self.setup_values: Any = None
+        self.current_batch = -1
+        self.next_batch_id = 0
+        self.consecutive_failures = 0
+        self.successes = 0
+        self.estimate_sent = False
+        self.retry_queue: list[Item] = []
+        self.delivered: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.cut: list[str] = []
+        # Results handed to the executor but not sent yet, by batch id (None for a
+        # retry or a non-batched run), oldest first. A cancel can overtake them.
+        self.unsent: dict[int | None, list[_Delivery]] = {}
+        self.run_items: set[str] = set()
+        self.usage: UsageLimit | None = None
+        self.abort: _Abort | None = None
+        self.online_tokens = 0
+        self.cache: ItemCache | None = None
+
+    # ----------------------------------------------------------- messages
+
+    @property
+    def task_id(self) -> str:
+        return self.request.task_id if self.request is not None else ""
+
+    @property
+    def modeller(self) -> str:
+        return self.request.sender if self.request is not None else MODELLER
+
+    def message(self, type_: MessageType, body: Any = None, meta: Meta | None = None) -> Message:
+        return Message.make(
+            type_,
+            task_id=self.task_id,
+            sender=self.pod.pod_id,
+            recipient=self.modeller,
+            seq=0,
+            body=body,
+            meta=meta,
+        )
+
+    # -------------------------------------------------------------- guards
+
+    def guard_batched_job(self, event: Event) -> bool:
+        return self.job is not None and self.job.batched_execution
+
+    def guard_count_is_one(self, event: Event) -> bool:
+        return bool(event.data.body == 1)
+
+    def guard_count_is_unknown(self, event: Event) -> bool:
+        return bool(event.data.body == -1)
+
+    def guard_is_estimate(self, event: Event) -> bool:
+        return isinstance(event.data.body, int) and event.data.body > 0
+
+    def guard_estimate_sent(self, event: Event) -> bool:
+        return self.estimate_sent
+
+    def guard_initial_setup(self, event: Event) -> bool:
+        return bool(getattr(self.config, "initial_setup", False))
+
+    def guard_wants_setup_values(self, event: Event) -> bool:
+        return self.guard_initial_setup(event) and self.setup_values is None
+
+    def guard_has_setup_values(self, event: Event) -> bool:
+        return self.setup_values is not None
+
+    def guard_is_next_batch_id(self, event: Event) -> bool:
+        return bool(event.data.body == self.next_batch_id)
+
+    def guard_is_batch_result(self, event: Event) -> bool:
+        return bool(event.data.meta.batch_number == self.current_batch)
+
+    def guard_is_unbatched_result(self, event: Event) -> bool:
+        return event.data.meta.batch_number is None
+
+    def guard_is_retry_result(self, event: Event) -> bool:
+        return event.data.meta.batch_number is None
+
+    def guard_is_batches_only(self, event: Event) -> bool:
+        return bool(event.data.body == "BATCHES_ONLY")
+
+    def guard_is_task_complete(self, event: Event) -> bool:
+        return bool(event.data.body == "TASK_COMPLETE")
+
+    def guard_at_failure_limit(self, event: Event) -> bool:
+        return self.consecutive_failures + 1 >= self.failure_limit
+
+    def guard_nothing_succeeded(self, event: Event) -> bool:
+        return self.successes == 0
+
+    # ------------------------------------------------------------- actions
+
+    def action_store_job(self, event: Event) -> None:
+        self.request = event.data
+        self.executor.expect_task(event.data.task_id)
+
+    def action_store_setup(self, event: Event) -> None:
+        self.setup_values = event.data.body
+
+    def action_note_batch_id(self, event: Event) -> None:
+        self.current_batch = event.data.body
+        self.next_batch_id = self.current_batch + 1
+
+    def action_note_result(self, event: Event) -> None:
+        # Items count as delivered, and are cached, only once their results go out.
+        self.successes += 1
+        waiting = self.unsent.get(event.data.meta.batch_number)
+        if not waiting:
+            return
+        delivery = waiting.pop(0)
+        self.delivered.extend(i.name for i in delivery.kept)
+        self.cut.extend(i.name for i in delivery.cut)
+        if self.cache is not None:
+            self.cache.mark_processed(
+                self._cache_scope(), [(i.name, i.modified or "") for i in delivery.kept]
+            )
+
+    def action_note_failure(self, event: Event) -> None:
+        self.consecutive_failures += 1
+
+    def action_note_estimate(self, event: Event) -> None:
+        self.estimate_sent = True
+
+    def _set_abort(self, reason: AbortReason, message: str, error: Any = None) -> None:
+        if self.abort is None:
+            err = error if isinstance(error, BaseException) else None
+            self.abort = _Abort(reason, message, err)
+
+    def action_note_cancelled(self, event: Event) -> None:
+        self._set_abort(AbortReason.CANCELLED_BY_MODELLER, "the modeller cancelled the task")
+
+    def action_note_modeller_lost(self, event: Event) -> None:
+        self._set_abort(AbortReason.MODELLER_TIMEOUT, "the modeller's stream ended", event.data)
+
+    def action_note_modeller_timeout(self, event: Event) -> None:
+        waited = {
+            "start_timeout": "TASK_START",
+            "hard_timeout": "an answer to ONLINE_CHECK",
+        }.get(event.name, "the modeller")
+        self._set_abort(AbortReason.MODELLER_TIMEOUT, f"timed out waiting for {waited}")
+
+    def action_note_protocol_error(self, event: Event) -> None:
+        self._set_abort(AbortReason.PROTOCOL_ERROR, f"protocol error: {event.data}", event.data)
+
+    def action_note_no_data(self, event: Event) -> None:
+        # Items exist but the caches skipped them all: the platform's NO_NEW_DATA.
+        reason = AbortReason.NO_NEW_DATA if self.skipped else AbortReason.NO_DATA
+        self._set_abort(reason, str(event.data or "there are no items to run"))
+
+    def action_note_worker_error(self, event: Event) -> None:
+        error = event.data if isinstance(event.data, BaseException) else None
+        if event.name == "batch_failed":
+            text = f"{self.failure_limit} consecutive batches failed"
+        elif event.name == "resilience_done":
+            text = "no batch and no retry succeeded"
+        else:
+            text = f"the algorithm failed: {error}" if error else "the algorithm failed"
+        self._set_abort(AbortReason.WORKER_ERROR, text, error)
+
+    def action_note_limits_exceeded(self, event: Event) -> None:
+        self._set_abort(AbortReason.LIMITS_EXCEEDED, str(event.data or "usage limit exceeded"))
+
+    # ----------------------------------------------------------- activities
+
+    async def do_vet_job(self, ctx: ActivityContext) -> None:
+        assert self.request is not None
+        try:
+            job = body_of(self.request)
+        except DecodeError as exc:
+            self._reject(ctx, RejectReason.TASK_SETUP_ERROR, [str(exc)])
+            return
+        self.job = job
+        if self.pod.vet is not None:
+            verdict = self.pod.vet(self.request, job)
+            if verdict is not None:
+                self._reject(ctx, verdict[0], list(verdict[1]))
+                return
+        try:
+            self._apply_options(job)
+            self.config = self.pod.registry.load(job.protocol)
+            factory = self.pod.registry[job.protocol["class_name"]]
+            self.plan = factory.worker(
+                self.config, WorkerContext(self.pod.pod_id, self.pod.datasource)
+            )
+            if self.plan.batch_size < 1:
+                raise ConfigError(f"batch size must be at least 1, found {self.plan.batch_size}")
+            if job.run_on_new_data_only and self.pod.results_dir is None:
+                raise ConfigError("run_on_new_data_only needs the pod to have a results folder")
+        except ConfigError as exc:
+            self._reject(ctx, RejectReason.TASK_SETUP_ERROR, [str(exc)])
+            return
+        self.usage = self.plan.usage_limit
+        ctx.send(self.message(MessageType.JOB_ACCEPT, {"ACCEPT": self.pod.pod_id}))
+
+    def _apply_options(self, job: JobRequestBody) -> None:
+        for name in ("task_start_timeout_s", "soft_timeout_s", "hard_timeout_s"):
+            value = job.options.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"options.{name} must be a positive number, found {value!r}")
+            self.executor.set_option(name, float(value))
+
+    def _reject(self, ctx: ActivityContext, reason: RejectReason, details: list[str]) -> None:
+        ctx.send(self.message(MessageType.JOB_REJECT, JobRejectBody(reason, tuple(details))))
+
+    async def do_prepare_data(self, ctx: ActivityContext) -> None:
+        assert self.plan is not None and self.job is not None
+        try:
+            self.items = self._select_items(list(self.plan.items), self.job)
+        except Exception as exc:  # a datasource failure is the worker's error, reported
+            ctx.post("worker_error", exc)
+            return
+        ctx.send(self.message(MessageType.PREPARING_DATA))
+
+    def _cache_scope(self) -> str:
+        assert self.job is not None
+        return self.job.project_id or str(self.job.protocol.get("class_name"))
+
+    def _select_items(self, items: list[Item], job: JobRequestBody) -> list[Item]:
+        if job.run_on_new_data_only:
+            assert self.pod.results_dir is not None
+            self.cache = ItemCache(Path(self.pod.results_dir) / "item-cache.sqlite")
+            scope = self._cache_scope()
+            done = self.cache.processed(scope)
+            failed = {} if job.force_rerun_failed_files else self.cache.failed(scope)
+            kept = []
+            for item in items:
+                seen = done.get(item.name)
+                if (seen is not None and seen == (item.modified or "")) or item.name in failed:
+                    self.skipped.append(item.name)
+                else:
+                    kept.append(item)
+            items = kept
+        if job.test_run:
+            items = items[:1]
+        return items
+
+    async def do_configure_task(self, ctx: ActivityContext) -> None:
+        assert self.plan is not None
+        setup = optional_hook(self.plan.algorithm, "setup")
+        if setup is not None:
+            try:
+                await call_maybe_async(setup)
+            except Exception as exc:
+                ctx.post("worker_error", exc)
+                return
+        ctx.send(self.message(MessageType.CONFIGURING_TASK))
+
+    async def do_finish_preparing(self, ctx: ActivityContext) -> None:
+        assert self.plan is not None and self.job is not None
+        if not self.items:
+            ctx.post(
+                "no_data",
+                "there are no items to run"
+                + (" (all skipped by the caches)" if self.skipped else ""),
+            )
+            return
+        size = self.plan.batch_size if self.job.batched_execution else len(self.items)
+        self.batches = [self.items[i : i + size] for i in range(0, len(self.items), size)]
+        ctx.post("prepared")
+
+    async def do_check_online(self, ctx: ActivityContext) -> None:
+        self.online_tokens += 1
+        ctx.send(self.message(MessageType.ONLINE_CHECK, f"{self.pod.pod_id}-{self.online_tokens}"))
+
+    async def do_run_initial_setup(self, ctx: ActivityContext) -> None:
+        assert self.plan is not None
+        hook = optional_hook(self.plan.algorithm, "initial_setup")
+        if hook is not None:
+            try:
+                await call_maybe_async(hook, self.setup_values)
+            except Exception as exc:
+                ctx.post("worker_error", exc)
+                return
+        ctx.post("setup_done")
+
+    async def do_plan_batches(self, ctx: ActivityContext) -> None:
+        assert self.job is not None
+        if self.job.batched_execution:
+            ctx.send(self.message(MessageType.PREPARING_DATA_BATCHES))
+        else:
+            ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, 1))
+
+    async def do_count_batches(self, ctx: ActivityContext) -> None:
+        ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, -1))
+
+    async def do_announce_first_batch(self, ctx: ActivityContext) -> None:
+        ctx.send(self.message(MessageType.CURRENT_BATCH_ID, 0))
+
+    async def do_send_task_start(self, ctx: ActivityContext) -> None:
+        assert self.job is not None
+        if self.job.batched_execution and not self.estimate_sent:
+            ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, len(self.batches)))
+        ctx.send(self.message(MessageType.TASK_START))
+
+    async def _run(self, items: list[Item], info: BatchInfo) -> Any:
+        assert self.plan is not None
+        self.run_items.update(i.name for i in items)
+        results = await call_maybe_async(self.plan.algorithm.run_batch, items, info)
+        if len(results) != len(items):
+            raise ValueError(f"run_batch returned {len(results)} results for {len(items)} items")
+        return results
+
+    def _deliver(
+        self, ctx: ActivityContext, items: list[Item], results: Any, batch: int | None
+    ) -> bool:
+        """Send the results of a successful run; False when the usage limit ended the task."""
+        assert self.plan is not None
+        allowed = len(items)
+        over = False
+        if self.usage is not None:
+            total = self.usage.total_usage + len(items)
+            self.usage = attrs.evolve(self.usage, total_usage=total)
+            if total >= self.usage.limit:
+                overrun = total - self.usage.limit
+                allowed = max(0, len(items) - overrun)
+                over = True
+        kept, kept_results = items[:allowed], list(results)[:allowed]
+        body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
+        body = body_hook(kept, kept_results)
+        consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
+        self.unsent.setdefault(batch, []).append(_Delivery(kept, items[allowed:]))
+        ctx.send(
+            self.message(
+                MessageType.EVALUATION_RESULTS,
+                body,
+                Meta(batch_number=batch, resources_consumed=consumed),
+            )
+        )
+        if over:
+            assert self.usage is not None
+            ctx.post(
+                "limit_reached",
+                f"usage limit {self.usage.limit} reached: {allowed} of {len(items)} results sent",
+            )
+        return not over
+
+    def _protocol_name(self) -> str:
+        return str(self.job.protocol.get("class_name")) if self.job else ""
+
+    def _fail(self, items: Sequence[Item], error: BaseException) -> None:
+        for item in items:
+            self.failed[item.name] = f"{type(error).__name__}: {error}"
+        if self.cache is not None:
+            self.cache.mark_failed(
+                self._cache_scope(), [(i.name, self.failed[i.name]) for i in items]
+            )
+
+    async def do_run_all(self, ctx: ActivityContext) -> None:
+        items = self.batches[0]
+        try:
+            results = await self._run(items, BatchInfo(None))
+        except Exception as exc:
+            self._fail(items, exc)
+            ctx.post("run_failed", exc)
+            return
+        if self._deliver(ctx, items, results, None):
+            ctx.post("run_done")
+
+    async def do_run_batch(self, ctx: ActivityContext) -> None:
+        batch_id = self.current_batch
+        items = self.batches[batch_id]
+        try:
+            results = await self._run(items, BatchInfo(batch_id))
+        except Exception as exc:
+            self.retry_queue.extend(items)
+            ctx.post("batch_failed", exc)
+        else:
+            self.consecutive_failures = 0
+            if not self._deliver(ctx, items, results, batch_id):
+                return
+        if batch_id + 1 < len(self.batches):
+            ctx.send(self.message(MessageType.CURRENT_BATCH_ID, batch_id + 1))
+        else:
+            ctx.send(self.message(MessageType.BATCHES_COMPLETE, "BATCHES_ONLY"))
+
+    async def do_retry_failed(self, ctx: ActivityContext) -> None:
+        while self.retry_queue:
+            item = self.retry_queue.pop(0)
+            try:
+                results = await self._run([item], BatchInfo(None, retry=True))
+            except Exception as exc:
+                self._fail([item], exc)
+                continue
+            if not self._deliver(ctx, [item], results, None):
+                return
+        ctx.post("resilience_done")
+
+    async def do_run_final_step(self, ctx: ActivityContext) -> None:
+        assert self.plan is not None
+        hook = optional_hook(self.plan.algorithm, "final_step")
+        if hook is not None:
+            try:
+                await call_maybe_async(hook)
+            except Exception as exc:
+                ctx.post("worker_error", exc)
+                return
+        ctx.send(self.message(MessageType.BATCHES_COMPLETE, "TASK_COMPLETE"))
+
+    async def do_send_abort(self, ctx: ActivityContext) -> None:
+        abort = self.abort or _Abort(AbortReason.WORKER_ERROR, "aborted")
+        exception_type, summary = _summary(abort.error)
+        body = TaskAbortBody(abort.message, abort.reason, exception_type, summary)
+        ctx.send(self.message(MessageType.TASK_ABORT, body, Meta(reason=abort.reason.value)))
+
+    # -------------------------------------------------------------- report
+
+    def report(self, state: str) -> WorkerReport:
+        accounted = set(self.delivered) | set(self.failed) | set(self.cut)
+        pending = [i.name for i in self.retry_queue]
+        failed = [*self.failed, *[p for p in pending if p not in self.failed]]
+        if state != "complete":
+            failed = list(self.failed)
+        not_run = [i.name for i in self.items if i.name not in accounted and i.name not in failed]
+        return WorkerReport(
+            pod_id=self.pod.pod_id,
+            state=state,
+            abort_reason=self.abort.reason if self.abort and state == "aborted" else None,
+            abort_message=self.abort.message if self.abort and state == "aborted" else "",
+            delivered=tuple(self.delivered),
+            failed=tuple(failed),
+            cut=tuple(self.cut),
+            not_run=tuple(not_run),
+            skipped=tuple(self.skipped),
+        )
+
+
+async def run_worker(
+    pod: Pod,
+    transport: Transport,
+    *,
+    on_step: Callable[[str, Any], None] | None = None,
+    on_message: Callable[[str, Message], None] | None = None,
+    failure_limit: int = FAILURE_LIMIT,
+) -> WorkerReport:
+    """Serve one task as ``pod`` over ``transport``, until the worker chart ends.
+
+    Returns:
+        The worker's own report: its final state, abort reason and item account.
+    """
+    chart = shipped_chart("worker")
+    executor = Executor(options=chart.options, on_step=on_step, on_message=on_message)
+    bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
+    machine = Machine.from_chart(chart, bindings)
+    executor.add(Slot(pod.pod_id, machine, bindings, transport, eof_event="input_closed"))
+    try:
+        await executor.run()
+    finally:
+        if bindings.cache is not None:
+            bindings.cache.close()
+    return bindings.report(machine.state)

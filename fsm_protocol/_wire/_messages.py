@@ -1,0 +1,842 @@
+"""The wire messages of protocol version 1, and their one codec.
+
+A message is a frozen value. One cattrs converter, ``_converter``, owns the
+wire format in both directions, so there is a single place that decides what
+a valid line is. Decoding is strict (``1.0`` and ``true`` are not ints, extra
+envelope keys are errors) because the conformance kit must catch peers that
+a lenient decoder would let through. The one leniency is the spec's own:
+unknown ``meta`` keys are ignored, so newer peers can add metadata.
+
+The envelope keeps ``body`` as raw JSON. :func:`body_of` turns it into a typed
+value when a caller needs one; :func:`decode` runs the same check, so a
+decoded message always has a body that fits its type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import re
+from collections.abc import Callable, Mapping
+from types import UnionType
+from typing import Annotated, Any, Final, Literal, TypeAlias, Union, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    AttributeValidationNote,
+    BaseValidationError,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from .._base._errors import DecodeError
+
+JSON: TypeAlias = Any
+"""Any value ``json.loads`` can return. Kept as ``Any`` so bodies stay cheap."""
+
+MODELLER: Final = "modeller"
+"""The modeller's name on the wire unless configured otherwise."""
+
+DEFAULT_MAX_LINE_BYTES: Final = 16 * 1024 * 1024
+"""A receiver rejects longer lines (spec section 1), so a peer cannot exhaust its memory."""
+
+# How much of an offending line a DecodeError keeps, and how much of a found value it shows.
+_LINE_EXCERPT: Final = 200
+_VALUE_EXCERPT: Final = 80
+
+
+class MessageType(str, enum.Enum):
+    """Every message type of wire version 1, plus the kit's control message."""
+
+    JOB_REQUEST = "JOB_REQUEST"
+    JOB_ACCEPT = "JOB_ACCEPT"
+    JOB_REJECT = "JOB_REJECT"
+    PREPARING_DATA = "PREPARING_DATA"
+    CONFIGURING_TASK = "CONFIGURING_TASK"
+    PREPARING_DATA_BATCHES = "PREPARING_DATA_BATCHES"
+    ALGORITHM_EXCHANGE = "ALGORITHM_EXCHANGE"
+    NUMBER_OF_BATCHES = "NUMBER_OF_BATCHES"
+    CURRENT_BATCH_ID = "CURRENT_BATCH_ID"
+    TASK_START = "TASK_START"
+    EVALUATION_RESULTS = "EVALUATION_RESULTS"
+    BATCHES_COMPLETE = "BATCHES_COMPLETE"
+    TASK_COMPLETE = "TASK_COMPLETE"
+    TASK_ABORT = "TASK_ABORT"
+    TASK_CANCEL = "TASK_CANCEL"
+    ONLINE_CHECK = "ONLINE_CHECK"
+    ONLINE_RESPONSE = "ONLINE_RESPONSE"
+    LOG_MESSAGE = "LOG_MESSAGE"
+    #: The conformance kit's first line to a modeller under test (spec section 6).
+    CONFORMANCE_SCENARIO = "CONFORMANCE_SCENARIO"
+
+
+class RejectReason(str, enum.Enum):
+    """Why a worker refused a job: the single key of a ``JOB_REJECT`` body."""
+
+    NO_ACCESS = "NO_ACCESS"
+    UNAUTHORISED = "UNAUTHORISED"
+    INVALID_PROOF_OF_IDENTITY = "INVALID_PROOF_OF_IDENTITY"
+    NO_PROOF_OF_IDENTITY = "NO_PROOF_OF_IDENTITY"
+    NO_DATA = "NO_DATA"
+    INCOMPATIBLE_DATASOURCE = "INCOMPATIBLE_DATASOURCE"
+    TASK_SETUP_ERROR = "TASK_SETUP_ERROR"
+    TASK_TIMEOUT = "TASK_TIMEOUT"
+    DATASOURCE_INACCESSIBLE = "DATASOURCE_INACCESSIBLE"
+
+
+class AbortReason(str, enum.Enum):
+    """Why a worker ended a task it had accepted (``TASK_ABORT.reason``)."""
+
+    WORKER_ERROR = "WORKER_ERROR"
+    NO_NEW_DATA = "NO_NEW_DATA"
+    MODELLER_TIMEOUT = "MODELLER_TIMEOUT"
+    NO_DATA = "NO_DATA"
+    LIMITS_EXCEEDED = "LIMITS_EXCEEDED"
+    DATA_NOT_AVAILABLE = "DATA_NOT_AVAILABLE"
+    CANCELLED_BY_MODELLER = "CANCELLED_BY_MODELLER"
+    PROTOCOL_ERROR = "PROTOCOL_ERROR"
+    # Only for compatibility with the reference platform; this library never sends them.
+    EHR_ERROR = "EHR_ERROR"
+    TASK_COMPLETE_MODELLER_TIMEOUT = "TASK_COMPLETE_MODELLER_TIMEOUT"
+    INVALID_SIGNATURE = "INVALID_SIGNATURE"
+    STALE_REQUEST = "STALE_REQUEST"
+
+
+@attrs.frozen
+class _Constraint:
+    """A value check beyond the JSON type, attached with ``Annotated``.
+
+    ``expected`` completes "expected ..." in error messages, and also names
+    the field's type when the field is missing.
+    """
+
+    expected: str
+    ok: Callable[[Any], bool]
+
+
+_NonNegativeInt: TypeAlias = Annotated[int, _Constraint("an int >= 0", lambda x: x >= 0)]
+_Version: TypeAlias = Annotated[int, _Constraint("the protocol version 1", lambda x: x == 1)]
+_BatchCount: TypeAlias = Annotated[
+    int, _Constraint("-1 (streaming) or an int >= 1", lambda x: x == -1 or x >= 1)
+]
+_NonNegativeNumber: TypeAlias = Annotated[float, _Constraint("a number >= 0", lambda x: x >= 0)]
+_ProtocolSpec: TypeAlias = Annotated[
+    dict[str, JSON],
+    _Constraint('an object with a string "class_name"', lambda d: type(d.get("class_name")) is str),
+]
+BatchesCompleteKind: TypeAlias = Literal["BATCHES_ONLY", "TASK_COMPLETE"]
+"""The body of ``BATCHES_COMPLETE``: the batch loop ended, or the whole task did."""
+
+# Field metadata: the key may be absent on the wire. Every other field must be
+# present even when its constructor has a default, so peers are held to the spec.
+_WIRE_OPTIONAL: Final = "fsm_protocol.wire_optional"
+_OPTIONAL_ON_WIRE: Final = {_WIRE_OPTIONAL: True}
+
+
+@attrs.frozen
+class ResourceConsumed:
+    """One entry of ``meta.resources_consumed``: what a run used, e.g. inferences."""
+
+    resource_type: str
+    resource_identifier: str
+    amount: int
+
+
+@attrs.frozen
+class Meta:
+    """Optional metadata of any message; every key may be absent.
+
+    Only ``EVALUATION_RESULTS`` must carry ``batch_number`` (possibly null);
+    :func:`encode` always writes it for that type.
+    """
+
+    batch_number: _NonNegativeInt | None = attrs.field(default=None, metadata=_OPTIONAL_ON_WIRE)
+    total_batches: int | None = attrs.field(default=None, metadata=_OPTIONAL_ON_WIRE)
+    algorithm_index: _NonNegativeInt = attrs.field(default=0, metadata=_OPTIONAL_ON_WIRE)
+    resources_consumed: tuple[ResourceConsumed, ...] = attrs.field(
+        default=(), metadata=_OPTIONAL_ON_WIRE
+    )
+    reason: str | None = attrs.field(default=None, metadata=_OPTIONAL_ON_WIRE)
+
+
+_EMPTY_META: Final = Meta()
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """One line on the wire: the envelope of spec section 2.
+
+    ``body`` stays raw JSON so that relaying, logging and trace checking do
+    not pay for typing it; use :func:`body_of` to get a typed body.
+    """
+
+    v: _Version = 1
+    type: MessageType
+    task_id: str
+    sender: str
+    recipient: str
+    seq: _NonNegativeInt
+    body: JSON
+    meta: Meta = attrs.field(default=_EMPTY_META, metadata=_OPTIONAL_ON_WIRE)
+
+    @classmethod
+    def make(
+        cls,
+        type: MessageType | str,
+        *,
+        task_id: str,
+        sender: str,
+        recipient: str,
+        seq: int,
+        body: object = None,
+        meta: Meta | None = None,
+    ) -> Message:
+        """Build a message, accepting a typed body as well as raw JSON.
+
+        Args:
+            type: The message type, or its name.
+            task_id: The task this message belongs to.
+            sender: Who sends it (:data:`MODELLER` or a pod identifier).
+            recipient: Who receives it.
+            seq: The sender's counter for this task.
+            body: Raw JSON, or one of the typed body classes (such as
+                :class:`TaskAbortBody`), which is converted to its wire form.
+            meta: Metadata; empty by default.
+
+        Returns:
+            The message. It is not validated: :func:`body_of` does that.
+        """
+        if attrs.has(type_of_body := body.__class__):
+            body = _converter.unstructure(body, type_of_body)
+        return cls(
+            type=MessageType(type),
+            task_id=task_id,
+            sender=sender,
+            recipient=recipient,
+            seq=seq,
+            body=body,
+            meta=_EMPTY_META if meta is None else meta,
+        )
+
+
+@attrs.frozen
+class JobRequestBody:
+    """Body of ``JOB_REQUEST``: what to run and how.
+
+    ``protocol`` and ``options`` stay raw JSON: their meaning belongs to the
+    protocol class named by ``protocol["class_name"]``, and a worker must be able
+    to answer bad parameters with ``JOB_REJECT(TASK_SETUP_ERROR)`` rather than
+    fail to decode the request.
+    """
+
+    protocol: _ProtocolSpec
+    pod_identifiers: tuple[str, ...] = ()
+    batched_execution: bool = False
+    run_on_new_data_only: bool = False
+    force_rerun_failed_files: bool = False
+    test_run: bool = False
+    project_id: str | None = None
+    options: dict[str, JSON] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class JobAcceptBody:
+    """Body of ``JOB_ACCEPT``, ``{"ACCEPT": <pod id>}`` on the wire."""
+
+    pod_id: str
+
+
+@attrs.frozen
+class JobRejectBody:
+    """Body of ``JOB_REJECT``, ``{<reason>: [<detail>, ...]}`` on the wire."""
+
+    reason: RejectReason
+    details: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class TaskAbortBody:
+    """Body of ``TASK_ABORT``: why the worker stopped, for people and for the modeller."""
+
+    message: str
+    reason: AbortReason
+    exception_type: str | None = None
+    traceback_summary: str | None = None
+
+
+@attrs.frozen
+class LogMessageBody:
+    """Body of ``LOG_MESSAGE``: a log record forwarded to the other side."""
+
+    level: str
+    message: str
+
+
+@attrs.frozen
+class ScenarioBody:
+    """Body of ``CONFORMANCE_SCENARIO``: the task a modeller under test must run.
+
+    ``job_overrides`` maps a pod id to fields that replace those of
+    ``job.protocol`` for that pod only.
+    """
+
+    pods: tuple[str, ...]
+    job: JobRequestBody
+    response_timeout_s: _NonNegativeNumber
+    require_all_pods: bool
+    job_overrides: dict[str, dict[str, JSON]] = attrs.field(
+        factory=dict, metadata=_OPTIONAL_ON_WIRE
+    )
+
+
+_NULL: Final = type(None)
+
+# The wire type of each body, as the converter structures it (spec section 3).
+_BODY_TYPES: Final[Mapping[MessageType, Any]] = {
+    MessageType.JOB_REQUEST: JobRequestBody,
+    MessageType.JOB_ACCEPT: JobAcceptBody,
+    MessageType.JOB_REJECT: JobRejectBody,
+    MessageType.PREPARING_DATA: _NULL,
+    MessageType.CONFIGURING_TASK: _NULL,
+    MessageType.PREPARING_DATA_BATCHES: _NULL,
+    MessageType.ALGORITHM_EXCHANGE: dict[str, JSON],
+    MessageType.NUMBER_OF_BATCHES: _BatchCount,
+    MessageType.CURRENT_BATCH_ID: _NonNegativeInt,
+    MessageType.TASK_START: _NULL,
+    MessageType.EVALUATION_RESULTS: JSON,
+    MessageType.BATCHES_COMPLETE: BatchesCompleteKind,
+    MessageType.TASK_COMPLETE: _NULL,
+    MessageType.TASK_ABORT: TaskAbortBody,
+    MessageType.TASK_CANCEL: _NULL,
+    MessageType.ONLINE_CHECK: str,
+    MessageType.ONLINE_RESPONSE: str,
+    MessageType.LOG_MESSAGE: LogMessageBody,
+    MessageType.CONFORMANCE_SCENARIO: ScenarioBody,
+}
+
+_ENUM_LABELS: Final[Mapping[type[enum.Enum], str]] = {
+    MessageType: "a message type",
+    RejectReason: "a reject reason",
+    AbortReason: "an abort reason",
+}
+
+# Wire names that differ from attribute names.
+_RENAMES: Final[Mapping[type, Mapping[str, str]]] = {JobAcceptBody: {"pod_id": "ACCEPT"}}
+
+
+# --- Errors raised by the hooks ------------------------------------------------------------
+
+
+class _Mismatch(Exception):
+    """A value does not fit its field. ``text`` replaces the generic "expected X, found Y"."""
+
+    def __init__(self, found: Any, text: str | None = None) -> None:
+        super().__init__(text or "type mismatch")
+        self.found = found
+        self.text = text
+
+
+class _Missing(Exception):
+    """A required key is absent."""
+
+
+# --- The converter -------------------------------------------------------------------------
+
+_converter: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+
+
+def _strict(kind: type) -> Callable[[Any, Any], Any]:
+    # `type(x) is kind` rather than isinstance, so that True is not an int.
+    def hook(value: Any, _: Any) -> Any:
+        if type(value) is kind:
+            return value
+        raise _Mismatch(value)
+
+    return hook
+
+
+def _structure_number(value: Any, _: Any) -> float:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise _Mismatch(value)
+
+
+def _structure_none(value: Any, _: Any) -> None:
+    if value is not None:
+        raise _Mismatch(value)
+
+
+def _structure_any(value: Any, _: Any = None) -> Any:
+    return value
+
+
+def _enum_hook(cls: Any) -> Callable[[Any, Any], Any]:
+    by_value = {member.value: member for member in cls}
+    label = _ENUM_LABELS.get(cls, cls.__name__)
+
+    def hook(value: Any, _: Any) -> Any:
+        member = by_value.get(value) if isinstance(value, str) else None
+        if member is not None:
+            return member
+        choices = ", ".join(by_value)
+        if not isinstance(value, str):
+            raise _Mismatch(value, f"expected {label} (one of {choices}), found {_show(value)}")
+        close = difflib.get_close_matches(value, by_value, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise _Mismatch(
+            value, f"unknown {label.split(' ', 1)[1]} {value!r} (expected one of {choices}){hint}"
+        )
+
+    return hook
+
+
+def _enum_value(member: enum.Enum) -> Any:
+    return member.value
+
+
+def _literal_hook(literal: Any) -> Callable[[Any, Any], Any]:
+    # Compare types too: the stdlib hook would accept True for Literal[1].
+    allowed = {(type(v), v) for v in get_args(literal)}
+
+    def hook(value: Any, _: Any) -> Any:
+        if (type(value), value) in allowed:
+            return value
+        raise _Mismatch(value)
+
+    return hook
+
+
+def _annotated_hook(annotated: Any) -> Callable[[Any, Any], Any]:
+    base, *extras = get_args(annotated)
+    base_hook = _converter.get_structure_hook(base)
+    [constraint] = [c for c in extras if isinstance(c, _Constraint)]
+    ok = constraint.ok
+
+    def hook(value: Any, _: Any) -> Any:
+        result = base_hook(value, base)
+        if ok(result):
+            return result
+        raise _Mismatch(value)
+
+    return hook
+
+
+def _optional_hook(union: Any) -> Callable[[Any, Any], Any]:
+    # Resolves the inner hook once; cattrs' own looks it up on every call.
+    [inner] = [arg for arg in get_args(union) if arg is not _NULL]
+    inner_hook = _converter.get_structure_hook(inner)
+
+    def hook(value: Any, _: Any) -> Any:
+        return None if value is None else inner_hook(value, inner)
+
+    return hook
+
+
+def _tuple_hook(cls: Any) -> Callable[[Any, Any], Any]:
+    # cattrs would accept any iterable, e.g. turn "ab" into ("a", "b"); the wire has lists.
+    item_type = get_args(cls)[0]
+    item_hook = _converter.get_structure_hook(item_type)
+
+    def hook(value: Any, _: Any) -> Any:
+        if type(value) is not list:
+            raise _Mismatch(value)
+        items = []
+        errors: list[Exception] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(item_hook(item, item_type))
+            except Exception as exc:
+                exc.__notes__ = [IterableValidationNote(f"@ index {index}", index, item_type)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {cls!r}", errors, cls)
+        return tuple(items)
+
+    return hook
+
+
+def _dict_hook(cls: Any) -> Callable[[Any, Any], Any]:
+    # JSON object keys are always strings, so only the values need checking.
+    value_type = get_args(cls)[1]
+    if value_type is Any:
+
+        def shallow(value: Any, _: Any) -> Any:
+            if type(value) is not dict:
+                raise _Mismatch(value)
+            return value
+
+        return shallow
+    value_hook = _converter.get_structure_hook(value_type)
+
+    def deep(value: Any, _: Any) -> Any:
+        if type(value) is not dict:
+            raise _Mismatch(value)
+        result = {}
+        errors: list[Exception] = []
+        for key, item in value.items():
+            try:
+                result[key] = value_hook(item, value_type)
+            except Exception as exc:
+                exc.__notes__ = [IterableValidationNote(f"@ key {key!r}", key, value_type)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {cls!r}", errors, cls)
+        return result
+
+    return deep
+
+
+def _class_hook(cls: Any) -> Callable[[Any, Any], Any]:
+    """Structure an attrs class from a JSON object, insisting on every wire-required key."""
+    renames = _RENAMES.get(cls, {})
+    # Only meta ignores unknown keys (spec section 2), so newer peers can add some.
+    overrides: dict[str, Any] = {name: override(rename=wire) for name, wire in renames.items()}
+    base = make_dict_structure_fn(
+        cls, _converter, _cattrs_forbid_extra_keys=cls is not Meta, **overrides
+    )
+    required = {
+        renames.get(a.name, a.name): a
+        for a in attrs.fields(cls)
+        if not a.metadata.get(_WIRE_OPTIONAL)
+    }
+    required_keys = frozenset(required)
+    order = {a.name: index for index, a in enumerate(attrs.fields(cls))}
+
+    def hook(value: Any, _: Any) -> Any:
+        if type(value) is not dict:
+            raise _Mismatch(value)
+        if value.keys() >= required_keys:
+            return base(value, cls)
+        # Slow path: report the missing keys together with any other problem.
+        missing = [key for key in required if key not in value]
+        errors: list[Exception] = []
+        for key in missing:
+            field = required[key]
+            exc = _Missing(key)
+            exc.__notes__ = [AttributeValidationNote(f"@ {key}", field.name, field.type)]
+            errors.append(exc)
+        try:
+            base(value, cls)
+        except ClassValidationError as group:
+            errors.extend(e for e in group.exceptions if not isinstance(e, KeyError))
+        # Report in field order, as the fast path does; unknown keys go last.
+        errors.sort(key=lambda e: order.get(_note_name(e), len(order)))
+        raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+
+    return hook
+
+
+def _note_name(exc: BaseException) -> str | None:
+    for note in getattr(exc, "__notes__", ()):
+        if isinstance(note, AttributeValidationNote):
+            return note.name
+    return None
+
+
+def _structure_reject(value: Any, _: Any) -> JobRejectBody:
+    if type(value) is not dict or len(value) != 1:
+        raise _Mismatch(value)
+    [(key, details)] = value.items()
+    reason = _converter.structure(key, RejectReason)
+    try:
+        return JobRejectBody(reason, _converter.structure(details, tuple[str, ...]))
+    except Exception as exc:
+        exc.__notes__ = [AttributeValidationNote(f"@ {key}", key, tuple[str, ...])]
+        raise ClassValidationError(
+            "While structuring JobRejectBody", [exc], JobRejectBody
+        ) from None
+
+
+def _unstructure_reject(body: JobRejectBody) -> dict[str, list[str]]:
+    return {body.reason.value: list(body.details)}
+
+
+def _origin(cls: Any) -> Any:
+    # Typed as Any: mypy cannot compare get_origin's result with special forms.
+    return get_origin(cls)
+
+
+def _is_homogeneous_tuple(cls: Any) -> bool:
+    args = get_args(cls)
+    return _origin(cls) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _is_optional(cls: Any) -> bool:
+    args = get_args(cls)
+    return _origin(cls) in (Union, UnionType) and len(args) == 2 and _NULL in args
+
+
+def _is_annotated_constraint(cls: Any) -> bool:
+    return _origin(cls) is Annotated and any(isinstance(a, _Constraint) for a in get_args(cls))
+
+
+for _kind in (int, str, bool):
+    _converter.register_structure_hook(_kind, _strict(_kind))
+_converter.register_structure_hook(float, _structure_number)
+_converter.register_structure_hook(_NULL, _structure_none)
+_converter.register_structure_hook_func(lambda cls: cls is Any, _structure_any)
+# Registered per class: the str hooks would otherwise claim these str subclasses.
+for _enum in _ENUM_LABELS:
+    _converter.register_structure_hook(_enum, _enum_hook(_enum))
+    # Plain str on the way out, so a body built by make() equals its decoded self.
+    _converter.register_unstructure_hook(_enum, _enum_value)
+_converter.register_structure_hook_factory(lambda cls: _origin(cls) is Literal, _literal_hook)
+_converter.register_structure_hook_factory(_is_homogeneous_tuple, _tuple_hook)
+_converter.register_structure_hook_factory(lambda cls: _origin(cls) is dict, _dict_hook)
+_converter.register_structure_hook_factory(attrs.has, _class_hook)
+_converter.register_structure_hook_factory(_is_annotated_constraint, _annotated_hook)
+_converter.register_structure_hook_factory(_is_optional, _optional_hook)
+_converter.register_structure_hook(JobRejectBody, _structure_reject)
+
+_converter.register_unstructure_hook(JobRejectBody, _unstructure_reject)
+_converter.register_unstructure_hook(
+    JobAcceptBody,
+    make_dict_unstructure_fn(JobAcceptBody, _converter, pod_id=override(rename="ACCEPT")),
+)
+# Meta writes only what differs from the defaults, so most lines carry "meta":{}.
+_converter.register_unstructure_hook(
+    Meta, make_dict_unstructure_fn(Meta, _converter, _cattrs_omit_if_default=True)
+)
+# Bodies are already JSON; copying them would only cost time.
+_converter.register_unstructure_hook(
+    Message,
+    make_dict_unstructure_fn(Message, _converter, body=override(unstruct_hook=_structure_any)),
+)
+
+_structure_message: Final = _converter.get_structure_hook(Message)
+_unstructure_message: Final = _converter.get_unstructure_hook(Message)
+
+
+# --- Error reporting -----------------------------------------------------------------------
+
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _step(key: str | int) -> str:
+    if isinstance(key, int):
+        return f"[{key}]"
+    if _IDENTIFIER.fullmatch(key):
+        return f".{key}"
+    return f"[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _show(value: Any) -> str:
+    """Render a found value as JSON, the way the peer's author wrote it."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= _VALUE_EXCERPT else text[: _VALUE_EXCERPT - 3] + "..."
+
+
+def _describe(cls: Any) -> str:
+    """Name a field's type the way a peer's author thinks of JSON."""
+    if cls is Any:
+        return "any JSON value"
+    if cls is None or cls is type(None):
+        return "null"
+    simple = {int: "an int", str: "a string", bool: "a bool", float: "a number"}
+    if cls in simple:
+        return simple[cls]
+    origin, args = get_origin(cls), get_args(cls)
+    if origin is Annotated:
+        constraints = [a for a in args[1:] if isinstance(a, _Constraint)]
+        return constraints[0].expected if constraints else _describe(args[0])
+    if origin is Literal:
+        return " or ".join(json.dumps(a) for a in args)
+    if origin is tuple:
+        return "a list" if args[0] is Any else f"a list (each item {_describe(args[0])})"
+    if origin is dict:
+        return "an object"
+    if cls is JobRejectBody:
+        return "an object with one reject reason key"
+    if isinstance(cls, type) and issubclass(cls, enum.Enum):
+        return "one of " + ", ".join(m.value for m in cls)
+    if attrs.has(cls):
+        keys = [_RENAMES.get(cls, {}).get(a.name, a.name) for a in attrs.fields(cls)]
+        return "an object with keys " + ", ".join(keys)
+    if len(args) == 2 and type(None) in args:  # an optional field: X | None
+        inner = args[0] if args[1] is type(None) else args[1]
+        return f"{_describe(inner)} or null"
+    return str(cls)
+
+
+def _problems(exc: BaseException, path: str, cls: Any) -> list[tuple[str, str]]:
+    """Flatten a cattrs error tree into (JSON path, explanation) pairs, in field order."""
+    if isinstance(exc, BaseValidationError):
+        renames = _RENAMES.get(exc.cl, {})
+        found: list[tuple[str, str]] = []
+        for sub in exc.exceptions:
+            sub_path, sub_cls = path, None
+            for note in getattr(sub, "__notes__", ()):
+                if isinstance(note, AttributeValidationNote):
+                    sub_path = path + _step(renames.get(note.name, note.name))
+                    sub_cls = note.type
+                elif isinstance(note, IterableValidationNote):
+                    sub_path, sub_cls = path + _step(note.index), note.type
+            found.extend(_problems(sub, sub_path, sub_cls))
+        return found
+    if isinstance(exc, _Mismatch):
+        return [(path, exc.text or f"expected {_describe(cls)}, found {_show(exc.found)}")]
+    if isinstance(exc, _Missing):
+        return [(path, f"expected {_describe(cls)}, found nothing (the field is missing)")]
+    if isinstance(exc, ForbiddenExtraKeysError):
+        allowed = [_RENAMES.get(exc.cl, {}).get(a.name, a.name) for a in attrs.fields(exc.cl)]
+        return [
+            (
+                path + _step(key),
+                f"unexpected field (expected only {', '.join(allowed)}, found {key!r})",
+            )
+            for key in sorted(exc.extra_fields)
+        ]
+    return [(path, f"expected {_describe(cls)}, but {type(exc).__name__}: {exc}")]
+
+
+def _decode_error(exc: BaseException, path: str, cls: Any, line: bytes | str | None) -> DecodeError:
+    problems = _problems(exc, path, cls) or [(path, str(exc))]
+    text = "; ".join(f"field {where}: {what}" for where, what in problems[:5])
+    if len(problems) > 5:
+        text += f"; and {len(problems) - 5} more"
+    return DecodeError(text, field=problems[0][0], line=line)
+
+
+# --- Public functions ----------------------------------------------------------------------
+
+
+def body_of(message: Message) -> Any:
+    """Check a message's body against its type and return it typed.
+
+    Args:
+        message: A message, decoded or built locally.
+
+    Returns:
+        The typed body: :class:`JobRequestBody`, :class:`JobAcceptBody`,
+        :class:`JobRejectBody`, :class:`TaskAbortBody`, :class:`LogMessageBody` or
+        :class:`ScenarioBody` for those types; an ``int`` for ``NUMBER_OF_BATCHES``
+        and ``CURRENT_BATCH_ID``; a ``str`` for ``BATCHES_COMPLETE``, ``ONLINE_CHECK``
+        and ``ONLINE_RESPONSE``; a ``dict`` for ``ALGORITHM_EXCHANGE``; the raw JSON
+        for ``EVALUATION_RESULTS``; ``None`` for the types without a body.
+
+    Raises:
+        DecodeError: The body does not fit the type; ``field`` is its path under ``$.body``.
+    """
+    cls = _BODY_TYPES[message.type]
+    try:
+        return _converter.structure(message.body, cls)
+    except Exception as exc:
+        raise _decode_error(exc, "$.body", cls, None) from None
+
+
+def encode(message: Message) -> bytes:
+    """Write a message as one compact NDJSON line.
+
+    Args:
+        message: The message. It is not validated, so tests can send bad bodies;
+            use :func:`body_of` first to check one.
+
+    Returns:
+        UTF-8 JSON ending in ``b"\\n"``.
+
+    Raises:
+        ValueError: The body holds a value JSON cannot carry (NaN, infinity).
+        TypeError: The body holds a non-JSON Python object.
+    """
+    wire = _unstructure_message(message)
+    if message.type is MessageType.EVALUATION_RESULTS:
+        # The spec requires the key here even when null; omit_if_default would drop it.
+        wire["meta"].setdefault("batch_number", None)
+    try:
+        text = json.dumps(wire, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (legal as a JSON escape) has no UTF-8 form; escape it instead.
+        text = json.dumps(wire, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return text.encode() + b"\n"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder, built once: NaN and Infinity are Python extensions, not JSON.
+_json_decoder: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Message:
+    """Parse and validate one wire line, never trusting the peer.
+
+    Args:
+        line: One NDJSON line, with or without its final newline.
+        max_line_bytes: Longer lines are rejected before parsing.
+
+    Returns:
+        The message; its body fits its type (see :func:`body_of`).
+
+    Raises:
+        DecodeError: For any bad input, and only that. ``field`` is the JSON
+            path of the first problem (``$`` for the whole line) and the message
+            says what was expected and what was found.
+    """
+    if isinstance(line, str):
+        # A character is at most 4 bytes, so most lines skip the encoding.
+        size = len(line) if len(line) * 4 <= max_line_bytes else len(line.encode(errors="replace"))
+    else:
+        size = len(line)
+    if size > max_line_bytes:
+        raise DecodeError(
+            f"field $: expected a line of at most {max_line_bytes} bytes, found {size} bytes",
+            line=line[:_LINE_EXCERPT],
+        )
+    try:
+        text = line if isinstance(line, str) else line.decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(
+            f"field $: expected UTF-8 text, found byte 0x{exc.object[exc.start]:02x}"
+            f" at offset {exc.start}",
+            line=line[:_LINE_EXCERPT],
+        ) from None
+    newline = text.find("\n")
+    if newline != -1 and newline != len(text) - 1:
+        raise DecodeError(
+            f"field $: expected one line, found a newline at offset {newline}",
+            line=line[:_LINE_EXCERPT],
+        )
+    try:
+        obj = _json_decoder.decode(text)
+    except RecursionError:
+        raise DecodeError(
+            "field $: expected JSON, found nesting too deep", line=line[:_LINE_EXCERPT]
+        ) from None
+    except ValueError as exc:  # json.JSONDecodeError, NaN, or an int too long to convert
+        raise DecodeError(
+            f"field $: expected JSON, found invalid JSON ({exc})", line=line[:_LINE_EXCERPT]
+        ) from None
+    if type(obj) is not dict:
+        raise DecodeError(
+            f"field $: expected a JSON object, found {_show(obj)}", line=line[:_LINE_EXCERPT]
+        )
+    try:
+        message: Message = _structure_message(obj, Message)
+    except Exception as exc:
+        raise _decode_error(exc, "$", Message, line[:_LINE_EXCERPT]) from None
+    body_type = _BODY_TYPES[message.type]
+    if body_type is not JSON:
+        try:
+            _converter.structure(message.body, body_type)
+        except Exception as exc:
+            raise _decode_error(exc, "$.body", body_type, line[:_LINE_EXCERPT]) from None
+    elif message.type is MessageType.EVALUATION_RESULTS and "batch_number" not in obj.get(
+        "meta", ()
+    ):
+        raise DecodeError(
+            "field $.meta.batch_number: expected an int >= 0 or null (required on"
+            " EVALUATION_RESULTS), found nothing (the field is missing)",
+            field="$.meta.batch_number",
+            line=line[:_LINE_EXCERPT],
+        )
+    return message
