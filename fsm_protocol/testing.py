@@ -270,7 +270,7 @@ class _ChartMachine(RuleBasedStateMachine):
                 fresh = _stand_in_class(chart)()
                 cls._stand_in = (Machine.from_chart(chart, fresh), fresh)
             machine, stand_in = cls._stand_in
-            machine._adapter.set_leaf(start)
+            machine._jump(start)
             stand_in.choices, stand_in.calls = {}, []
             self._run = ChartRun(machine, stand_in)
             return
