@@ -14,12 +14,12 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Final, final
+from typing import Any, final
 
 import attrs
 
 from ._bindings import ACTION_PREFIX, GUARD_PREFIX
-from ._chart import Chart, Transition
+from ._chart import Chart, Transition, parse_guard
 
 
 @attrs.frozen
@@ -49,15 +49,6 @@ class Step:
     def internal(self) -> bool:
         """True when no state was exited or entered."""
         return not self.exited and not self.entered
-
-
-# A guard written ``!name`` in a chart holds when ``guard_name`` returns false.
-NEGATION: Final = "!"
-
-
-def parse_guard(text: str) -> tuple[str, bool]:
-    """``"!x"`` → ``("x", False)``, ``"x"`` → ``("x", True)``: the one parser of guard syntax."""
-    return (text[1:], False) if text.startswith(NEGATION) else (text, True)
 
 
 @attrs.frozen

@@ -231,11 +231,8 @@ class Scenario:
             pod_identifiers=self.pods,
             batched_execution=self.batched,
             test_run=self.test_run,
-            options={
-                "task_start_timeout_s": self.task_start_timeout_s * scale,
-                "soft_timeout_s": self.soft_timeout_s * scale,
-                "hard_timeout_s": self.hard_timeout_s * scale,
-            },
+            # The options a job may set are the ones the worker chart declares.
+            options={name: getattr(self, name) * scale for name in shipped_chart("worker").options},
         )
 
 

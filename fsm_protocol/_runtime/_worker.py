@@ -317,7 +317,8 @@ class WorkerBindings:
         ctx.send(self.message(MessageType.JOB_ACCEPT, {"ACCEPT": self.pod.pod_id}))
 
     def _apply_options(self, job: JobRequestBody) -> None:
-        for name in ("task_start_timeout_s", "soft_timeout_s", "hard_timeout_s"):
+        # The options a job may set are the ones the worker chart declares.
+        for name in self.executor.options:
             value = job.options.get(name)
             if value is None:
                 continue
