@@ -47,6 +47,7 @@ from .._base._errors import (
 )
 from .._check._checker import Finding, TraceChecker, describe_message
 from .._core._chart import Chart, Role, Transition
+from .._core._compiled import compile_chart
 from .._core._engine import Step
 from .._core._shipped import shipped_chart
 from .._net._stdio import ProcessPeer, SharedStdio, StdioTransport
@@ -556,30 +557,21 @@ class _CoverageRecorder:
         self.chart = chart
         self.states: set[str] = set()
         self.transitions: set[int] = set()
-        self._index = {id(t): i for i, t in enumerate(chart.transitions)}
-        self._cache: dict[tuple[str, str, str, tuple[str, ...]], int | None] = {}
+        index = {id(t): i for i, t in enumerate(chart.transitions)}
+        # Every step the engine can take is a precomputed record of the compiled
+        # table, so a step names its transition (the first one, if two read alike).
+        self._by_step: dict[Step, int] = {}
+        for row in compile_chart(chart).table.values():
+            for arcs in row.values():
+                for arc in arcs:
+                    self._by_step.setdefault(arc.step, index[id(arc.transition)])
         self.states.update(chart.ancestors(chart.settle(chart.initial)))
 
     def add(self, step: Step) -> None:
-        key = (step.source, step.event, step.target, step.actions)
-        index = self._cache.get(key, -1)
-        if index == -1:
-            index = self._cache[key] = self._identify(step)
+        index = self._by_step.get(step)
         if index is not None:
             self.transitions.add(index)
         self.states.update(self.chart.ancestors(step.target))
-
-    def _identify(self, step: Step) -> int | None:
-        entry_exit = {a for s in self.chart.states for a in (*s.on_entry, *s.on_exit)}
-        actions = tuple(a for a in step.actions if a not in entry_exit)
-        for t in self.chart.transitions_from(step.source):
-            if t.event != step.event or tuple(t.actions) != actions:
-                continue
-            if t.target is None and step.internal and step.target == step.source:
-                return self._index[id(t)]
-            if t.target is not None and self.chart.settle(t.target) == step.target:
-                return self._index[id(t)]
-        return None
 
     def result(self) -> Coverage:
         return Coverage(self.chart, frozenset(self.states), frozenset(self.transitions))
