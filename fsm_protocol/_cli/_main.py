@@ -24,6 +24,7 @@ from .._base._errors import Problem
 from .._base._files import Unusable, read_text
 from .._base._resources import shipped_chart_paths
 from .._core._loader import check_chart_text
+from .._runtime._roles import role_binding_names
 from ._conform_cli import add_check, add_conform
 from ._demo import add_demo
 from ._diagram_cli import add_diagram
@@ -70,6 +71,8 @@ def _run_validate(args: argparse.Namespace) -> int:
     bad_files: set[str] = set()
     checked = 0
     unusable = 0
+    # A chart with a role: names only guards, actions and activities that role's bindings have.
+    role_bindings = role_binding_names()
     for name in names:
         try:
             text = read_text(name)
@@ -78,7 +81,7 @@ def _run_validate(args: argparse.Namespace) -> int:
             unusable += 1
             continue
         checked += 1
-        _, found = check_chart_text(text, file=name)
+        _, found = check_chart_text(text, file=name, role_bindings=role_bindings)
         for problem in found:
             print(problem)
         if found:

@@ -21,8 +21,9 @@ import attrs
 from .._algo._algorithms import call_maybe_async, optional_hook
 from .._algo._protocols import has_initial_setup
 from .._base._errors import InternalError
+from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine, Step
-from .._core._shipped import shipped_chart
+from .._core._shipped import shipped_chart, shipped_chart_for
 from .._wire._catalogue import BODY_GUARDS, result_slot
 from .._wire._messages import (
     AbortReason,
@@ -487,7 +488,7 @@ async def run_modeller(
     """
     import trio
 
-    chart = shipped_chart("modeller")
+    chart = shipped_chart_for("modeller", BindingNames.from_class(LinkBindings))
     options = {**chart.options, "response_timeout_s": timeouts.response_timeout_s}
     executor = Executor(
         options=options, on_step=on_step, on_message=on_message, expected_task=task_id

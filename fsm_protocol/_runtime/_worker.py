@@ -25,8 +25,9 @@ from .._algo._algorithms import (
 )
 from .._algo._protocols import ProtocolRegistry, UsageLimit, WorkerContext, WorkerPlan, registry
 from .._base._errors import ConfigError, DecodeError
+from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine
-from .._core._shipped import shipped_chart
+from .._core._shipped import shipped_chart_for
 from .._wire._messages import (
     MODELLER,
     AbortReason,
@@ -564,7 +565,7 @@ async def run_worker(
     Returns:
         The worker's own report: its final state, abort reason and item account.
     """
-    chart = shipped_chart("worker")
+    chart = shipped_chart_for("worker", BindingNames.from_class(WorkerBindings))
     executor = Executor(options=chart.options, on_step=on_step, on_message=on_message)
     bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
     machine = Machine.from_chart(chart, bindings)
