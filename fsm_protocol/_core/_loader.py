@@ -37,6 +37,7 @@ from ._chart import (
     State,
     Timer,
     Transition,
+    parse_guard,
     parse_message_event,
     sent_by,
 )
@@ -606,7 +607,7 @@ class _Builder:
             return
         provided = getattr(self.bindings, kind)
         for i, name in enumerate(names):
-            bare = name[1:] if kind == "guards" and name.startswith("!") else name
+            bare = parse_guard(name)[0] if kind == "guards" else name
             if bare not in provided:
                 where = path + (i,) if kind != "activities" else path
                 role = self.role.value if self.role else "?"
