@@ -63,7 +63,8 @@ class Fired:
 class Adapter:
     """Runs a chart's state changes on a transitions HierarchicalMachine.
 
-    Guards are evaluated through ``guard(name, data)``; actions are *not* run
+    Guards are evaluated through ``guard(name, payload)``, with the payload given
+    to :meth:`trigger` (the engine gives the Event); actions are *not* run
     here, the engine runs them in statechart order from the :class:`Fired`
     record.
     """
