@@ -23,7 +23,8 @@ and the compiled engine also steps the shipped worker chart through whole
 batched tasks (job request to TASK_COMPLETE, 100 batches), a new machine each
 task, with guards answered by a table.
 
-For each it prints events/s (median of 5 timed repeats), the time to build
+For each it prints events/s (the median of 7 interleaved rounds, CPU time,
+with ± half the spread of the rounds), the time to build
 one instance (µs), and the bytes each live instance holds (tracemalloc over
 10,000 instances; every instance shares one bindings object, which is not
 counted). The last line is always::
@@ -37,7 +38,7 @@ bytes_per_instance <= 1024, build_us <= 20.
 
 Usage::
 
-    python benchmarks/engine.py [--seconds 0.3] [--instances 10000]
+    python benchmarks/engine.py [--seconds 0.2] [--rounds 7] [--instances 10000]
 """
 
 from __future__ import annotations
