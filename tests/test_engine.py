@@ -454,6 +454,64 @@ def test_events_named_like_transitions_model_attributes() -> None:
     assert machine.fire("end").target == "done"
 
 
+# -------------------------------------------------------------------- backends
+
+BACKENDS = ["compiled", "transitions"]
+
+
+class Watcher(Recorder):
+    """Records where the machine says it is while the ``go`` action runs."""
+
+    machine: Machine | None = None
+    seen: str | None = None
+
+    def action_go(self, event: Event) -> None:
+        assert self.machine is not None
+        self.seen = self.machine.state
+        super().action_go(event)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_action_sees_the_state_the_step_leads_to(backend: Any) -> None:
+    bindings = Watcher()
+    machine = Machine.from_chart(NESTED, bindings, backend=backend)
+    bindings.machine = machine
+    machine.fire("go")
+    assert bindings.seen == "other"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_event_without_data_reaches_guards_and_actions_as_an_event(backend: Any) -> None:
+    bindings = Recorder()
+    machine = Machine.from_chart(NESTED, bindings, backend=backend)
+    machine.fire("poke")
+    machine.fire("poke")
+    # The child's "!flag" is asked, then the parent's "flag", then its action runs.
+    assert [call for call, _ in bindings.calls] == ["guard:flag", "guard:flag", "parent_poke"] * 2
+    assert all(event == Event("poke") and event.data is None for _, event in bindings.calls)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_both_backends_report_which_they_are_and_take_the_same_steps(backend: Any) -> None:
+    compiled, _ = nested()
+    machine = Machine.from_chart(NESTED, Recorder(), backend=backend)
+    assert machine.backend == backend
+    for event in ["loop", "go", "back", "reset", "finish"]:
+        assert machine.fire(event) == compiled.fire(event)
+    assert machine.is_final
+
+
+def test_unknown_backend_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown backend 'sismic'"):
+        Machine.from_chart(NESTED, Recorder(), backend=cast(Any, "sismic"))
+
+
+def test_machines_of_one_chart_and_bindings_class_share_one_compiled_table() -> None:
+    first, second = nested()[0], nested()[0]
+    assert first.compiled is second.compiled
+    assert first.compiled.chart is NESTED
+
+
 # ---------------------------------------------------------------- persistence
 
 

@@ -82,6 +82,9 @@ class CompiledChart:
     finals: frozenset[str]
     guard_names: frozenset[str]
     action_names: frozenset[str]
+    # The data-less Event of each event name: frozen, so every step of that
+    # event without a payload shares it instead of building one.
+    events: Mapping[str, Event]
     _bound: weakref.WeakKeyDictionary[type, BoundTable] = attrs.field(
         init=False, eq=False, repr=False, factory=weakref.WeakKeyDictionary
     )
@@ -128,6 +131,7 @@ class BoundTable:
     compiled: CompiledChart
     owner: type
     rows: Mapping[str, Mapping[str, tuple[BoundArc, ...]]]
+    events: Mapping[str, Event]
 
 
 def missing_bindings(compiled: CompiledChart, owner: type) -> list[str]:
@@ -167,7 +171,7 @@ def _bind(compiled: CompiledChart, owner: type) -> BoundTable:
         }
         for leaf, row in compiled.table.items()
     }
-    return BoundTable(compiled, owner, rows)
+    return BoundTable(compiled, owner, rows, compiled.events)
 
 
 def _unbound(owner: type, name: str) -> Callable[[Any, Any], Any]:
@@ -247,6 +251,7 @@ def compile_chart(chart: Chart) -> CompiledChart:
             [a for t in chart.transitions for a in t.actions]
             + [a for s in chart.states for a in (*s.on_entry, *s.on_exit)]
         ),
+        events={t.event: Event(t.event) for t in chart.transitions},
     )
     _compiled[id(chart)] = compiled
     weakref.finalize(chart, _compiled.pop, id(chart), None)

@@ -86,7 +86,7 @@ class Machine:
     chart and bindings class), the current leaf and the bindings.
     """
 
-    __slots__ = ("_bindings", "_current", "_leaf", "_reference", "_table")
+    __slots__ = ("_bindings", "_leaf", "_reference", "_table")
 
     def __init__(self, chart: Chart, bindings: object, *, backend: _Backend = "compiled") -> None:
         compiled = compile_chart(chart)
@@ -103,7 +103,6 @@ class Machine:
             # Imported here: the compiled engine never loads transitions.
             from ._transitions_adapter import Adapter
 
-            self._current = Event("")
             self._reference = Adapter(chart, self._reference_guard)
         elif backend != "compiled":
             raise ConfigError(f"unknown backend {backend!r}; expected 'compiled' or 'transitions'")
@@ -180,10 +179,11 @@ class Machine:
         """
         if self._reference is not None:
             return self._fire_reference(event, data)
-        arcs = self._table.rows[self._leaf].get(event)
+        table = self._table
+        arcs = table.rows[self._leaf].get(event)
         if arcs is None:
             raise self._refusal(event)
-        current = Event(event, data)
+        current = table.events[event] if data is None else Event(event, data)
         bindings = self._bindings
         for arc in arcs:
             for guard, want in arc.guards:
@@ -229,17 +229,18 @@ class Machine:
 
     # ------------------------------------------------------ reference backend
 
-    def _reference_guard(self, name: str, data: Any) -> bool:
+    def _reference_guard(self, name: str, current: Any) -> bool:
+        """The adapter's guard callback; ``current`` is the Event being fired."""
         fn = getattr(self._table.owner, GUARD_PREFIX + name)
-        return bool(fn(self._bindings, self._current))
+        return bool(fn(self._bindings, current))
 
     def _fire_reference(self, event: str, data: Any) -> Step:
         """Step on transitions' HierarchicalMachine: states and guards from it, not the table."""
         assert self._reference is not None
         if self.is_final or event not in self.expected():
             raise self._refusal(event)
-        self._current = Event(event, data)
-        fired = self._reference.trigger(event, data)
+        current = Event(event, data)
+        fired = self._reference.trigger(event, current)
         if fired is None:
             raise self._refusal(event)
         chart = self.chart
@@ -252,7 +253,7 @@ class Machine:
             *(a for s in fired.entered for a in chart.state(s).on_entry),
         )
         for name in run:
-            getattr(self._table.owner, ACTION_PREFIX + name)(self._bindings, self._current)
+            getattr(self._table.owner, ACTION_PREFIX + name)(self._bindings, current)
         return Step(
             source=source,
             event=event,

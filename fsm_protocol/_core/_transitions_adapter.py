@@ -15,6 +15,7 @@ import attrs
 from transitions.extensions.nesting import HierarchicalMachine, NestedState
 
 from ._chart import Chart, Transition
+from ._compiled import parse_guard
 
 # transitions joins nested names with "_" by default, which clashes with our
 # snake_case state names; "/" cannot appear in a valid state name.
@@ -62,7 +63,8 @@ class Fired:
 class Adapter:
     """Runs a chart's state changes on a transitions HierarchicalMachine.
 
-    Guards are evaluated through ``guard(name, data)``; actions are *not* run
+    Guards are evaluated through ``guard(name, payload)``, with the payload given
+    to :meth:`trigger` (the engine gives the Event); actions are *not* run
     here, the engine runs them in statechart order from the :class:`Fired`
     record.
     """
@@ -103,8 +105,9 @@ class Adapter:
             getattr(self._fired, kind).append(name)
 
     def _transition_config(self, t: Transition) -> dict[str, Any]:
-        def check(want: bool, guard: str) -> Callable[[Any], bool]:
-            return lambda event_data: self._guard(guard, event_data.kwargs.get("data")) is want
+        def check(guard: str) -> Callable[[Any], bool]:
+            name, want = parse_guard(guard)
+            return lambda event_data: self._guard(name, event_data.kwargs.get("data")) is want
 
         def begin(_event_data: Any) -> None:
             self._fired = Fired(t)
@@ -113,8 +116,10 @@ class Adapter:
             "trigger": _trigger_name(t.event),
             "source": self._nested(t.source),
             "dest": None if t.target is None else self._nested(t.target),
-            "conditions": [check(True, g) for g in t.guards if not g.startswith("!")],
-            "unless": [check(True, g[1:]) for g in t.guards if g.startswith("!")],
+            # All as conditions, negated ones included, so that transitions asks
+            # them in the order the chart writes them (it would ask every
+            # ``conditions`` entry before any ``unless`` one).
+            "conditions": [check(g) for g in t.guards],
             "before": [begin],
         }
 
