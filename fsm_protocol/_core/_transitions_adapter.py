@@ -14,8 +14,7 @@ from typing import Any
 import attrs
 from transitions.extensions.nesting import HierarchicalMachine, NestedState
 
-from ._chart import Chart, Transition
-from ._compiled import parse_guard
+from ._chart import Chart, Transition, parse_guard
 
 # transitions joins nested names with "_" by default, which clashes with our
 # snake_case state names; "/" cannot appear in a valid state name.
