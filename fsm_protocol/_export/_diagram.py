@@ -286,12 +286,13 @@ def render_graphviz(dot_text: str, format: str, *, dot: str = "dot") -> bytes:
 # ----------------------------------------------------------------- Mermaid
 
 
-_MERMAID_SPECIAL = re.compile(r"[#;<>\n]")
+_MERMAID_SPECIAL = re.compile(r"[#;:<>\n]")
 
 
 def mermaid_text(text: str) -> str:
     """``text`` on one line, with Mermaid's special characters as entity codes."""
-    # Mermaid reads '#', ';' and HTML as syntax; its entity codes show them as written.
+    # Mermaid reads '#', ';', ':' and HTML as syntax (':' starts a state's description
+    # or a label); its entity codes (``#58;``) show them as written.
     return _MERMAID_SPECIAL.sub(lambda m: " " if m.group() == "\n" else f"#{ord(m.group())};", text)
 
 
