@@ -96,18 +96,52 @@ def test_the_guide_has_its_examples() -> None:
 # ------------------------------------------------------------------- the site
 
 
-def test_docs_build_strictly(tmp_path: Path) -> None:
-    """``mkdocs build --strict``: a broken link, anchor or docstring fails the build."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The docs site, built once with ``mkdocs build --strict``."""
     pytest.importorskip("mkdocs", reason="install the test extra: pip install -e '.[test]'")
+    out = tmp_path_factory.mktemp("site")
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    return out
+
+
+def test_docs_build_strictly(site: Path) -> None:
+    """``mkdocs build --strict``: a broken link, anchor or docstring fails the build."""
+    api = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert "run_task" in api and "load_chart" in api
-    assert (tmp_path / "site" / "diagrams" / "worker.svg").is_file()
+    assert (site / "diagrams" / "worker.svg").is_file()
+
+
+@pytest.mark.parametrize("name", ["worker", "modeller"])
+def test_chart_pages_draw_the_chart_inline_at_full_size_with_tooltips(
+    site: Path, name: str
+) -> None:
+    """Inline (not an <img>), unscaled, in a pan/zoom frame, descriptions on hover."""
+    from lxml import html as lxml_html
+
+    from fsm_protocol import shipped_chart
+
+    page = lxml_html.parse(str(site / "diagrams" / "index.html")).getroot()
+    assert not page.xpath(f'//img[contains(@src, "{name}.svg")]')
+    (chart_div,) = page.xpath(f'//div[@class="fsm-chart"][@data-svg="diagrams/{name}.svg"]')
+    (svg,) = chart_div.xpath('.//*[local-name()="svg"]')
+    committed = (DOCS / "diagrams" / f"{name}.svg").read_text(encoding="utf-8")
+    width = re.search(r'<svg width="([0-9.]+pt)"', committed)
+    assert width is not None and svg.get("width") == width.group(1)
+    assert chart_div.xpath('.//button[@data-zoom="in"]') and chart_div.xpath(
+        './/button[@data-zoom="out"]'
+    )
+    assert page.xpath('//script[contains(@src, "js/chart-zoom.js")]')
+    titles = {t.text for t in svg.xpath('.//*[local-name()="title"]')}
+    chart = shipped_chart(name)
+    for state in chart.states:
+        if state.description:
+            assert state.description in titles, state.name
