@@ -13,7 +13,6 @@ import pytest
 
 from fsm_protocol import ConfigError, load_chart_text, shipped_chart
 from fsm_protocol._cli._main import main
-from fsm_protocol._export._sequence import message_label, read_trace
 from fsm_protocol._export._diagram import (
     mermaid_text,
     render_graphviz,
@@ -23,6 +22,7 @@ from fsm_protocol._export._diagram import (
     to_plantuml,
     transition_label,
 )
+from fsm_protocol._export._sequence import message_label, read_trace
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed")
 
@@ -302,7 +302,9 @@ def mermaid_parse(
 
 def shown(text: str) -> list[str]:
     """The lines Mermaid shows for a parsed label, its entity codes decoded as it renders them."""
-    decoded = text.replace("\ufb02\xb0\xb0", "&#").replace("\ufb02\xb0", "&").replace("\xb6\xdf", ";")
+    decoded = (
+        text.replace("\ufb02\xb0\xb0", "&#").replace("\ufb02\xb0", "&").replace("\xb6\xdf", ";")
+    )
     return [html.unescape(line).strip() for line in decoded.replace("<br>", "\n").split("\n")]
 
 
