@@ -24,32 +24,29 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from ._algo._echo_model import Delivery, EchoPrediction, Fate
 from ._check._checker import CheckResult, Finding, ItemAccount, TraceChecker, check_stream
 from ._core._chart import Role
-from ._kit._conform import (
-    CaseHook,
-    CaseResult,
-    Coverage,
-    Echo,
-    Fault,
-    FaultKind,
-    Note,
-    Report,
-    Scenario,
-    Verdict,
-    catalogue,
-    conform,
-    generated_scenarios,
-    sequence_diagram,
-)
 from ._wire._messages import Message, encode
+
+if TYPE_CHECKING:
+    from ._kit._coverage import Coverage
+    from ._kit._reports import CaseResult, Note, Report, sequence_diagram
+    from ._kit._run import CaseHook, conform
+    from ._kit._scenarios import (
+        Echo,
+        Fault,
+        FaultKind,
+        Scenario,
+        Verdict,
+        catalogue,
+        generated_scenarios,
+    )
 
 __all__ = [
     "CaseResult",
@@ -170,7 +167,48 @@ def run_conformance(
         "on_case": on_case,
     }
 
+    import trio
+
+    from ._kit._run import conform
+
     async def run() -> Report:
         return await conform(**kwargs)
 
     return trio.run(run)
+
+
+# The kit's names, and the module each lives in: imported on first use, so that
+# checking a trace (check_trace, assert_conforms) never imports trio or the runtime.
+_LAZY: dict[str, str] = {
+    "Coverage": "._kit._coverage",
+    "CaseResult": "._kit._reports",
+    "Note": "._kit._reports",
+    "Report": "._kit._reports",
+    "sequence_diagram": "._kit._reports",
+    "CaseHook": "._kit._run",
+    "conform": "._kit._run",
+    "Echo": "._kit._scenarios",
+    "Fault": "._kit._scenarios",
+    "FaultKind": "._kit._scenarios",
+    "Scenario": "._kit._scenarios",
+    "Verdict": "._kit._scenarios",
+    "catalogue": "._kit._scenarios",
+    "generated_scenarios": "._kit._scenarios",
+}
+
+
+# Hidden from type checkers, so that a misspelt name is still an error there:
+# they see the real types through the TYPE_CHECKING imports above.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __package__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -58,7 +58,7 @@ from hypothesis.stateful import (
 
 from ._base._errors import ConfigError, ProtocolViolation
 from ._core._bindings import ACTION_PREFIX, GUARD_PREFIX
-from ._core._chart import Chart, Role, Transition, parse_message_event
+from ._core._chart import Chart, Role, Transition, parse_guard, parse_message_event
 from ._core._engine import Event, Machine, Snapshot, Step
 from ._wire._messages import (
     AbortReason,
@@ -114,14 +114,10 @@ class _StandIn:
         self.calls: list[str] = []
 
 
-def _negated(guard: str) -> tuple[str, bool]:
-    return (guard[1:], False) if guard.startswith("!") else (guard, True)
-
-
 def _stand_in_class(chart: Chart) -> type[_StandIn]:
     """A class with one ``guard_``/``action_`` method per name the chart uses."""
     namespace: dict[str, Any] = {}
-    for guard in {_negated(g)[0] for t in chart.transitions for g in t.guards}:
+    for guard in {parse_guard(g)[0] for t in chart.transitions for g in t.guards}:
         namespace[GUARD_PREFIX + guard] = lambda self, event, _g=guard: self.choices.get(_g, False)
     actions = {a for t in chart.transitions for a in t.actions}
     actions |= {a for s in chart.states for a in (*s.on_entry, *s.on_exit)}
@@ -244,7 +240,7 @@ class _ChartMachine(RuleBasedStateMachine):
         return None if strategy is None else data.draw(strategy, label=f"data for {event}")
 
     def _guard_holds(self, guard: str, event: str, payload: Any) -> bool:
-        name, want = _negated(guard)
+        name, want = parse_guard(guard)
         method = getattr(self.run.bindings, GUARD_PREFIX + name)
         return bool(method(Event(event, payload))) is want
 
@@ -270,7 +266,7 @@ class _ChartMachine(RuleBasedStateMachine):
                 fresh = _stand_in_class(chart)()
                 cls._stand_in = (Machine.from_chart(chart, fresh), fresh)
             machine, stand_in = cls._stand_in
-            machine._adapter.set_leaf(start)
+            machine._jump(start)
             stand_in.choices, stand_in.calls = {}, []
             self._run = ChartRun(machine, stand_in)
             return
@@ -305,14 +301,14 @@ class _ChartMachine(RuleBasedStateMachine):
             # Draw every guard this event consults here, then make this rule's guards hold.
             names = sorted(
                 {
-                    _negated(g)[0]
+                    parse_guard(g)[0]
                     for t in chart.transitions_from(run.machine.state)
                     if t.event == event
                     for g in t.guards
                 }
             )
             run.bindings.choices = {n: data.draw(st.booleans(), label=n) for n in names}
-            run.bindings.choices.update(_negated(g) for g in transition.guards)
+            run.bindings.choices.update(parse_guard(g) for g in transition.guards)
         winner = self._winner(event, payload)
         if winner is None:
             self._expect_refusal(event, payload)

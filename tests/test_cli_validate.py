@@ -80,6 +80,24 @@ def test_every_file_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert out.splitlines()[-1] == "3 problems in 2 files"
 
 
+def test_names_the_roles_bindings_lack_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The loader checks binding names only when given them; validate gives it
+    # each shipped role's, so a misspelt guard in a worker chart is still caught.
+    text = shipped_chart_path("worker").read_text(encoding="utf-8")
+    assert text.count("[count_is_one,") == 1
+    chart = write(tmp_path, "worker.yaml", text.replace("[count_is_one,", "[count_is_on,"))
+    assert main(["validate", chart]) == 1
+    out = capsys.readouterr().out
+    line = text[: text.index("[count_is_one,")].count("\n") + 1
+    column = len(text[: text.index("count_is_one,")].rsplit("\n", 1)[-1]) + 1
+    assert located_lines(out) == [
+        f"{chart}:{line}:{column}: guard 'count_is_on' is not provided by the worker bindings"
+        " (did you mean 'count_is_one'?)"
+    ]
+
+
 def test_missing_file_is_unusable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = str(tmp_path / "missing.yaml")
     assert main(["validate", missing]) == 2

@@ -901,6 +901,32 @@ def test_empty_bindings_report_every_name() -> None:
     )
 
 
+def test_names_are_checked_only_against_names_given() -> None:
+    # The loader knows no role's bindings: which class plays a role is the
+    # runtime's business, and the runtime and `fsm-protocol validate` pass them.
+    text = chart_with(
+        """
+        idle:
+          transitions:
+            - {event: go, target: done, guards: [redy]}
+        done: {final: true}
+        """
+    )
+    assert check_chart_text(text, file=FILE) == (load_chart_text(text), [])
+    by_role = {Role.WORKER: BINDINGS, Role.MODELLER: BindingNames()}
+    chart, problems = check_chart_text(text, file=FILE, role_bindings=by_role)
+    assert chart is None
+    assert [(where(p), p.message) for p in problems] == [
+        (at(text, "redy"), "guard 'redy' is not provided by the worker bindings")
+    ]
+    # Names given outright win over the role's.
+    both = BindingNames(guards=frozenset({"redy"}))
+    assert check_chart_text(text, file=FILE, bindings=both, role_bindings=by_role)[1] == []
+    # A chart without a role is checked against no role's names.
+    no_role = text.replace("role: worker\n", "")
+    assert check_chart_text(no_role, file=FILE, role_bindings=by_role)[1] == []
+
+
 # --------------------------------------------------------------- timers
 
 

@@ -42,8 +42,10 @@ import attrs
 from .._algo._echo_model import CONSECUTIVE_FAILURE_LIMIT, EchoPrediction, Fate, predict_echo
 from .._algo._protocols import EchoProtocol, registry
 from .._base._errors import ConfigError, DecodeError, InternalError
-from .._core._chart import Chart, Transition
+from .._core._chart import Chart
+from .._core._compiled import BoundArc, compile_chart
 from .._core._shipped import shipped_chart
+from .._wire._catalogue import BODY_GUARDS, MODELLER, SENDERS, WORKER, only_sent_by, result_slot
 from .._wire._messages import DEFAULT_MAX_LINE_BYTES, _json_decoder, decode
 
 # --- Results ------------------------------------------------------------------------------
@@ -144,111 +146,16 @@ class _Stop(Exception):
 
 # --- The compiled chart ---------------------------------------------------------------------
 
-Guard = Callable[[Any, Any], bool]
-Action = Callable[[Any, Any], None]
-
-
-@attrs.frozen
-class Arc:
-    """One transition as seen from one leaf, with its guards and actions resolved."""
-
-    transition: Transition
-    target: str | None
-    guards: tuple[tuple[str, bool], ...]
-    guard_fns: tuple[tuple[Guard, bool], ...]
-    action_fns: tuple[Action, ...]
-
-
-Table = Mapping[str, Mapping[str, tuple[Arc, ...]]]
-
-
-def _negated(guard: str) -> tuple[str, bool]:
-    return (guard[1:], False) if guard.startswith("!") else (guard, True)
-
-
-def compile_chart(chart: Chart, bindings: type) -> Table:
-    """Compile ``chart`` into leaf → event → arcs, in :meth:`Chart.transitions_from` order.
-
-    ``bindings`` provides ``guard_<name>(self, data)`` and
-    ``action_<name>(self, data)`` for every name the chart uses. Entry and
-    exit actions follow SCXML: an external transition exits up to the nearest
-    proper ancestor of its source that contains its target.
-
-    Raises:
-        ConfigError: ``bindings`` lacks a name the chart uses.
-    """
-    guards = {_negated(g)[0] for t in chart.transitions for g in t.guards}
-    actions = {a for t in chart.transitions for a in t.actions} | {
-        a for s in chart.states for a in (*s.on_entry, *s.on_exit)
-    }
-    missing = sorted(
-        [f"guard_{g}" for g in guards if not callable(getattr(bindings, f"guard_{g}", None))]
-        + [f"action_{a}" for a in actions if not callable(getattr(bindings, f"action_{a}", None))]
-    )
-    if missing:
-        raise ConfigError(
-            f"{bindings.__name__} cannot check chart {chart.name!r}: it lacks {', '.join(missing)}"
-        )
-    table: dict[str, dict[str, tuple[Arc, ...]]] = {}
-    for state in chart.states:
-        if state.children:
-            continue
-        row: dict[str, list[Arc]] = {}
-        if not state.final:
-            for t in chart.transitions_from(state.name):
-                row.setdefault(t.event, []).append(_arc(chart, bindings, state.name, t))
-        table[state.name] = {event: tuple(arcs) for event, arcs in row.items()}
-    return table
-
-
-def _arc(chart: Chart, bindings: type, leaf: str, t: Transition) -> Arc:
-    names = [_negated(g) for g in t.guards]
-    run: list[str] = []
-    target = None
-    if t.target is not None:
-        target = chart.settle(t.target)
-        target_line = list(chart.ancestors(target))
-        domain = next(
-            (s for s in chart.ancestors(t.source) if s != t.source and s in target_line), None
-        )
-        exited = list(chart.ancestors(leaf))
-        exited = exited[: exited.index(domain)] if domain in exited else exited
-        entered = target_line[: target_line.index(domain)] if domain in target_line else target_line
-        run += [a for s in exited for a in chart.state(s).on_exit]
-        run += t.actions
-        run += [a for s in reversed(entered) for a in chart.state(s).on_entry]
-    else:
-        run += t.actions
-    return Arc(
-        transition=t,
-        target=target,
-        guards=tuple(names),
-        guard_fns=tuple((getattr(bindings, f"guard_{n}"), want) for n, want in names),
-        action_fns=tuple(getattr(bindings, f"action_{a}") for a in run),
-    )
+# The checker steps the same compiled table as the runtime (fsm_protocol._core._compiled),
+# bound to its own trace-side bindings (_Link): guards and actions get the raw JSON object.
+Row = Mapping[str, tuple[BoundArc, ...]]
 
 
 # --- Wire facts -----------------------------------------------------------------------------
 
-_WORKER_ONLY: Final = frozenset(
-    {
-        "JOB_ACCEPT",
-        "JOB_REJECT",
-        "PREPARING_DATA",
-        "CONFIGURING_TASK",
-        "PREPARING_DATA_BATCHES",
-        "NUMBER_OF_BATCHES",
-        "CURRENT_BATCH_ID",
-        "EVALUATION_RESULTS",
-        "BATCHES_COMPLETE",
-        "TASK_ABORT",
-        "ONLINE_CHECK",
-    }
-)
-_MODELLER_ONLY: Final = frozenset(
-    {"JOB_REQUEST", "ALGORITHM_EXCHANGE", "TASK_COMPLETE", "TASK_CANCEL", "ONLINE_RESPONSE"}
-)
-_ALL_TYPES: Final = _WORKER_ONLY | _MODELLER_ONLY | {"TASK_START", "LOG_MESSAGE"}
+_WORKER_ONLY: Final = only_sent_by(WORKER)
+_MODELLER_ONLY: Final = only_sent_by(MODELLER)
+_ALL_TYPES: Final = frozenset(t.value for t, senders in SENDERS.items() if senders)
 _SEND: Final = {t: f"send:{t}" for t in _ALL_TYPES}
 _RECV: Final = {t: f"recv:{t}" for t in _ALL_TYPES}
 _SEND_TASK_START: Final = _SEND["TASK_START"]
@@ -480,7 +387,7 @@ def _expected_texts(link: _Link) -> list[str]:
         for arc in arcs:
             live = True
             kept = set()
-            for (guard, want), (fn, _) in zip(arc.guards, arc.guard_fns, strict=True):
+            for (guard, want), (fn, _) in zip(arc.arc.guards, arc.guards, strict=True):
                 if guard in _MESSAGE_GUARDS or guard in _WAITING_GUARDS:
                     kept.add((guard, want))
                 elif fn(link, None) is not want:
@@ -519,6 +426,13 @@ def _merge_complements(
     if frozenset() in merged:
         return [frozenset()]
     return merged
+
+
+_count_is_one: Final = BODY_GUARDS["count_is_one"]
+_count_is_unknown: Final = BODY_GUARDS["count_is_unknown"]
+_is_estimate: Final = BODY_GUARDS["is_estimate"]
+_is_batches_only: Final = BODY_GUARDS["is_batches_only"]
+_is_task_complete: Final = BODY_GUARDS["is_task_complete"]
 
 
 # --- The checker's bindings -------------------------------------------------------------------
@@ -607,9 +521,7 @@ class _Link:
         "task",
     )
 
-    def __init__(
-        self, task: _Task, pod: str, leaf: str, row: Mapping[str, tuple[Arc, ...]]
-    ) -> None:
+    def __init__(self, task: _Task, pod: str, leaf: str, row: Row) -> None:
         self.task = task
         self.pod = pod
         self.leaf = leaf
@@ -628,7 +540,7 @@ class _Link:
         self.current_batch: int | None = None
         self.next_batch_id: int = 0
         self.estimate_seen = False
-        self.slots: set[int] = set()
+        self.slots: set[tuple[int | None, int]] = set()
         self.owed: dict[str, tuple[int, str]] | None = None
         self.account: _EchoAccount | None = None
         self.summary: ItemAccount | None = None
@@ -655,13 +567,13 @@ class _Link:
         return not self.initial_setup or self.setup_sent
 
     def guard_count_is_one(self, obj: Any) -> bool:
-        return bool(obj["body"] == 1)
+        return _count_is_one(obj["body"])
 
     def guard_count_is_unknown(self, obj: Any) -> bool:
-        return bool(obj["body"] == -1)
+        return _count_is_unknown(obj["body"])
 
     def guard_is_estimate(self, obj: Any) -> bool:
-        return bool(obj["body"] > 0)
+        return _is_estimate(obj["body"])
 
     def guard_estimate_seen(self, obj: Any) -> bool:
         return self.estimate_seen
@@ -680,14 +592,16 @@ class _Link:
         return obj["meta"]["batch_number"] is None
 
     def guard_duplicate_result(self, obj: Any) -> bool:
-        # Results must name the current batch, so only its slots can repeat.
-        return obj["meta"].get("algorithm_index", 0) in self.slots
+        # Results must name the current batch, so only its slots can repeat: the
+        # slots are cleared at each new batch id to keep memory flat.
+        meta = obj["meta"]
+        return result_slot(meta["batch_number"], meta.get("algorithm_index", 0)) in self.slots
 
     def guard_is_batches_only(self, obj: Any) -> bool:
-        return bool(obj["body"] == "BATCHES_ONLY")
+        return _is_batches_only(obj["body"])
 
     def guard_is_task_complete(self, obj: Any) -> bool:
-        return bool(obj["body"] == "TASK_COMPLETE")
+        return _is_task_complete(obj["body"])
 
     def guard_all_ready(self, obj: Any) -> bool:
         return self.task.all_ready()
@@ -796,7 +710,8 @@ class _Link:
         self.estimate_seen = True
 
     def action_store_result(self, obj: Any) -> None:
-        self.slots.add(obj["meta"].get("algorithm_index", 0))
+        meta = obj["meta"]
+        self.slots.add(result_slot(meta["batch_number"], meta.get("algorithm_index", 0)))
 
     def action_store_retry_result(self, obj: Any) -> None:
         """Retries carry no batch id: the Echo item account checks them instead."""
@@ -1476,18 +1391,19 @@ class TraceChecker:
 
     # ------------------------------------------------------------- stepping
 
-    def _take(self, link: _Link, event: str, obj: Any, arcs: tuple[Arc, ...]) -> None:
+    def _take(self, link: _Link, event: str, obj: Any, arcs: tuple[BoundArc, ...]) -> None:
         for arc in arcs:
-            if all(guard(link, obj) is want for guard, want in arc.guard_fns):
+            if all(guard(link, obj) is want for guard, want in arc.guards):
                 break
         else:
             self._guards_failed(link, event, obj, arcs)
         if link.owed is not None and event in _SEND_EVENTS:
             self._discharge(link, event[5:], obj)
-        for action in arc.action_fns:
+        for action in arc.actions:
             action(link, obj)
-        if arc.target is not None:
-            self._move(link, event, arc.target)
+        target = arc.step.target
+        if target != link.leaf:
+            self._move(link, event, target)
 
     def _move(self, link: _Link, event: str, target: str) -> None:
         before = link.leaf
@@ -1505,7 +1421,7 @@ class TraceChecker:
         if arcs is None:
             return
         for arc in arcs:
-            if all(guard(link, None) is want for guard, want in arc.guard_fns):
+            if all(guard(link, None) is want for guard, want in arc.guards):
                 break
         else:
             return
@@ -1556,19 +1472,16 @@ class TraceChecker:
                 # Crossed in flight: judge it as the modeller saw the worker before its end.
                 arcs = self.table[link.before_end].get(event, ())
                 for arc in arcs:
-                    if all(guard(link, obj) is want for guard, want in arc.guard_fns):
-                        for action in arc.action_fns:
+                    if all(guard(link, obj) is want for guard, want in arc.guards):
+                        for action in arc.actions:
                             action(link, obj)
-                        if arc.target is not None:
-                            link.before_end = arc.target
+                        link.before_end = arc.step.target
                         return
             elif link.ended_by.startswith("send:") and direction == "recv" and link.before_end:
                 # Sent while the modeller's last message was in flight (an ONLINE_CHECK, or
                 # an abort on a timeout): judged against the state before, with no effect.
                 arcs = self.table[link.before_end].get(event, ())
-                if any(
-                    all(guard(link, obj) is want for guard, want in arc.guard_fns) for arc in arcs
-                ):
+                if any(all(guard(link, obj) is want for guard, want in arc.guards) for arc in arcs):
                     return
             elif ":" not in link.ended_by and direction == "recv":
                 arcs = self.table[link.before_end or link.leaf].get(event, ())
@@ -1592,13 +1505,13 @@ class TraceChecker:
             obj,
         )
 
-    def _guards_failed(self, link: _Link, event: str, obj: Any, arcs: tuple[Arc, ...]) -> None:
+    def _guards_failed(self, link: _Link, event: str, obj: Any, arcs: tuple[BoundArc, ...]) -> None:
         direction, _, typ = event.partition(":")
         options = []
         for arc in arcs:
             failed = [
                 _requirement(link, name, want, event)
-                for (name, want), (guard, _) in zip(arc.guards, arc.guard_fns, strict=True)
+                for (name, want), (guard, _) in zip(arc.arc.guards, arc.guards, strict=True)
                 if guard(link, obj) is not want
             ]
             options.append(" and ".join(failed))
@@ -1686,15 +1599,10 @@ class TraceChecker:
 _HOUSEKEEPING: Final = ("LOG_MESSAGE", "ONLINE_CHECK", "ONLINE_RESPONSE")
 _MAX_AHEAD: Final = 100_000
 
-_TABLES: dict[int, Table] = {}
 
-
-def _table(chart: Chart) -> Table:
-    key = id(chart)
-    table = _TABLES.get(key)
-    if table is None:
-        table = _TABLES[key] = compile_chart(chart, _Link)
-    return table
+def _table(chart: Chart) -> Mapping[str, Row]:
+    """The chart's compiled table, bound to the checker's bindings (compiled once, cached)."""
+    return compile_chart(chart).bind(_Link).rows
 
 
 # --- Reading ---------------------------------------------------------------------------------

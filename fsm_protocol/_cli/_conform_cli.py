@@ -25,15 +25,10 @@ from rich.text import Text
 from .._base._errors import ConfigError
 from .._check._checker import TraceChecker, check_stream
 from .._core._chart import Role
-from .._kit._conform import (
-    MODELLER_TRANSPORTS,
-    WORKER_TRANSPORTS,
-    CaseResult,
-    Report,
-    Verdict,
-    catalogue,
-    conform,
-)
+from .._kit._endpoints import MODELLER_TRANSPORTS, WORKER_TRANSPORTS
+from .._kit._reports import CaseResult, Report
+from .._kit._run import conform
+from .._kit._scenarios import Verdict, catalogue
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]

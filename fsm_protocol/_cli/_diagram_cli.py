@@ -16,6 +16,7 @@ from .._core._loader import check_chart_text
 from .._export._diagram import render_graphviz, to_dot, to_mermaid, to_plantuml
 from .._export._scxml import check_scxml_text, to_scxml
 from .._export._sequence import read_trace, to_mermaid_sequence, to_sequence_svg
+from .._runtime._roles import role_binding_names
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -88,9 +89,9 @@ def _load_chart(name: str) -> Chart:
     text = read_text(path, "chart")
     problems: list[Problem]
     if Path(path).suffix.lower() in _SCXML_SUFFIXES:
-        chart, problems = check_scxml_text(text, file=path)
+        chart, problems = check_scxml_text(text, file=path, role_bindings=role_binding_names())
     else:
-        chart, problems = check_chart_text(text, file=path)
+        chart, problems = check_chart_text(text, file=path, role_bindings=role_binding_names())
     if chart is None:
         for problem in problems:
             print(problem, file=sys.stderr)

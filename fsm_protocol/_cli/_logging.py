@@ -6,10 +6,12 @@ line decides where records go: standard error, as text or one JSON object per li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 LOG_FORMATS = ("text", "json")
@@ -21,7 +23,7 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when a record comes (tests swap it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        self.stream = sys.stderr  # not setStream: that flushes the old one, maybe closed
         super().emit(record)
 
 
@@ -56,14 +58,13 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(*, verbose: int, quiet: bool, log_format: str) -> None:
-    """Send the library's records to standard error (replacing an earlier call's handler).
+@contextlib.contextmanager
+def logging_to_stderr(*, verbose: int, quiet: bool, log_format: str) -> Iterator[None]:
+    """Send the library's records to standard error while the command runs.
 
     Levels: ``-q`` errors only, default warnings, ``-v`` info with tracebacks, ``-vv`` debug.
+    The logger is left as it was found afterwards (``main`` may run many times in a process).
     """
-    for handler in list(_ROOT.handlers):
-        if isinstance(handler, _StderrHandler):
-            _ROOT.removeHandler(handler)
     if quiet:
         level = logging.ERROR
     else:
@@ -72,6 +73,13 @@ def configure_logging(*, verbose: int, quiet: bool, log_format: str) -> None:
     handler.setFormatter(
         _JsonFormatter() if log_format == "json" else _TextFormatter(traceback=verbose > 0)
     )
+    saved = (_ROOT.level, _ROOT.propagate)
     _ROOT.addHandler(handler)
     _ROOT.setLevel(level)
     _ROOT.propagate = False
+    try:
+        yield
+    finally:
+        _ROOT.removeHandler(handler)
+        _ROOT.setLevel(saved[0])
+        _ROOT.propagate = saved[1]

@@ -31,10 +31,11 @@ from .._base._files import Unusable, read_text
 from .._base._resources import shipped_chart_paths
 from .._core._loader import check_chart_text
 from .._export._scxml import check_scxml_text
+from .._runtime._roles import role_binding_names
 from ._conform_cli import add_check, add_conform
 from ._demo import add_demo
 from ._diagram_cli import add_diagram
-from ._logging import LOG_FORMATS, configure_logging
+from ._logging import LOG_FORMATS, logging_to_stderr
 from ._net_cli import add_keys, add_modeller, add_worker
 
 EXIT_OK = 0
@@ -83,6 +84,8 @@ def _run_validate(args: argparse.Namespace) -> int:
     checked = 0
     unusable: list[dict[str, str]] = []
     report: list[dict[str, object]] = []
+    # A chart with a role: names only guards, actions and activities that role's bindings have.
+    role_bindings = role_binding_names()
     for name in names:
         try:
             text = read_text(name)
@@ -92,9 +95,9 @@ def _run_validate(args: argparse.Namespace) -> int:
             continue
         checked += 1
         if Path(name).suffix.lower() in _SCXML_SUFFIXES:
-            _, found = check_scxml_text(text, file=name)
+            _, found = check_scxml_text(text, file=name, role_bindings=role_bindings)
         else:
-            _, found = check_chart_text(text, file=name)
+            _, found = check_chart_text(text, file=name, role_bindings=role_bindings)
         report.append({"file": name, "problems": [_problem_json(p) for p in found]})
         if not as_json:
             for problem in found:
@@ -251,10 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: argparse.ArgumentParser = getattr(args, "_parser", parser)
     if extras:
         command.error(f"unrecognized arguments: {' '.join(extras)}")
-    configure_logging(verbose=args.verbose, quiet=args.quiet, log_format=args.log_format)
     run: Handler = args.run
     try:
-        return run(args)
+        with logging_to_stderr(verbose=args.verbose, quiet=args.quiet, log_format=args.log_format):
+            return run(args)
     except ConfigError as exc:
         # e.g. a missing optional dependency: the message says what to install.
         print(f"fsm-protocol {args.command}: {exc}", file=sys.stderr)

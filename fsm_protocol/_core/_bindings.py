@@ -3,26 +3,18 @@
 A role's Python side is one class whose methods are named ``guard_<name>``,
 ``action_<name>`` and ``do_<name>``. The validator reads the names off that
 class, so a chart can never refer to code that does not exist, and nobody
-keeps a second list in sync by hand.
+keeps a second list in sync by hand. Which class plays which role is the
+runtime's knowledge (``fsm_protocol._runtime._roles``): the loader checks names
+only against the ones it is given.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import attrs
-
-from ._chart import Role
 
 GUARD_PREFIX = "guard_"
 ACTION_PREFIX = "action_"
 ACTIVITY_PREFIX = "do_"
-
-# Where each role's bindings live, imported lazily to keep the loader light.
-_ROLE_CLASSES = {
-    Role.WORKER: ("fsm_protocol._runtime._worker", "WorkerBindings"),
-    Role.MODELLER: ("fsm_protocol._runtime._modeller", "LinkBindings"),
-}
 
 
 @attrs.frozen
@@ -41,10 +33,3 @@ class BindingNames:
             return frozenset(n[len(prefix) :] for n in dir(owner) if n.startswith(prefix))
 
         return cls(names(GUARD_PREFIX), names(ACTION_PREFIX), names(ACTIVITY_PREFIX))
-
-
-def binding_names(role: Role) -> BindingNames:
-    """The names that ``role``'s Python bindings provide."""
-    module_name, class_name = _ROLE_CLASSES[role]
-    owner = getattr(importlib.import_module(module_name), class_name)
-    return BindingNames.from_class(owner)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 
 import attrs
 
+from .._wire import _catalogue
 from .._wire._messages import MessageType
 
 
@@ -33,46 +34,29 @@ class Role(str, enum.Enum):
     bindings (guards, actions, activities) its names must resolve to.
     """
 
-    WORKER = "worker"
-    MODELLER = "modeller"
+    WORKER = _catalogue.WORKER
+    MODELLER = _catalogue.MODELLER
 
 
-# Which side sends each message type; LOG_MESSAGE goes both ways.
-_FROM_WORKER = frozenset(
-    {
-        MessageType.JOB_ACCEPT,
-        MessageType.JOB_REJECT,
-        MessageType.PREPARING_DATA,
-        MessageType.CONFIGURING_TASK,
-        MessageType.PREPARING_DATA_BATCHES,
-        MessageType.NUMBER_OF_BATCHES,
-        MessageType.CURRENT_BATCH_ID,
-        MessageType.TASK_START,
-        MessageType.EVALUATION_RESULTS,
-        MessageType.BATCHES_COMPLETE,
-        MessageType.TASK_ABORT,
-        MessageType.ONLINE_CHECK,
-        MessageType.LOG_MESSAGE,
-    }
-)
-_FROM_MODELLER = frozenset(
-    {
-        MessageType.JOB_REQUEST,
-        MessageType.ALGORITHM_EXCHANGE,
-        MessageType.TASK_START,
-        MessageType.TASK_COMPLETE,
-        MessageType.TASK_CANCEL,
-        MessageType.ONLINE_RESPONSE,
-        MessageType.LOG_MESSAGE,
-    }
-)
+_SENT_BY = {role: _catalogue.sent_by(role.value) for role in Role}
+
+
 # Not part of a task's conversation: it is the kit's control line.
 WIRE_TYPES = frozenset(t for t in MessageType if t is not MessageType.CONFORMANCE_SCENARIO)
 
 
 def sent_by(role: Role) -> frozenset[MessageType]:
-    """Message types that ``role`` may send."""
-    return _FROM_WORKER if role is Role.WORKER else _FROM_MODELLER
+    """Message types that ``role`` may send, from the message catalogue."""
+    return _SENT_BY[role]
+
+
+# A guard written ``!name`` in a chart holds when ``guard_name`` returns false.
+NEGATION = "!"
+
+
+def parse_guard(text: str) -> tuple[str, bool]:
+    """``"!x"`` → ``("x", False)``, ``"x"`` → ``("x", True)``: the one reader of guard syntax."""
+    return (text[1:], False) if text.startswith(NEGATION) else (text, True)
 
 
 def message_event(direction: str, type_: MessageType | str) -> str:

@@ -7,44 +7,26 @@ runtime awaits I/O *between* steps, so a step always runs to completion.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 import cattrs
 
 from .._base._errors import ConfigError, InternalError, ProtocolViolation
-from ._bindings import ACTION_PREFIX, GUARD_PREFIX, BindingNames
+from ._bindings import ACTION_PREFIX, GUARD_PREFIX
 from ._chart import Chart
-from ._transitions_adapter import Adapter
+from ._compiled import (
+    BoundArc,
+    CompiledChart,
+    Event,
+    Step,
+    compile_chart,
+)
 
+if TYPE_CHECKING:
+    from ._transitions_adapter import Adapter
 
-@attrs.frozen
-class Event:
-    """An event with its payload (the decoded message, for message events)."""
-
-    name: str
-    data: Any = None
-
-
-@attrs.frozen
-class Step:
-    """The record of one run-to-completion step.
-
-    ``actions`` lists every action that ran, in order: exit actions, then the
-    transition's actions, then entry actions.
-    """
-
-    source: str
-    event: str
-    target: str
-    actions: tuple[str, ...] = ()
-    exited: tuple[str, ...] = ()
-    entered: tuple[str, ...] = ()
-
-    @property
-    def internal(self) -> bool:
-        """True when no state was exited or entered."""
-        return not self.exited and not self.entered
+__all__ = ["Event", "Machine", "Snapshot", "Step", "check_internal"]
 
 
 @attrs.frozen
@@ -90,8 +72,7 @@ def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
         raise ConfigError(f"invalid snapshot {dict(data)!r}: {details}") from exc
 
 
-def _negated(guard: str) -> tuple[str, bool]:
-    return (guard[1:], False) if guard.startswith("!") else (guard, True)
+_Backend = Literal["compiled", "transitions"]
 
 
 @final
@@ -100,78 +81,93 @@ class Machine:
 
     Create one with :meth:`from_chart`. ``bindings`` is any object whose
     ``guard_<name>(event)`` and ``action_<name>(event)`` methods implement the
-    names the chart uses; the machine never sets attributes on it.
+    names the chart uses; the machine never sets attributes on it. A machine is
+    a few slots: the chart's compiled table (shared by every machine of that
+    chart and bindings class), the current leaf and the bindings.
     """
 
-    def __init__(self, chart: Chart, bindings: object) -> None:
-        needed_guards = {_negated(g)[0] for t in chart.transitions for g in t.guards}
-        needed_actions = {a for t in chart.transitions for a in t.actions} | {
-            a for s in chart.states for a in (*s.on_entry, *s.on_exit)
-        }
-        provided = BindingNames.from_class(type(bindings))
-        missing = sorted(
-            [f"{GUARD_PREFIX}{g}" for g in needed_guards - provided.guards]
-            + [f"{ACTION_PREFIX}{a}" for a in needed_actions - provided.actions]
-        )
-        if missing:
+    __slots__ = ("_bindings", "_current", "_leaf", "_reference", "_table")
+
+    def __init__(self, chart: Chart, bindings: object, *, backend: _Backend = "compiled") -> None:
+        compiled = compile_chart(chart)
+        try:
+            self._table = compiled.bind(type(bindings))
+        except LookupError as exc:
             raise ConfigError(
-                f"{type(bindings).__name__} cannot run chart {chart.name!r}: "
-                f"it lacks {', '.join(missing)}"
-            )
-        self._chart = chart
-        self._current = Event("")
-        self._guards = {g: getattr(bindings, GUARD_PREFIX + g) for g in needed_guards}
-        self._actions = {a: getattr(bindings, ACTION_PREFIX + a) for a in needed_actions}
-        self._adapter = Adapter(chart, self._check_guard)
+                f"{type(bindings).__name__} cannot run chart {chart.name!r}: it lacks {exc.args[0]}"
+            ) from None
+        self._leaf = compiled.initial
+        self._bindings = bindings
+        self._reference: Adapter | None = None
+        if backend == "transitions":
+            # Imported here: the compiled engine never loads transitions.
+            from ._transitions_adapter import Adapter
+
+            self._current = Event("")
+            self._reference = Adapter(chart, self._reference_guard)
+        elif backend != "compiled":
+            raise ConfigError(f"unknown backend {backend!r}; expected 'compiled' or 'transitions'")
 
     @classmethod
-    def from_chart(cls, chart: Chart, bindings: object) -> Machine:
+    def from_chart(
+        cls, chart: Chart, bindings: object, *, backend: _Backend = "compiled"
+    ) -> Machine:
         """Build a machine in the chart's initial state.
+
+        ``backend="transitions"`` steps the chart on the transitions library
+        instead of the compiled table: the slow reference that the compiled
+        engine is tested against. Both give the same steps.
 
         Raises:
             ConfigError: ``bindings`` lacks a guard or action the chart names.
         """
-        return cls(chart, bindings)
-
-    def _check_guard(self, name: str, data: Any) -> bool:
-        return bool(self._guards[name](self._current))
+        return cls(chart, bindings, backend=backend)
 
     # ------------------------------------------------------------ inspection
 
     @property
     def chart(self) -> Chart:
-        return self._chart
+        return self._table.compiled.chart
+
+    @property
+    def compiled(self) -> CompiledChart:
+        return self._table.compiled
+
+    @property
+    def backend(self) -> _Backend:
+        return "compiled" if self._reference is None else "transitions"
 
     @property
     def state(self) -> str:
         """The active leaf state."""
-        return self._adapter.leaf
+        return self._leaf
 
     @property
     def active(self) -> tuple[str, ...]:
         """The active leaf and its enclosing states, innermost first."""
-        return tuple(self._chart.ancestors(self.state))
+        return tuple(self.chart.ancestors(self._leaf))
 
     @property
     def is_final(self) -> bool:
-        return self._chart.state(self.state).final
+        return self._leaf in self._table.compiled.finals
 
     def expected(self) -> tuple[str, ...]:
         """Events the current state has a transition for, guards not yet checked."""
-        seen: dict[str, None] = {}
-        for t in self._chart.transitions_from(self.state):
-            seen.setdefault(t.event, None)
-        return tuple(seen)
+        return self._table.compiled.expected[self._leaf]
 
     def accepts(self, event: str, data: Any = None) -> bool:
         """Would :meth:`fire` take this event now? Runs guards, changes nothing."""
-        self._current = Event(event, data)
-        for t in self._chart.transitions_from(self.state):
-            if t.event == event and all(
-                self._check_guard(name, data) is want for name, want in map(_negated, t.guards)
-            ):
-                return True
-        return False
+        return self._choose(event, Event(event, data)) is not None
+
+    def _choose(self, name: str, event: Event) -> BoundArc | None:
+        bindings = self._bindings
+        for arc in self._table.rows[self._leaf].get(name, ()):
+            for guard, want in arc.guards:
+                if (not guard(bindings, event)) is want:
+                    break
+            else:
+                return arc
+        return None
 
     # --------------------------------------------------------------- stepping
 
@@ -182,47 +178,86 @@ class Machine:
             ProtocolViolation: The current state has no transition for
                 ``event``, or none whose guards hold. Never silently ignored.
         """
-        source = self.state
+        if self._reference is not None:
+            return self._fire_reference(event, data)
+        arcs = self._table.rows[self._leaf].get(event)
+        if arcs is None:
+            raise self._refusal(event)
+        current = Event(event, data)
+        bindings = self._bindings
+        for arc in arcs:
+            for guard, want in arc.guards:
+                if (not guard(bindings, current)) is want:
+                    break
+            else:
+                step = arc.step
+                self._leaf = step.target
+                for action in arc.actions:
+                    action(bindings, current)
+                return step
+        raise self._refusal(event)
+
+    def _refusal(self, event: str) -> ProtocolViolation:
+        """The violation for an event the current state does not take."""
+        chart = self.chart
+        source = self._leaf
         if self.is_final:
-            raise ProtocolViolation(
-                f"{self._chart.name}: got {event!r} after the end (final state {source!r}); "
+            return ProtocolViolation(
+                f"{chart.name}: got {event!r} after the end (final state {source!r}); "
                 "nothing may follow the end",
                 state=source,
                 event=event,
             )
-        candidates = [t for t in self._chart.transitions_from(source) if t.event == event]
-        if not candidates:
-            expected = self.expected()
-            raise ProtocolViolation(
-                f"{self._chart.name}: in state {source!r}, event {event!r} is not allowed; "
+        arcs = self._table.compiled.arcs(source, event)
+        expected = self.expected()
+        if not arcs:
+            return ProtocolViolation(
+                f"{chart.name}: in state {source!r}, event {event!r} is not allowed; "
                 f"expected one of: {', '.join(expected) or 'nothing'}",
                 state=source,
                 event=event,
                 expected=expected,
             )
+        conditions = "; or ".join(" and ".join(a.transition.guards) for a in arcs)
+        return ProtocolViolation(
+            f"{chart.name}: in state {source!r}, event {event!r} is allowed only "
+            f"when {conditions}, and none held",
+            state=source,
+            event=event,
+            expected=expected,
+        )
+
+    # ------------------------------------------------------ reference backend
+
+    def _reference_guard(self, name: str, data: Any) -> bool:
+        fn = getattr(self._table.owner, GUARD_PREFIX + name)
+        return bool(fn(self._bindings, self._current))
+
+    def _fire_reference(self, event: str, data: Any) -> Step:
+        """Step on transitions' HierarchicalMachine: states and guards from it, not the table."""
+        assert self._reference is not None
+        if self.is_final or event not in self.expected():
+            raise self._refusal(event)
         self._current = Event(event, data)
-        fired = self._adapter.trigger(event, data)
+        fired = self._reference.trigger(event, data)
         if fired is None:
-            conditions = "; or ".join(" and ".join(t.guards) for t in candidates)
-            raise ProtocolViolation(
-                f"{self._chart.name}: in state {source!r}, event {event!r} is allowed only "
-                f"when {conditions}, and none held",
-                state=source,
-                event=event,
-                expected=self.expected(),
-            )
+            raise self._refusal(event)
+        chart = self.chart
+        source = self._leaf
+        self._leaf = self._reference.leaf
         transition = fired.transition
-        ran: list[str] = []
-        exit_actions = [a for s in fired.exited for a in self._chart.state(s).on_exit]
-        entry_actions = [a for s in fired.entered for a in self._chart.state(s).on_entry]
-        for name in (*exit_actions, *transition.actions, *entry_actions):
-            self._actions[name](self._current)
-            ran.append(name)
+        run = (
+            *(a for s in fired.exited for a in chart.state(s).on_exit),
+            *transition.actions,
+            *(a for s in fired.entered for a in chart.state(s).on_entry),
+        )
+        for name in run:
+            getattr(self._table.owner, ACTION_PREFIX + name)(self._bindings, self._current)
         return Step(
             source=source,
             event=event,
-            target=self.state,
-            actions=tuple(ran),
+            target=self._leaf,
+            actions=run,
             exited=tuple(fired.exited),
             entered=tuple(fired.entered),
         )
@@ -230,10 +265,18 @@ class Machine:
     # ----------------------------------------------------------- persistence
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(chart=self._chart.name, state=self.state, version=self._chart.version)
+        chart = self.chart
+        return Snapshot(chart=chart.name, state=self._leaf, version=chart.version)
 
     @classmethod
-    def restore(cls, chart: Chart, bindings: object, snapshot: Snapshot) -> Machine:
+    def restore(
+        cls,
+        chart: Chart,
+        bindings: object,
+        snapshot: Snapshot,
+        *,
+        backend: _Backend = "compiled",
+    ) -> Machine:
         """Rebuild a machine in the state a :meth:`snapshot` recorded.
 
         Raises:
@@ -248,12 +291,18 @@ class Machine:
             raise ConfigError(
                 f"snapshot state {snapshot.state!r} is not a leaf state of chart {chart.name!r}"
             )
-        machine = cls.from_chart(chart, bindings)
-        machine._adapter.set_leaf(snapshot.state)
+        machine = cls.from_chart(chart, bindings, backend=backend)
+        machine._jump(snapshot.state)
         return machine
 
+    def _jump(self, leaf: str) -> None:
+        """Put the machine in ``leaf`` without a step (restore, and test walks)."""
+        self._leaf = leaf
+        if self._reference is not None:
+            self._reference.set_leaf(leaf)
+
     def __repr__(self) -> str:
-        return f"<Machine {self._chart.name} in {self.state!r}>"
+        return f"<Machine {self.chart.name} in {self._leaf!r}>"
 
 
 def check_internal(condition: bool, message: str) -> None:

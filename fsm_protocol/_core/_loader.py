@@ -29,7 +29,7 @@ from cattrs.gen import make_mapping_structure_fn
 
 from .._base._errors import ChartError, Problem
 from .._wire._messages import MessageType
-from ._bindings import BindingNames, binding_names
+from ._bindings import BindingNames
 from ._chart import (
     Chart,
     Location,
@@ -37,6 +37,7 @@ from ._chart import (
     State,
     Timer,
     Transition,
+    parse_guard,
     parse_message_event,
     sent_by,
 )
@@ -445,6 +446,7 @@ class _Builder:
     raw: RawChart
     located: _Located
     bindings: BindingNames | None
+    role_bindings: Mapping[Role, BindingNames] | None = None
     role: Role | None = None
     states: dict[str, State] = attrs.field(factory=dict)
     state_paths: dict[str, PathKey] = attrs.field(factory=dict)
@@ -608,7 +610,7 @@ class _Builder:
             return
         provided = getattr(self.bindings, kind)
         for i, name in enumerate(names):
-            bare = name[1:] if kind == "guards" and name.startswith("!") else name
+            bare = parse_guard(name)[0] if kind == "guards" else name
             if bare not in provided:
                 where = path + (i,) if kind != "activities" else path
                 role = self.role.value if self.role else "?"
@@ -736,8 +738,8 @@ class _Builder:
                 self.role = Role(raw.role)
             except ValueError:
                 self.problem(("role",), f"unknown role {raw.role!r}", "use worker or modeller")
-        if self.bindings is None and self.role is not None:
-            self.bindings = binding_names(self.role)
+        if self.bindings is None and self.role is not None and self.role_bindings is not None:
+            self.bindings = self.role_bindings.get(self.role)
         if raw.version != 1:
             self.problem(("version",), f"unsupported chart version {raw.version}", "use version: 1")
         for name in raw.events:
@@ -785,9 +787,23 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
 
 
 def check_chart_text(
-    text: str, *, file: str = "<memory>", bindings: BindingNames | None = None
+    text: str,
+    *,
+    file: str = "<memory>",
+    bindings: BindingNames | None = None,
+    role_bindings: Mapping[Role, BindingNames] | None = None,
 ) -> tuple[Chart | None, list[Problem]]:
-    """Load and validate chart text, returning the chart (or None) and every problem."""
+    """Load and validate chart text, returning the chart (or None) and every problem.
+
+    Args:
+        text: The chart's YAML text.
+        file: The file name problems are located in.
+        bindings: The guard, action and activity names to check against.
+        role_bindings: When ``bindings`` is not given, the names to check
+            against for each role; the chart's ``role:`` picks one. With
+            neither, the names are not checked (the engine still refuses
+            bindings that lack a name the chart uses).
+    """
     data, located = _read_yaml(text, file)
     if data is None and located.problems:
         return None, _sorted(located.problems)
@@ -799,27 +815,42 @@ def check_chart_text(
     raw = _structure(data, located)
     if raw is None:
         return None, _sorted(located.problems)
-    chart = _Builder(raw, located, bindings).build()
+    chart = _Builder(raw, located, bindings, role_bindings).build()
     return chart, _sorted(located.problems)
 
 
 def load_chart_text(
-    text: str, *, file: str = "<memory>", bindings: BindingNames | None = None
+    text: str,
+    *,
+    file: str = "<memory>",
+    bindings: BindingNames | None = None,
+    role_bindings: Mapping[Role, BindingNames] | None = None,
 ) -> Chart:
     """Like :func:`load_chart` for text already in memory."""
-    chart, problems = check_chart_text(text, file=file, bindings=bindings)
+    chart, problems = check_chart_text(
+        text, file=file, bindings=bindings, role_bindings=role_bindings
+    )
     if chart is None:
         raise ChartError(problems)
     return chart
 
 
-def load_chart(path: str | Path, *, bindings: BindingNames | None = None) -> Chart:
+def load_chart(
+    path: str | Path,
+    *,
+    bindings: BindingNames | None = None,
+    role_bindings: Mapping[Role, BindingNames] | None = None,
+) -> Chart:
     """Load and validate a chart file.
 
     Args:
         path: The YAML file.
         bindings: The guard, action and activity names to check against.
-            By default, those of the chart's role.
+            By default they are not checked here: the engine refuses bindings
+            that lack a guard or action the chart uses when it builds a
+            machine, and ``fsm-protocol validate`` checks the shipped roles'.
+        role_bindings: When ``bindings`` is not given, the names to check
+            against for each role; the chart's ``role:`` picks one.
 
     Returns:
         The validated chart.
@@ -828,4 +859,9 @@ def load_chart(path: str | Path, *, bindings: BindingNames | None = None) -> Cha
         ChartError: With every problem found, each located as file:line:column.
     """
     path = Path(path)
-    return load_chart_text(path.read_text(encoding="utf-8"), file=str(path), bindings=bindings)
+    return load_chart_text(
+        path.read_text(encoding="utf-8"),
+        file=str(path),
+        bindings=bindings,
+        role_bindings=role_bindings,
+    )

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import re
 import xml.parsers.expat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -46,7 +46,7 @@ import attrs
 
 from .._base._errors import ChartError, ConfigError, Problem
 from .._core._bindings import BindingNames
-from .._core._chart import Chart, Location, State, Transition
+from .._core._chart import Chart, Location, Role, State, Transition
 from .._core._loader import _Builder, _Located, _structure
 
 SCXML_NS = "http://www.w3.org/2005/07/scxml"
@@ -687,9 +687,16 @@ class _Reader:
 
 
 def check_scxml_text(
-    text: str, *, file: str = "<memory>", bindings: BindingNames | None = None
+    text: str,
+    *,
+    file: str = "<memory>",
+    bindings: BindingNames | None = None,
+    role_bindings: Mapping[Role, BindingNames] | None = None,
 ) -> tuple[Chart | None, list[Problem]]:
-    """Read an SCXML document as a chart, returning the chart (or None) and every problem."""
+    """Read an SCXML document as a chart, returning the chart (or None) and every problem.
+
+    ``bindings`` and ``role_bindings`` are as for :func:`check_chart_text`.
+    """
     located = _Located(file)
     try:
         root = _parse_xml(text)
@@ -700,7 +707,7 @@ def check_scxml_text(
     if located.problems:
         return None, sorted(located.problems, key=lambda p: (p.line, p.column))
     raw = _structure(data, located)
-    chart = None if raw is None else _Builder(raw, located, bindings).build()
+    chart = None if raw is None else _Builder(raw, located, bindings, role_bindings).build()
     if chart is not None:
         reader.check_external(chart)
         if located.problems:
@@ -715,7 +722,7 @@ def from_scxml(text: str, *, file: str = "<memory>", bindings: BindingNames | No
         text: The XML document.
         file: The file name to show in problems and to record as the chart's source.
         bindings: The guard, action and activity names to check against; by
-            default, those of the chart's role (``fsm:role``).
+            default they are not checked (as for :func:`load_chart`).
 
     Returns:
         The validated chart; ``from_scxml(to_scxml(chart)) == chart``.

@@ -128,6 +128,11 @@ class Executor:
     def option(self, name: str) -> float:
         return self._options[name]
 
+    @property
+    def options(self) -> Mapping[str, float]:
+        """The chart's options (timer lengths) as this run has set them."""
+        return self._options
+
     def set_option(self, name: str, value: float) -> None:
         """Change a timer length; states entered from now on use the new value."""
         self._options[name] = value

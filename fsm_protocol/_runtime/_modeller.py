@@ -21,8 +21,10 @@ import attrs
 from .._algo._algorithms import call_maybe_async, optional_hook
 from .._algo._protocols import has_initial_setup
 from .._base._errors import InternalError
+from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine, Step
-from .._core._shipped import shipped_chart
+from .._core._shipped import shipped_chart, shipped_chart_for
+from .._wire._catalogue import BODY_GUARDS, result_slot
 from .._wire._messages import (
     AbortReason,
     JobRejectBody,
@@ -115,11 +117,8 @@ class TaskTimeouts:
     hard_timeout_s: float = 180.0
 
     def worker_options(self) -> dict[str, float]:
-        return {
-            "task_start_timeout_s": self.task_start_timeout_s,
-            "soft_timeout_s": self.soft_timeout_s,
-            "hard_timeout_s": self.hard_timeout_s,
-        }
+        """The worker chart's options, as the job request carries them."""
+        return {name: getattr(self, name) for name in shipped_chart("worker").options}
 
 
 DEFAULT_TIMEOUTS = TaskTimeouts()
@@ -185,13 +184,13 @@ class LinkBindings:
         return not has_initial_setup(self.config) or self.setup_sent
 
     def guard_count_is_one(self, event: Event) -> bool:
-        return bool(event.data.body == 1)
+        return BODY_GUARDS["count_is_one"](event.data.body)
 
     def guard_count_is_unknown(self, event: Event) -> bool:
-        return bool(event.data.body == -1)
+        return BODY_GUARDS["count_is_unknown"](event.data.body)
 
     def guard_is_estimate(self, event: Event) -> bool:
-        return isinstance(event.data.body, int) and event.data.body > 0
+        return BODY_GUARDS["is_estimate"](event.data.body)
 
     def guard_estimate_seen(self, event: Event) -> bool:
         return self.estimate is not None
@@ -213,13 +212,13 @@ class LinkBindings:
 
     def guard_duplicate_result(self, event: Event) -> bool:
         meta = event.data.meta
-        return (meta.batch_number, meta.algorithm_index) in self.result_slots
+        return result_slot(meta.batch_number, meta.algorithm_index) in self.result_slots
 
     def guard_is_batches_only(self, event: Event) -> bool:
-        return bool(event.data.body == "BATCHES_ONLY")
+        return BODY_GUARDS["is_batches_only"](event.data.body)
 
     def guard_is_task_complete(self, event: Event) -> bool:
-        return bool(event.data.body == "TASK_COMPLETE")
+        return BODY_GUARDS["is_task_complete"](event.data.body)
 
     def guard_all_ready(self, event: Event) -> bool:
         return self.task.all_ready()
@@ -295,7 +294,7 @@ class LinkBindings:
         message: Message = event.data
         batch = message.meta.batch_number
         algorithm = message.meta.algorithm_index
-        self.result_slots.add((batch, algorithm))
+        self.result_slots.add(result_slot(batch, algorithm))
         self.task.store_result(ResultKey(self.pod_id, batch, None, algorithm), message)
 
     def action_store_retry_result(self, event: Event) -> None:
@@ -493,7 +492,7 @@ async def run_modeller(
     """
     import trio
 
-    chart = shipped_chart("modeller")
+    chart = shipped_chart_for("modeller", BindingNames.from_class(LinkBindings))
     options = {**chart.options, "response_timeout_s": timeouts.response_timeout_s}
     executor = Executor(
         options=options, on_step=on_step, on_message=on_message, expected_task=task_id

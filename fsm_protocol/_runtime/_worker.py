@@ -27,8 +27,9 @@ from .._algo._algorithms import (
 from .._algo._protocols import ProtocolRegistry, UsageLimit, WorkerContext, WorkerPlan, registry
 from .._base._errors import ConfigError, DecodeError
 from .._base._reports import ErrorReport, log_error_report
+from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine
-from .._core._shipped import shipped_chart
+from .._core._shipped import shipped_chart_for
 from .._wire._messages import (
     MODELLER,
     AbortReason,
@@ -346,7 +347,8 @@ class WorkerBindings:
         ctx.send(self.message(MessageType.JOB_ACCEPT, {"ACCEPT": self.pod.pod_id}))
 
     def _apply_options(self, job: JobRequestBody) -> None:
-        for name in ("task_start_timeout_s", "soft_timeout_s", "hard_timeout_s"):
+        # The options a job may set are the ones the worker chart declares.
+        for name in self.executor.options:
             value = job.options.get(name)
             if value is None:
                 continue
@@ -600,7 +602,7 @@ async def run_worker(
     Returns:
         The worker's own report: its final state, abort reason and item account.
     """
-    chart = shipped_chart("worker")
+    chart = shipped_chart_for("worker", BindingNames.from_class(WorkerBindings))
     executor = Executor(options=chart.options, on_step=on_step, on_message=on_message)
     bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
     machine = Machine.from_chart(chart, bindings)

@@ -1,0 +1,382 @@
+"""Judging a case: the checker on its trace, and what a trace cannot show.
+
+A process that crashed, went silent, ignored a cancel, did not exit, or (for a
+modeller) left a pod waiting is judged from the kit's own outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from .._algo._echo_model import predict_echo
+from .._algo._protocols import registry
+from .._base._errors import ConfigError, DecodeError
+from .._check._checker import Finding, TraceChecker, describe_message
+from .._core._chart import Role
+from .._core._shipped import shipped_chart
+from .._runtime._worker import WorkerReport
+from .._wire._messages import AbortReason, Message, MessageType, decode, encode
+from ._endpoints import stderr_detail
+from ._limits import CANCEL_WAIT, EXIT_WAIT, IDLE_WAIT
+from ._modeller_case import ModellerCase
+from ._recording import Marker, Recorder
+from ._scenarios import FaultKind, Scenario, Verdict
+from ._worker_case import WorkerCase
+
+
+def _check_entries(
+    entries: Sequence[bytes | Marker], task_id: str, *, silent: Iterable[str] = ()
+) -> Finding | None:
+    checker = TraceChecker(unanswered_ok=silent)
+    for entry in entries:
+        if isinstance(entry, Marker):
+            checker.internal(task_id, entry.pod, entry.event, excuse=entry.excuse)
+        else:
+            checker.feed(entry)
+        if checker.finding is not None:
+            break
+    return checker.finish().finding
+
+
+def _decoded(lines: Iterable[bytes]) -> list[Message | None]:
+    out: list[Message | None] = []
+    for raw in lines:
+        try:
+            out.append(decode(raw))
+        except DecodeError:
+            out.append(None)
+    return out
+
+
+@attrs.frozen
+class _Judgement:
+    verdict: Verdict
+    reason: str
+    details: tuple[str, ...] = ()
+    finding: Finding | None = None
+
+
+def _pass() -> _Judgement:
+    return _Judgement(Verdict.PASS, "conforms")
+
+
+def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
+    scenario = case.scenario
+    recorder = case.recorder
+    if case.start_error is not None:
+        return _Judgement(Verdict.FAIL, case.start_error)
+    stderr = {pod: ep.stderr_tail() for pod, ep in case.endpoints.items()}
+    crashes = {
+        pod: code
+        for pod, code in case.exit_codes.items()
+        if code is not None and code not in case.clean_exits and scenario.first_line is None
+    }
+
+    if scenario.first_line is not None:
+        for pod in scenario.pods:
+            written = case.leftovers.get(pod, [])
+            code = case.exit_codes.get(pod)
+            what = "a line that is not a JOB_REQUEST" if scenario.first_line else "no JOB_REQUEST"
+            if written:
+                return _Judgement(
+                    Verdict.FAIL,
+                    f"pod {pod} answered {what}: it wrote"
+                    f" {written[0].decode(errors='replace').strip()[:160]!r}; it cannot know whom"
+                    " to answer, so it must write nothing",
+                    tuple(stderr_detail(stderr[pod])),
+                )
+            if code is None:
+                return _Judgement(
+                    Verdict.TIMEOUT,
+                    f"pod {pod} did not exit within {EXIT_WAIT * scale:g} s after its input"
+                    f" ended ({what})",
+                )
+            if scenario.first_line and code == 0:
+                return _Judgement(
+                    Verdict.FAIL,
+                    f"pod {pod} exited with status 0 after a first line that is not a"
+                    " JOB_REQUEST; it must exit with a non-zero status",
+                )
+        return _pass()
+
+    task_id = f"conform-{scenario.name}"
+    finding = _check_entries(recorder.entries, task_id)
+    details = tuple(finding.render("trace").splitlines()) if finding else ()
+
+    if recorder.problems and (finding is None or finding.text is None):
+        return _Judgement(Verdict.FAIL, recorder.problems[0][0], details, finding)
+    if finding is not None and finding.text is not None:
+        extra = []
+        for pod, code in crashes.items():
+            extra += [f"pod {pod} also exited with status {code}", *stderr_detail(stderr[pod])]
+        return _Judgement(Verdict.FAIL, finding.message, details + tuple(extra), finding)
+    for pod, code in crashes.items():
+        state = recorder.ended_from.get(pod) or recorder.states.get(pod, "idle")
+        return _Judgement(
+            Verdict.FAIL,
+            f"pod {pod}: the process exited with status {code} (the kit's modeller saw it in"
+            f" state {state})",
+            tuple(stderr_detail(stderr[pod])) + details,
+            finding,
+        )
+    run = case.run
+    if run is None:
+        return _Judgement(Verdict.TIMEOUT, "the task did not end", details, finding)
+    for pod, outcome in run.workers.items():
+        if pod in recorder.faulted:
+            continue
+        if outcome.state == "lost" and "sent nothing for" in outcome.problem:
+            # What the trace expected when the silence began.
+            silence = _check_entries(recorder.entries[: recorder.lost_at.get(pod)], task_id)
+            where = recorder.ended_from.get(pod, "?")
+            expected = ""
+            if silence is not None and silence.pod == pod:
+                texts = [t for t in silence.expected if t.startswith("W:")]
+                expected = f"; it had to send one of: {'; '.join(texts)}" if texts else ""
+            return _Judgement(
+                Verdict.TIMEOUT,
+                f"pod {pod} went silent: it sent nothing for {IDLE_WAIT * scale:g} s in state"
+                f" {where}, where the protocol expects it to speak{expected}",
+                tuple(silence.render("trace").splitlines()) if silence else details,
+                silence,
+            )
+        if outcome.state == "unconfirmed":
+            return _Judgement(
+                Verdict.FAIL,
+                f"pod {pod} ignored TASK_CANCEL: no TASK_ABORT within {CANCEL_WAIT * scale:g} s"
+                " of the modeller's TASK_CANCEL (a cancelled worker answers with"
+                " TASK_ABORT(CANCELLED_BY_MODELLER) and ends)",
+                details,
+                finding,
+            )
+        if outcome.state == "lost" and outcome.problem.startswith("connection"):
+            state = recorder.ended_from.get(pod, "?")
+            return _Judgement(
+                Verdict.FAIL,
+                f"pod {pod} closed its output before its end (the kit's modeller was in state"
+                f" {state}); exit status {case.exit_codes.get(pod)}",
+                tuple(stderr_detail(stderr[pod])) + details,
+                finding,
+            )
+    if finding is not None:
+        return _Judgement(Verdict.FAIL, finding.message, details, finding)
+    for pod, code in case.exit_codes.items():
+        if code is None:
+            return _Judgement(
+                Verdict.TIMEOUT,
+                f"pod {pod} did not exit within {EXIT_WAIT * scale:g} s after its input ended",
+                tuple(stderr_detail(stderr[pod])),
+            )
+    for pod in sorted(recorder.faulted):
+        drop = any(f.pod == pod and f.kind is FaultKind.DROP for f in scenario.faults)
+        dropped = run.workers.get(pod)
+        if not drop or dropped is None or not dropped.accepted:
+            continue
+        messages = [m for m in _decoded(recorder.after_fault[pod]) if m is not None]
+        last = messages[-1] if messages else None
+        if (
+            last is None
+            or last.type is not MessageType.TASK_ABORT
+            or not isinstance(last.body, dict)
+            or last.body.get("reason") != AbortReason.MODELLER_TIMEOUT.value
+        ):
+            found = describe_message(json.loads(encode(last))) if last else "nothing"
+            return _Judgement(
+                Verdict.FAIL,
+                f"pod {pod}'s input ended mid-task, and its last message was {found}; a worker"
+                " that had accepted sends TASK_ABORT(MODELLER_TIMEOUT) when its input ends",
+            )
+    for pod in scenario.expect_online_check:
+        if pod not in recorder.online_checks:
+            return _Judgement(
+                Verdict.FAIL,
+                f"pod {pod} never sent ONLINE_CHECK while the modeller was silent for longer than"
+                f" its soft_timeout_s ({scenario.soft_timeout_s * scale:g} s)",
+            )
+    unexplained = [
+        v
+        for v in run.violations
+        if v.key not in recorder.faulted and "after the end" not in v.message
+    ]
+    if unexplained:
+        v = unexplained[0]
+        return _Judgement(
+            Verdict.FAIL,
+            f"pod {v.key}: the kit's modeller refused {v.event} in state {v.state}: {v.message}",
+        )
+    return _pass()
+
+
+def _allowed(text: str) -> set[str]:
+    return {part.strip() for part in text.split("|") if part.strip()}
+
+
+def _modeller_expectations(scenario: Scenario) -> dict[str, set[str]]:
+    """What each kit pod's end must be when the modeller under test is correct."""
+    rejected: set[str] = set()
+    aborting: dict[str, str] = {}
+    answering = [pod for pod in scenario.pods if pod not in scenario.silent]
+    for pod in answering:
+        try:
+            protocol = registry.load(scenario.protocol_json(pod))
+        except ConfigError:
+            rejected.add(pod)
+            continue
+        prediction = predict_echo(protocol, batched=scenario.batched, test_run=scenario.test_run)
+        if not prediction.complete:
+            assert prediction.abort_reason is not None
+            aborting[pod] = prediction.abort_reason.value
+    explicit = {pod: _allowed(text) for pod, text in scenario.expect.items()}
+    late = {
+        fault.pod
+        for fault in scenario.faults
+        if fault.kind is FaultKind.DELAY_SEND
+        and {"JOB_ACCEPT", "JOB_REJECT"} & set(fault.on)
+        and fault.seconds > scenario.response_timeout_s
+    }
+    # A late pod's end is not the task's business: nothing is owed to it.
+    explicit_own = {pod: allowed for pod, allowed in explicit.items() if pod not in late}
+    own_abort = any(
+        pod not in explicit or any(o.startswith("aborted") for o in explicit[pod])
+        for pod in aborting
+    ) or any(
+        any(o.startswith("aborted") and "CANCELLED" not in o for o in allowed)
+        for allowed in explicit_own.values()
+    )
+    missing = bool(rejected or scenario.silent)
+    cancel_all = own_abort or (scenario.require_all_pods and missing)
+    expected: dict[str, set[str]] = {}
+    for pod in answering:
+        if pod in explicit:
+            expected[pod] = explicit[pod]
+        elif pod in rejected:
+            expected[pod] = {"rejected"}
+        elif pod in aborting:
+            expected[pod] = {f"aborted:{aborting[pod]}", "aborted:CANCELLED_BY_MODELLER"}
+        elif cancel_all:
+            expected[pod] = {"aborted:CANCELLED_BY_MODELLER"}
+        else:
+            expected[pod] = {"complete"}
+    return expected
+
+
+def _outcome(report: WorkerReport) -> str:
+    if report.state == "aborted" and report.abort_reason is not None:
+        return f"aborted:{report.abort_reason.value}"
+    return report.state
+
+
+def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
+    scenario = case.scenario
+    recorder = case.recorder
+    if case.start_error is not None:
+        return _Judgement(Verdict.FAIL, case.start_error)
+    stderr = tuple(stderr_detail(case.stderr))
+    task_id = f"conform-{scenario.name}"
+    if recorder.problems:
+        text, raw = recorder.problems[0]
+        quoted = raw.decode(errors="replace").rstrip("\n")[:200]
+        return _Judgement(Verdict.FAIL, f"{text}; the line: {quoted}", stderr)
+    finding = _check_entries(recorder.entries, task_id, silent=scenario.silent)
+    details = tuple(finding.render("trace").splitlines()) if finding else ()
+    if finding is not None and finding.text is not None:
+        return _Judgement(Verdict.FAIL, finding.message, details, finding)
+    if case.exited and case.exit_code not in case.clean_exits:
+        statuses = " or ".join(str(code) for code in sorted(case.clean_exits))
+        return _Judgement(
+            Verdict.FAIL,
+            f"the modeller exited with status {case.exit_code}; after a task, however it ended,"
+            f" a modeller exits with {statuses}",
+            stderr + details,
+            finding,
+        )
+    if case.job_problems:
+        return _Judgement(Verdict.FAIL, case.job_problems[0], tuple(case.job_problems[1:]))
+    expected = _modeller_expectations(scenario)
+    for pod, allowed in expected.items():
+        first_abort = next(
+            (
+                f"{other} aborted ({report.abort_reason.value})"
+                for other, report in case.reports.items()
+                if other != pod
+                and report.abort_reason is not None
+                and report.abort_reason is not AbortReason.CANCELLED_BY_MODELLER
+            ),
+            None,
+        )
+        report = case.reports.get(pod)
+        if report is None:
+            continue
+        found = _outcome(report)
+        if found in allowed:
+            continue
+        waiting = recorder.states.get(pod, "?")
+        if found == "aborted:MODELLER_TIMEOUT":
+            hint = ""
+            if "aborted:CANCELLED_BY_MODELLER" in allowed and first_abort:
+                hint = f"; the modeller should have cancelled it after {first_abort}"
+            return _Judgement(
+                Verdict.TIMEOUT,
+                f"pod {pod} gave up waiting for the modeller in state {waiting}:"
+                f" {report.abort_message}{hint}",
+                details,
+                finding,
+            )
+        if found == "closed":
+            return _Judgement(
+                Verdict.FAIL,
+                f"pod {pod} got no JOB_REQUEST before the modeller closed its output",
+                stderr + details,
+                finding,
+            )
+        if found == "aborted:CANCELLED_BY_MODELLER":
+            return _Judgement(
+                Verdict.FAIL,
+                f"the modeller cancelled pod {pod}, which should have ended"
+                f" {' or '.join(sorted(allowed))}",
+                details,
+                finding,
+            )
+        return _Judgement(
+            Verdict.FAIL,
+            f"pod {pod} ended {found}; expected {' or '.join(sorted(allowed))}",
+            details,
+            finding,
+        )
+    if not case.exited:
+        return _Judgement(
+            Verdict.TIMEOUT,
+            f"the modeller did not exit within {EXIT_WAIT * scale:g} s after every pod had ended"
+            " and its input was closed (spec section 6: it must not hang)",
+            stderr + details,
+            finding,
+        )
+    if finding is not None:
+        return _Judgement(Verdict.FAIL, finding.message, details, finding)
+    return _pass()
+
+
+def judge_deadline(scenario: Scenario, recorder: Recorder, timeout: float) -> _Judgement:
+    """Why a case ran out of time: the partial trace, and where each side was waiting."""
+    finding = _check_entries(recorder.entries, f"conform-{scenario.name}", silent=scenario.silent)
+    waiting = ", ".join(
+        f"{pod} in {state}"
+        for pod, state in recorder.states.items()
+        if not shipped_chart("worker" if scenario.role is Role.MODELLER else "modeller")
+        .state(state)
+        .final
+    )
+    side = "the kit's pods" if scenario.role is Role.MODELLER else "the kit's modeller"
+    reason = f"the case did not finish within {timeout:g} s (the kit killed the processes)"
+    if not recorder.entries:
+        who = "the modeller" if scenario.role is Role.MODELLER else "the kit"
+        reason += f"; {who} wrote nothing"
+    elif finding is not None:
+        reason += f"; {finding.message}"
+    if waiting:
+        reason += f"; {side} were waiting: {waiting}"
+    details = tuple(finding.render("trace").splitlines()) if finding else ()
+    return _Judgement(Verdict.TIMEOUT, reason, details, finding)

@@ -1,0 +1,238 @@
+"""Running a modeller under test: the kit plays every pod, after the scenario line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, final
+
+import attrs
+import trio
+
+from .._base._errors import BrokenTransportError
+from .._core._engine import Step
+from .._runtime._transport import Transport
+from .._runtime._worker import Pod, WorkerReport, run_worker
+from .._wire._messages import Message, MessageType, ScenarioBody, encode
+from ._endpoints import ModellerEndpoint, ModellerLauncher, clean_exit_statuses
+from ._limits import DRAIN_WAIT, EXIT_WAIT, KIT_MODELLER, KIT_SENDER, MAX_LINES
+from ._recording import Recorder
+from ._scenarios import Fault, FaultKind, Matcher, Scenario
+
+_POD_SEND: Final = frozenset({FaultKind.DELAY_SEND})
+_POD_RECV: Final = frozenset({FaultKind.HOLD_RECV})
+
+
+@final
+class _PodLink:
+    """A kit pod's side of its conversation with the modeller under test.
+
+    Its own messages are recorded as they go on the wire (after any delay),
+    so the trace shows what the modeller could have known.
+    """
+
+    def __init__(
+        self,
+        pod: str,
+        inner: Transport,
+        faults: Iterable[Fault],
+        recorder: Recorder,
+        scale: float,
+    ) -> None:
+        self.pod = pod
+        self.inner = inner
+        self.matcher = Matcher(faults)
+        self.recorder = recorder
+        self.scale = scale
+
+    async def send(self, message: Message) -> None:
+        for fault in self.matcher.match(message.type.value, _POD_SEND):
+            await trio.sleep(fault.seconds * self.scale)
+        self.recorder.line(encode(message))
+        await self.inner.send(message)
+
+    async def receive(self) -> Message:
+        message = await self.inner.receive()
+        # A stall, not a reordering: what comes after waits too, as on one stream.
+        for fault in self.matcher.match(message.type.value, _POD_RECV):
+            await trio.sleep(fault.seconds * self.scale)
+        return message
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@attrs.define
+class ModellerCase:
+    scenario: Scenario
+    recorder: Recorder
+    reports: dict[str, WorkerReport] = attrs.field(factory=dict)
+    violations: list[str] = attrs.field(factory=list)
+    job_problems: list[str] = attrs.field(factory=list)
+    exit_code: int | None = None
+    exited: bool = False
+    stderr: str = ""
+    start_error: str | None = None
+    pod_states: dict[str, str] = attrs.field(factory=dict)
+    clean_exits: frozenset[int] = frozenset({0})
+
+
+def _scenario_line(scenario: Scenario, task_id: str, scale: float) -> bytes:
+    body = ScenarioBody(
+        pods=scenario.pods,
+        job=scenario.job(scenario.pods[0], scale=scale),
+        response_timeout_s=scenario.response_timeout_s * scale,
+        require_all_pods=scenario.require_all_pods,
+        job_overrides={pod: dict(fields) for pod, fields in scenario.overrides.items()},
+    )
+    message = Message.make(
+        MessageType.CONFORMANCE_SCENARIO,
+        task_id=task_id,
+        sender=KIT_SENDER,
+        recipient=KIT_MODELLER,
+        seq=0,
+        body=body,
+    )
+    # The job's protocol is the base one; overrides go in job_overrides.
+    wire = json.loads(encode(message))
+    wire["body"]["job"]["protocol"] = scenario.echo.to_json()
+    return (json.dumps(wire, separators=(",", ":")) + "\n").encode()
+
+
+def _job_problems(scenario: Scenario, message: Message, scale: float) -> list[str]:
+    if message.type is not MessageType.JOB_REQUEST:
+        return []
+    pod = message.recipient
+    if pod not in scenario.pods:
+        return []
+    expected = scenario.job(pod, scale=scale)
+    body = message.body if isinstance(message.body, dict) else {}
+    problems = []
+    wanted: dict[str, Any] = {
+        "protocol": expected.protocol,
+        "batched_execution": expected.batched_execution,
+        "test_run": expected.test_run,
+        "options": expected.options,
+    }
+    for field, value in wanted.items():
+        found = body.get(field)
+        if field == "options" and isinstance(found, dict):
+            found = {k: found.get(k) for k in value}
+            same = all(
+                isinstance(found[k], (int, float)) and abs(found[k] - value[k]) < 1e-6
+                for k in value
+            )
+        else:
+            same = found == value
+        if not same:
+            problems.append(
+                f"the JOB_REQUEST to {pod} does not carry the scenario's job: {field} is"
+                f" {json.dumps(found)[:120]}, expected {json.dumps(value)[:120]}"
+            )
+    return problems
+
+
+async def run_modeller_case(
+    scenario: Scenario,
+    command: Sequence[str],
+    launcher: ModellerLauncher,
+    *,
+    scale: float,
+    recorder: Recorder,
+) -> ModellerCase:
+    coverage = recorder.coverage
+    case = ModellerCase(scenario, recorder)
+    task_id = f"conform-{scenario.name}"
+    initial = recorder.chart.settle(recorder.chart.initial)
+    recorder.states.update({pod: initial for pod in scenario.pods if pod not in scenario.silent})
+
+    def on_line(raw: bytes, message: Message | None) -> None:
+        if len(recorder.entries) >= MAX_LINES:
+            return  # SharedStdio stops reading at its own limit; keep the trace bounded
+        recorder.line(raw)
+        if message is not None:
+            case.job_problems += _job_problems(scenario, message, scale)
+
+    def on_problem(text: str, raw: bytes) -> None:
+        recorder.problems.append((text, raw))
+
+    endpoint: ModellerEndpoint | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            try:
+                endpoint = await launcher(
+                    nursery,
+                    command,
+                    _scenario_line(scenario, task_id, scale),
+                    scenario.pods,
+                    on_line,
+                    on_problem,
+                )
+            except (OSError, BrokenTransportError) as exc:
+                case.start_error = f"cannot start {' '.join(command)!r}: {exc}"
+                return case
+            case.clean_exits = clean_exit_statuses([endpoint])
+            reader_done = trio.Event()
+
+            async def read() -> None:
+                assert endpoint is not None
+                try:
+                    await endpoint.run()
+                finally:
+                    reader_done.set()
+
+            nursery.start_soon(read)
+
+            def on_step(pod: str, step: Step) -> None:
+                coverage.add(step)
+                case.pod_states[pod] = step.target
+                if step.target != "aborting" and step.target != "aborted":
+                    recorder.states[pod] = step.target
+
+            async def serve(pod: str) -> None:
+                assert endpoint is not None
+                link = _PodLink(
+                    pod,
+                    endpoint.transport(pod),
+                    [f for f in scenario.faults if f.pod == pod],
+                    recorder,
+                    scale,
+                )
+                report = await run_worker(Pod(pod), link, on_step=on_step)
+                case.reports[pod] = report
+
+            async def sink(pod: str) -> None:
+                assert endpoint is not None
+                transport = endpoint.transport(pod)
+                while True:
+                    try:
+                        await transport.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return
+
+            async with trio.open_nursery() as pods:
+                silent_scope = trio.CancelScope()
+
+                async def run_silent(pod: str) -> None:
+                    with silent_scope:
+                        await sink(pod)
+
+                async with trio.open_nursery() as answering:
+                    for pod in scenario.pods:
+                        if pod in scenario.silent:
+                            pods.start_soon(run_silent, pod)
+                        else:
+                            answering.start_soon(serve, pod)
+                silent_scope.cancel()
+            await endpoint.end_input()
+            case.exit_code = await endpoint.finish(EXIT_WAIT * scale)
+            case.exited = case.exit_code is not None
+            with trio.move_on_after(DRAIN_WAIT * scale):
+                await reader_done.wait()
+        finally:
+            if endpoint is not None:
+                case.stderr = endpoint.stderr_tail()
+                with trio.CancelScope(shield=True):
+                    await endpoint.close()
+            nursery.cancel_scope.cancel()
+    return case

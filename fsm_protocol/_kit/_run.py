@@ -1,0 +1,143 @@
+"""The conformance kit's runner: play the other role with the engine, judge by the trace.
+
+For ``--role worker`` the kit is the modeller (:func:`run_modeller`) and starts
+the command once per simulated pod; for ``--role modeller`` the kit plays
+every pod (:func:`run_worker`) against one process, after the
+``CONFORMANCE_SCENARIO`` line of spec section 6. Either way it records the
+conversation as a trace, in the order the kit's side saw it, and the trace
+checker (:mod:`fsm_protocol._check._checker`) judges it, Echo item account included.
+What a trace cannot show is judged from the kit's own outcome: a process
+that crashed, went silent, ignored a cancel, did not exit, or (for a modeller)
+left a pod waiting.
+
+Every case runs under a deadline and its processes are killed at its end, so
+no implementation can hang the kit.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import trio
+
+from .._base._errors import ConfigError
+from .._core._chart import Role
+from .._core._shipped import shipped_chart
+from ._coverage import CoverageRecorder
+from ._endpoints import MODELLER_TRANSPORTS, WORKER_TRANSPORTS, check_tcp_command
+from ._judges import judge_deadline, judge_modeller_case, judge_worker_case
+from ._limits import FAST_ANSWER
+from ._modeller_case import run_modeller_case
+from ._recording import Recorder
+from ._reports import CaseResult, Report
+from ._scenarios import Scenario, select_scenarios
+from ._worker_case import run_worker_case
+
+CaseHook = Callable[[CaseResult], None]
+
+
+async def _run_one(
+    scenario: Scenario,
+    command: Sequence[str],
+    transport: str,
+    *,
+    timeout: float,
+    scale: float,
+    coverage: CoverageRecorder,
+) -> tuple[CaseResult, float]:
+    """Run one case under its deadline; its result, and the slowest answer seen in it."""
+    started = time.monotonic()
+    recorder = Recorder(coverage.chart, coverage)
+    with trio.move_on_after(timeout) as deadline:
+        if scenario.role is Role.WORKER:
+            worker_case = await run_worker_case(
+                scenario, command, WORKER_TRANSPORTS[transport], scale=scale, recorder=recorder
+            )
+            judgement = judge_worker_case(worker_case, scale)
+        else:
+            modeller_case = await run_modeller_case(
+                scenario, command, MODELLER_TRANSPORTS[transport], scale=scale, recorder=recorder
+            )
+            judgement = judge_modeller_case(modeller_case, scale)
+    if deadline.cancelled_caught:
+        judgement = judge_deadline(scenario, recorder, timeout)
+    result = CaseResult(
+        scenario=scenario,
+        verdict=judgement.verdict,
+        reason=judgement.reason,
+        details=judgement.details,
+        duration_s=time.monotonic() - started,
+        trace=tuple(e for e in recorder.entries if isinstance(e, bytes)),
+        notes=tuple(recorder.notes),
+        finding=judgement.finding,
+    )
+    return result, recorder.latency
+
+
+async def conform(
+    *,
+    role: Role | str,
+    command: Sequence[str],
+    scenarios: Sequence[str | Scenario] | None = None,
+    seed: int | None = None,
+    generated: int | None = None,
+    timeout: float = 10.0,
+    time_scale: float = 1.0,
+    transport: str = "stdio",
+    on_case: CaseHook | None = None,
+) -> Report:
+    """Test an implementation of ``role`` started as ``command``: the async form.
+
+    See :func:`~fsm_protocol.conformance.run_conformance` for the arguments.
+    """
+    role = Role(role)
+    if not command:
+        raise ConfigError("no command to test: give the implementation's command line")
+    launchers: Mapping[str, object] = (
+        WORKER_TRANSPORTS if role is Role.WORKER else MODELLER_TRANSPORTS
+    )
+    if transport not in launchers:
+        raise ConfigError(
+            f"unknown transport {transport!r}; available: {', '.join(sorted(launchers))}"
+        )
+    if timeout <= 0 or time_scale <= 0:
+        raise ConfigError("timeout and time_scale must be positive")
+    if transport == "tcp":
+        check_tcp_command(role, command)
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    count = generated if generated is not None else (10 if scenarios is None else 0)
+    chosen = select_scenarios(role, scenarios, seed=seed, generated=count)
+    wrong = [s.name for s in chosen if s.role is not role]
+    if wrong:
+        raise ConfigError(f"scenarios for the other role: {', '.join(wrong)}")
+    chart = shipped_chart("modeller" if role is Role.WORKER else "worker")
+    coverage = CoverageRecorder(chart)
+    results = []
+    latency = 0.0
+    for scenario in chosen:
+        scale = time_scale * max(1.0, latency / FAST_ANSWER)
+        result, seen = await _run_one(
+            scenario,
+            command,
+            transport,
+            timeout=timeout * scale / time_scale,
+            scale=scale,
+            coverage=coverage,
+        )
+        latency = max(latency, seen)
+        results.append(result)
+        if on_case is not None:
+            on_case(result)
+    return Report(
+        role=role,
+        command=tuple(command),
+        transport=transport,
+        seed=seed,
+        cases=tuple(results),
+        coverage=coverage.result(),
+        answer_latency_s=latency,
+        time_scale=time_scale,
+    )

@@ -1,0 +1,281 @@
+"""Running a worker under test: the kit is the modeller, with faults on each pod's link."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Final, final
+
+import attrs
+import trio
+
+from .._algo._protocols import EchoModeller, registry
+from .._base._errors import BrokenTransportError, ConfigError, DecodeError
+from .._core._engine import Step
+from .._runtime._modeller import ModellerRun, TaskTimeouts, run_modeller
+from .._runtime._transport import Transport
+from .._wire._messages import Message, MessageType, encode
+from ._endpoints import WorkerEndpoint, WorkerLauncher, clean_exit_statuses
+from ._limits import CANCEL_WAIT, DRAIN_WAIT, EXIT_WAIT, IDLE_WAIT, KIT_MODELLER, MAX_LINES
+from ._recording import FAULT_EVENTS, FAULTED, MARKED_EVENTS, Marker, Recorder
+from ._scenarios import Fault, FaultKind, Matcher, Scenario
+
+_KIT_SEND: Final = frozenset({FaultKind.DELAY_SEND})
+_KIT_RECV: Final = frozenset(
+    {
+        FaultKind.HOLD_RECV,
+        FaultKind.CANCEL,
+        FaultKind.DROP,
+        FaultKind.GARBLE,
+        FaultKind.SWALLOW,
+    }
+)
+
+
+@final
+class _KitLink:
+    """The kit modeller's side of one worker's link: faults, and the record of arrivals."""
+
+    def __init__(
+        self,
+        pod: str,
+        endpoint: WorkerEndpoint,
+        faults: Iterable[Fault],
+        recorder: Recorder,
+        cancel: trio.Event,
+        scale: float,
+    ) -> None:
+        self.pod = pod
+        self.endpoint = endpoint
+        self.inner = endpoint.transport
+        self.matcher = Matcher(faults)
+        self.recorder = recorder
+        self.cancel = cancel
+        self.scale = scale
+        self.received = 0
+
+    async def send(self, message: Message) -> None:
+        delayed = False
+        for fault in self.matcher.match(message.type.value, _KIT_SEND):
+            self.recorder.note(self.pod, f"{message.type.value} held back {fault.seconds:g} s")
+            await trio.sleep(fault.seconds * self.scale)
+            delayed = True
+        if message.type is MessageType.JOB_REQUEST and not delayed:
+            self.recorder.requested_at[self.pod] = trio.current_time()
+        await self.inner.send(message)
+
+    def _answered(self, message: Message) -> None:
+        if message.type in (MessageType.JOB_ACCEPT, MessageType.JOB_REJECT):
+            self.recorder.answered[self.pod].set()
+            asked = self.recorder.requested_at.get(self.pod)
+            if asked is not None:
+                latency = trio.current_time() - asked
+                self.recorder.latency = max(self.recorder.latency, latency)
+
+    async def receive(self) -> Message:
+        arrivals = self.recorder.arrivals[self.pod]
+        while True:
+            self.received += 1
+            if self.received > MAX_LINES:
+                self.recorder.problems.append(
+                    (f"pod {self.pod} wrote more than {MAX_LINES} lines in one case", b"")
+                )
+                self.recorder.cut.add(self.pod)
+                await self.endpoint.cut()
+                raise BrokenTransportError(f"more than {MAX_LINES} lines")
+            try:
+                message = await self.inner.receive()
+            except DecodeError as exc:
+                line = exc.line if isinstance(exc.line, bytes) else (exc.line or "").encode()
+                arrivals.append(line)
+                raise
+            faults = self.matcher.match(message.type.value, _KIT_RECV)
+            kinds = {fault.kind for fault in faults}
+            for fault in faults:
+                if fault.kind is FaultKind.HOLD_RECV:
+                    with trio.move_on_after(fault.seconds * self.scale):
+                        if fault.until is not None:
+                            await self.recorder.answered[fault.until].wait()
+                            await trio.sleep(0.05 * self.scale)  # let its answer go first
+                        else:
+                            await trio.sleep_forever()
+            self._answered(message)
+            if FaultKind.CANCEL in kinds:
+                self.recorder.note(self.pod, f"cancel the task after its {message.type.value}")
+                self.cancel.set()
+            if FaultKind.SWALLOW in kinds:
+                self.recorder.faulted.add(self.pod)
+                self.recorder.swallowed.add(self.pod)
+                self.recorder.note(self.pod, f"its {message.type.value} and all after are lost")
+                await trio.sleep_forever()
+            if FaultKind.GARBLE in kinds:
+                self.recorder.faulted.add(self.pod)
+                self.recorder.note(self.pod, f"its {message.type.value} arrives garbled")
+                arrivals.append(FAULTED)
+                raise DecodeError(f"kit fault: {message.type.value} garbled on purpose")
+            if FaultKind.DROP in kinds:
+                self.recorder.faulted.add(self.pod)
+                self.recorder.note(self.pod, f"the link drops with its {message.type.value}")
+                arrivals.append(FAULTED)
+                await self.endpoint.cut()
+                raise BrokenTransportError(f"kit fault: the link dropped at {message.type.value}")
+            arrivals.append(encode(message))
+            return message
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@attrs.define
+class WorkerCase:
+    scenario: Scenario
+    recorder: Recorder
+    endpoints: dict[str, WorkerEndpoint] = attrs.field(factory=dict)
+    run: ModellerRun | None = None
+    exit_codes: dict[str, int | None] = attrs.field(factory=dict)
+    leftovers: dict[str, list[bytes]] = attrs.field(factory=dict)
+    start_error: str | None = None
+    timed_out: bool = False
+    clean_exits: frozenset[int] = frozenset({0})
+
+
+def _on_modeller_step(recorder: Recorder, pod: str, step: Step) -> None:
+    recorder.coverage.add(step)
+    recorder.states[pod] = step.target
+    if recorder.chart.state(step.target).final:
+        recorder.ended_from[pod] = step.source
+    if step.event == "link_lost":
+        recorder.lost_at[pod] = len(recorder.entries)
+    if step.event == "recv:ONLINE_CHECK":
+        recorder.online_checks.add(pod)
+    arrivals = recorder.arrivals[pod]
+    if step.event in MARKED_EVENTS:
+        recorder.entries.append(Marker(pod, step.event))
+        if step.event == "response_timeout":
+            recorder.note(pod, "no answer within the response timeout")
+    elif step.event in FAULT_EVENTS and pod in recorder.swallowed:
+        recorder.entries.append(Marker(pod, step.event, excuse=True))
+    elif step.event in ("bad_input", "link_lost"):
+        if arrivals and arrivals[0] is FAULTED:
+            arrivals.popleft()
+            recorder.entries.append(Marker(pod, step.event, excuse=True))
+        elif step.event == "bad_input" and arrivals:
+            raw = arrivals.popleft()
+            assert isinstance(raw, bytes)
+            recorder.line(raw)
+
+
+def _on_modeller_message(recorder: Recorder, pod: str, message: Message) -> None:
+    if message.sender == KIT_MODELLER:
+        recorder.line(encode(message))
+        return
+    arrivals = recorder.arrivals[pod]
+    while arrivals and arrivals[0] is FAULTED:
+        arrivals.popleft()
+    raw = arrivals.popleft() if arrivals else encode(message)
+    assert isinstance(raw, bytes)
+    recorder.line(raw)
+
+
+async def run_worker_case(
+    scenario: Scenario,
+    command: Sequence[str],
+    launcher: WorkerLauncher,
+    *,
+    scale: float,
+    recorder: Recorder,
+) -> WorkerCase:
+    case = WorkerCase(scenario, recorder)
+    task_id = f"conform-{scenario.name}"
+    initial = recorder.chart.settle(recorder.chart.initial)
+    recorder.states.update({pod: initial for pod in scenario.pods})
+    async with trio.open_nursery() as nursery:
+        try:
+            try:
+                case.endpoints.update(await launcher(nursery, command, scenario.pods))
+                case.clean_exits = clean_exit_statuses(case.endpoints.values())
+            except OSError as exc:
+                case.start_error = f"cannot start {' '.join(command)!r}: {exc}"
+                return case
+            if scenario.first_line is not None:
+                await _raw_first_line(case, scale)
+                return case
+            cancel = trio.Event()
+            links: dict[str, Transport] = {
+                pod: _KitLink(
+                    pod,
+                    endpoint,
+                    [f for f in scenario.faults if f.pod == pod],
+                    recorder,
+                    cancel,
+                    scale,
+                )
+                for pod, endpoint in case.endpoints.items()
+            }
+            jobs = {pod: scenario.job(pod, scale=scale) for pod in scenario.pods}
+            configs: dict[str, object] = {}
+            for pod in scenario.pods:
+                try:
+                    configs[pod] = registry.load(scenario.protocol_json(pod))
+                except ConfigError:
+                    configs[pod] = scenario.echo.protocol()
+            timeouts = TaskTimeouts(
+                response_timeout_s=scenario.response_timeout_s * scale,
+                cancel_timeout_s=CANCEL_WAIT * scale,
+                worker_idle_timeout_s=IDLE_WAIT * scale,
+                task_start_timeout_s=scenario.task_start_timeout_s * scale,
+                soft_timeout_s=scenario.soft_timeout_s * scale,
+                hard_timeout_s=scenario.hard_timeout_s * scale,
+            )
+            case.run = await run_modeller(
+                task_id=task_id,
+                jobs=jobs,
+                configs=configs,
+                links=links,
+                algorithm=EchoModeller(scenario.echo.protocol()),
+                timeouts=timeouts,
+                require_all_pods=scenario.require_all_pods,
+                cancel=cancel,
+                on_step=functools.partial(_on_modeller_step, recorder),
+                on_message=functools.partial(_on_modeller_message, recorder),
+            )
+            # Lines that arrived but were never processed came after that worker's end.
+            for pod in scenario.pods:
+                for raw in recorder.arrivals[pod]:
+                    if isinstance(raw, bytes):
+                        recorder.line(raw)
+                recorder.arrivals[pod].clear()
+
+            async def drain(pod: str, endpoint: WorkerEndpoint) -> None:
+                lines = await endpoint.drain(DRAIN_WAIT * scale)
+                if pod in recorder.cut:
+                    pass
+                elif pod in recorder.faulted:
+                    recorder.after_fault[pod] += lines
+                else:
+                    for raw in lines:
+                        recorder.line(raw)
+                case.exit_codes[pod] = await endpoint.finish(EXIT_WAIT * scale)
+
+            async with trio.open_nursery() as drains:
+                for pod, endpoint in case.endpoints.items():
+                    drains.start_soon(drain, pod, endpoint)
+        finally:
+            with trio.CancelScope(shield=True):
+                for endpoint in case.endpoints.values():
+                    await endpoint.close()
+            nursery.cancel_scope.cancel()
+    return case
+
+
+async def _raw_first_line(case: WorkerCase, scale: float) -> None:
+    line = case.scenario.first_line
+    assert line is not None
+    for pod, endpoint in case.endpoints.items():
+        if line:
+            with contextlib.suppress(BrokenTransportError):
+                await endpoint.write_raw(line)
+        await endpoint.cut()
+        case.leftovers[pod] = await endpoint.drain(DRAIN_WAIT * scale)
+        case.exit_codes[pod] = await endpoint.finish(EXIT_WAIT * scale)
