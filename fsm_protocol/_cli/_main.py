@@ -44,6 +44,8 @@ EXIT_UNUSABLE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 _SCXML_SUFFIXES = (".scxml", ".xml")
+# Optional dependencies, by the extra that installs them (setup.cfg).
+_EXTRAS = {"cryptography": "net", "hypothesis": "kit"}
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -261,6 +263,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         # e.g. a missing optional dependency: the message says what to install.
         print(f"fsm-protocol {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"fsm-protocol {args.command}: this command needs {exc.name}, which the "
+            f"'{extra}' extra installs: pip install 'fsm-protocol[{extra}]'",
+            file=sys.stderr,
+        )
         return EXIT_UNUSABLE
     except BaseException as exc:
         if _only(exc, KeyboardInterrupt):
