@@ -200,7 +200,7 @@ def _limits(args: argparse.Namespace) -> Limits:
     )
 
 
-def load_protocol_factory(spec: str) -> ProtocolFactory:
+def load_protocol_factory(spec: str) -> ProtocolFactory[Any]:
     """Resolve ``module:attribute`` to a :class:`ProtocolFactory`.
 
     The attribute is a factory, or a callable that takes no arguments and

@@ -16,6 +16,7 @@ else is text in, text out.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import shutil
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 import attrs
 
 from .._base._errors import ConfigError
-from .._core._chart import Chart, State, Transition
+from .._core._chart import DISPLAY_RENDERERS, Chart, State, Transition
 
 GRAPHVIZ_FORMATS = ("svg", "png")
 """The formats :func:`render_graphviz` produces."""
@@ -399,3 +400,18 @@ def to_plantuml(chart: Chart) -> str:
             out.append(f"{state.name} --> [*]")
     out.append("@enduml")
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------- Jupyter
+
+
+def jupyter_bundle(chart: Chart) -> dict[str, str]:
+    """The chart for Jupyter: an SVG when Graphviz is installed, and Mermaid in Markdown."""
+    bundle = {"text/markdown": f"```mermaid\n{to_mermaid(chart)}```\n"}
+    if shutil.which("dot") is not None:
+        with contextlib.suppress(ConfigError):  # the Markdown still shows the chart
+            bundle["image/svg+xml"] = render_graphviz(to_dot(chart), "svg").decode("utf-8")
+    return bundle
+
+
+DISPLAY_RENDERERS.append(jupyter_bundle)

@@ -35,6 +35,7 @@ from .._wire._messages import (
 )
 from ._executor import Executor, Slot, Violation
 from ._transport import Transport
+from ._trio_only import require_trio
 
 
 class TaskStatus(str, enum.Enum):
@@ -490,6 +491,7 @@ async def run_modeller(
     conformance scenario overrides one pod's protocol). ``cancel`` is an
     optional :class:`trio.Event`; setting it cancels the task.
     """
+    require_trio("run_modeller")
     import trio
 
     chart = shipped_chart_for("modeller", BindingNames.from_class(LinkBindings))

@@ -27,6 +27,7 @@ from ._modeller import (
     run_modeller,
 )
 from ._transport import memory_transport_pair
+from ._trio_only import require_trio
 from ._worker import Pod, WorkerReport, run_worker
 
 
@@ -134,8 +135,10 @@ async def run_task(
 
     Raises:
         PodResponseError: ``require_all_pods`` and a pod rejected or did not answer.
-        ConfigError: The protocol is not registered, or two pods share an id.
+        ConfigError: The protocol is not registered, two pods share an id, or it
+            was awaited outside trio (e.g. from asyncio; the message says how to run it).
     """
+    require_trio("run_task")
     ids = [pod.pod_id for pod in pods]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"pod ids must be unique, found {ids}")

@@ -46,6 +46,7 @@ from .._wire._messages import (
 from ._cache import ItemCache
 from ._executor import ActivityContext, Executor, Slot
 from ._transport import Transport
+from ._trio_only import require_trio
 
 _LOG = logging.getLogger("fsm_protocol.runtime")
 
@@ -602,6 +603,7 @@ async def run_worker(
     Returns:
         The worker's own report: its final state, abort reason and item account.
     """
+    require_trio("run_worker")
     chart = shipped_chart_for("worker", BindingNames.from_class(WorkerBindings))
     executor = Executor(options=chart.options, on_step=on_step, on_message=on_message)
     bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
