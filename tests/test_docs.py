@@ -145,3 +145,54 @@ def test_chart_pages_draw_the_chart_inline_at_full_size_with_tooltips(
     for state in chart.states:
         if state.description:
             assert state.description in titles, state.name
+
+
+# ------------------------------------------------------------- the API reference
+
+
+def test_the_api_reference_lists_every_public_name_and_every_field(site: Path) -> None:
+    import attrs
+
+    import fsm_protocol
+    import fsm_protocol.conformance
+    import fsm_protocol.testing
+
+    page = (site / "api" / "index.html").read_text(encoding="utf-8")
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    for module in (fsm_protocol, fsm_protocol.conformance, fsm_protocol.testing):
+        for name in module.__all__:
+            path = f"{module.__name__}.{name}"
+            assert path in ids, f"{path} has no entry in the API reference"
+            value = getattr(module, name)
+            if isinstance(value, type) and attrs.has(value):
+                for field in attrs.fields(value):
+                    if not field.name.startswith("_"):
+                        assert f"{path}.{field.name}" in ids, f"{path}.{field.name} is not listed"
+    # Sphinx roles became links (or code), and every link on the page lands on an entry.
+    assert not re.search(r":(func|class|meth|attr|data|mod|exc):", page)
+    targets = set(re.findall(r'href="#(fsm_protocol[^"]*)"', page))
+    assert targets and targets <= ids, sorted(targets - ids)
+    assert 'href="#fsm_protocol.load_chart"' in page
+
+
+def test_a_broken_reference_fails_the_strict_build(tmp_path: Path) -> None:
+    pytest.importorskip("mkdocs", reason="install the test extra: pip install -e '.[test]'")
+    for name in ("fsm_protocol", "scripts", "statecharts"):
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(DOCS, tmp_path / "docs")
+    api = tmp_path / "docs" / "api.md"
+    api.write_text(
+        api.read_text(encoding="utf-8") + "\nSee [`gone`][fsm_protocol.no_such_name].\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "fsm_protocol.no_such_name" in done.stderr
