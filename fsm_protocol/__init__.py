@@ -46,6 +46,7 @@ from ._base._errors import (
     ProtocolViolation,
     TransportError,
 )
+from ._base._reports import ErrorReport
 from ._core._bindings import BindingNames
 from ._core._chart import Chart, Location, Role, State, Timer, Transition
 from ._core._engine import Event, Machine, Snapshot, Step, snapshot_from_dict, snapshot_to_dict
@@ -109,6 +110,7 @@ __all__ = [
     "Datasource",
     "DecodeError",
     "EchoProtocol",
+    "ErrorReport",
     "Event",
     "FsmProtocolError",
     "HandshakeError",

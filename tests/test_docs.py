@@ -96,18 +96,103 @@ def test_the_guide_has_its_examples() -> None:
 # ------------------------------------------------------------------- the site
 
 
-def test_docs_build_strictly(tmp_path: Path) -> None:
-    """``mkdocs build --strict``: a broken link, anchor or docstring fails the build."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The docs site, built once with ``mkdocs build --strict``."""
     pytest.importorskip("mkdocs", reason="install the test extra: pip install -e '.[test]'")
+    out = tmp_path_factory.mktemp("site")
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    return out
+
+
+def test_docs_build_strictly(site: Path) -> None:
+    """``mkdocs build --strict``: a broken link, anchor or docstring fails the build."""
+    api = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert "run_task" in api and "load_chart" in api
-    assert (tmp_path / "site" / "diagrams" / "worker.svg").is_file()
+    assert (site / "diagrams" / "worker.svg").is_file()
+
+
+@pytest.mark.parametrize("name", ["worker", "modeller"])
+def test_chart_pages_draw_the_chart_inline_at_full_size_with_tooltips(
+    site: Path, name: str
+) -> None:
+    """Inline (not an <img>), unscaled, in a pan/zoom frame, descriptions on hover."""
+    from lxml import html as lxml_html
+
+    from fsm_protocol import shipped_chart
+
+    page = lxml_html.parse(str(site / "diagrams" / "index.html")).getroot()
+    assert not page.xpath(f'//img[contains(@src, "{name}.svg")]')
+    (chart_div,) = page.xpath(f'//div[@class="fsm-chart"][@data-svg="diagrams/{name}.svg"]')
+    (svg,) = chart_div.xpath('.//*[local-name()="svg"]')
+    committed = (DOCS / "diagrams" / f"{name}.svg").read_text(encoding="utf-8")
+    width = re.search(r'<svg width="([0-9.]+pt)"', committed)
+    assert width is not None and svg.get("width") == width.group(1)
+    assert chart_div.xpath('.//button[@data-zoom="in"]') and chart_div.xpath(
+        './/button[@data-zoom="out"]'
+    )
+    assert page.xpath('//script[contains(@src, "js/chart-zoom.js")]')
+    titles = {t.text for t in svg.xpath('.//*[local-name()="title"]')}
+    chart = shipped_chart(name)
+    for state in chart.states:
+        if state.description:
+            assert state.description in titles, state.name
+
+
+# ------------------------------------------------------------- the API reference
+
+
+def test_the_api_reference_lists_every_public_name_and_every_field(site: Path) -> None:
+    import attrs
+
+    import fsm_protocol
+    import fsm_protocol.conformance
+    import fsm_protocol.testing
+
+    page = (site / "api" / "index.html").read_text(encoding="utf-8")
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    for module in (fsm_protocol, fsm_protocol.conformance, fsm_protocol.testing):
+        for name in module.__all__:
+            path = f"{module.__name__}.{name}"
+            assert path in ids, f"{path} has no entry in the API reference"
+            value = getattr(module, name)
+            if isinstance(value, type) and attrs.has(value):
+                for field in attrs.fields(value):
+                    if not field.name.startswith("_"):
+                        assert f"{path}.{field.name}" in ids, f"{path}.{field.name} is not listed"
+    # Sphinx roles became links (or code), and every link on the page lands on an entry.
+    assert not re.search(r":(func|class|meth|attr|data|mod|exc):", page)
+    targets = set(re.findall(r'href="#(fsm_protocol[^"]*)"', page))
+    assert targets and targets <= ids, sorted(targets - ids)
+    assert 'href="#fsm_protocol.load_chart"' in page
+
+
+def test_a_broken_reference_fails_the_strict_build(tmp_path: Path) -> None:
+    pytest.importorskip("mkdocs", reason="install the test extra: pip install -e '.[test]'")
+    for name in ("fsm_protocol", "scripts", "statecharts"):
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(DOCS, tmp_path / "docs")
+    api = tmp_path / "docs" / "api.md"
+    api.write_text(
+        api.read_text(encoding="utf-8") + "\nSee [`gone`][fsm_protocol.no_such_name].\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "fsm_protocol.no_such_name" in done.stderr

@@ -14,8 +14,6 @@ import pytest
 
 import fsm_protocol as fp
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @attrs.frozen
 class Upper:
@@ -73,9 +71,13 @@ async def test_result_keys_sort_after_retries() -> None:
         items=tuple(f"item-{i}" for i in range(1, 9)), batch_size=2, fail_in_batch=("item-3",)
     )
     outcome = await fp.run_task(protocol, [fp.Pod("org/p1")], batched_execution=True)
-    keys = sorted(outcome.results)  # a retry's batch is None: this raised TypeError
-    assert [(k.batch, k.retry) for k in keys] == [(None, 0), (None, 1), (0, None), (2, None)] + [
-        (3, None)
+    keys = sorted(outcome.results)  # a retry has no batch: this raised TypeError
+    assert [(k.batch, k.retry) for k in keys] == [
+        (None, 0),
+        (None, 1),
+        (0, None),
+        (2, None),
+        (3, None),
     ]
 
 
@@ -90,7 +92,9 @@ def test_charts_display_as_diagrams_in_jupyter() -> None:
         assert svg.tag == "{http://www.w3.org/2000/svg}svg"
 
 
-USER_CODE = '''
+USER_CODE = """
+from collections.abc import Sequence
+
 import attrs
 import trio
 
@@ -103,7 +107,7 @@ class Shout:
 
 
 class ShoutWorker:
-    def run_batch(self, items: list[fp.Item], info: fp.BatchInfo) -> list[str]:
+    def run_batch(self, items: Sequence[fp.Item], info: fp.BatchInfo) -> list[str]:
         return [item.name.upper() for item in items]
 
 
@@ -116,9 +120,9 @@ protocols = fp.registry.with_protocol(factory)
 outcome = trio.run(lambda: fp.run_task(Shout(), [fp.Pod("org/p")], protocols=protocols))
 first: fp.ResultKey = sorted(outcome.results)[0]
 errors: tuple[fp.ErrorReport, ...] = outcome.errors
-'''
+"""
 
-WRONG_CONFIG = '''
+WRONG_CONFIG = """
 import fsm_protocol as fp
 
 
@@ -127,7 +131,7 @@ def plan(config: int, context: fp.WorkerContext) -> fp.WorkerPlan:
 
 
 factory = fp.ProtocolFactory("example.Bad", str, worker=plan)
-'''
+"""
 
 
 def _mypy(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
@@ -150,5 +154,5 @@ def test_an_application_type_checks_against_the_installed_package(tmp_path: Path
     done = _mypy(tmp_path, USER_CODE)
     assert done.returncode == 0, done.stdout
     wrong = _mypy(tmp_path, WRONG_CONFIG)
-    assert wrong.returncode == 1
+    assert wrong.returncode == 1, wrong.stdout
     assert 'Argument "worker" to "ProtocolFactory" has incompatible type' in wrong.stdout

@@ -50,7 +50,7 @@ THIRD_PARTY = {
     "_runtime": {"trio"},
     "_net": {"cryptography"},
     "_kit": {"hypothesis"},
-    "_cli": {"rich"},
+    "_cli": {"rich", "shtab"},
     "public": {"hypothesis"},
 }
 ONLY_IN = {"transitions": {"fsm_protocol._core._transitions_adapter"}}

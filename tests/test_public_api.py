@@ -32,6 +32,7 @@ PUBLIC = [
     "Datasource",
     "DecodeError",
     "EchoProtocol",
+    "ErrorReport",
     "Event",
     "FAILURE_LIMIT",
     "FsmProtocolError",

@@ -1,10 +1,13 @@
-"""SCXML export and import: round trips, the W3C schema, and foreign files."""
+"""SCXML export and import: round trips, another implementation loads them, foreign files.
+
+Whether the exported SCXML means what the chart means is checked by running it in
+python-statemachine's SCXML interpreter: tests/test_scxml_interop.py.
+"""
 
 from __future__ import annotations
 
 import json
 import string
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,21 +17,25 @@ from hypothesis import strategies as st
 from fsm_protocol import Chart, ChartError, ConfigError, load_chart_text, shipped_chart
 from fsm_protocol._export._scxml import FSM_NS, SCXML_NS, from_scxml, to_scxml
 
-etree = pytest.importorskip("lxml.etree")
+from .scxml_reference import load
 
-SCHEMA = etree.XMLSchema(etree.parse(str(Path(__file__).parent / "fixtures" / "scxml.xsd")))
+etree = pytest.importorskip("lxml.etree")
 
 
 def assert_valid_scxml(text: str) -> None:
-    """Valid against the schema, and every initial/target names a state (IDREFS)."""
+    """python-statemachine's SCXML reader loads it; ids are unique and every reference resolves.
+
+    python-statemachine accepts a duplicate id and any version, so those two are ours to check.
+    """
+    load(text)
     document = etree.fromstring(text.encode("utf-8"))
-    if not SCHEMA.validate(document):
-        raise AssertionError(f"not valid SCXML:\n{SCHEMA.error_log}")
-    ids = {e.get("id") for e in document.iter(f"{{{SCXML_NS}}}state", f"{{{SCXML_NS}}}final")}
+    assert document.get("version") == "1.0", "SCXML documents are version 1.0"
+    found = [e.get("id") for e in document.iter(f"{{{SCXML_NS}}}state", f"{{{SCXML_NS}}}final")]
+    assert len(found) == len(set(found)), f"duplicate state ids in {found}"
     for element in document.iter():
         for key in ("initial", "target"):
             for ref in (element.get(key) or "").split():
-                assert ref in ids, f"{key}={ref!r} names no state"
+                assert ref in found, f"{key}={ref!r} names no state"
 
 
 # ------------------------------------------------------------- the shipped charts
@@ -42,18 +49,20 @@ def test_shipped_charts_round_trip(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["worker", "modeller"])
-def test_shipped_charts_validate_against_the_scxml_schema(name: str) -> None:
+def test_shipped_charts_load_in_another_scxml_implementation(name: str) -> None:
     assert_valid_scxml(to_scxml(shipped_chart(name)))
 
 
-def test_the_schema_check_catches_broken_documents() -> None:
+def test_the_load_check_catches_broken_documents() -> None:
     text = to_scxml(shipped_chart("worker"))
-    with pytest.raises(AssertionError, match="not valid SCXML"):
+    with pytest.raises(AssertionError, match=r"version 1\.0"):
         assert_valid_scxml(text.replace('version="1.0" datamodel', 'version="2.0" datamodel'))
-    with pytest.raises(AssertionError, match="not valid SCXML"):
+    with pytest.raises(AssertionError, match="duplicate state ids"):
         assert_valid_scxml(text.replace('<state id="idle"', '<state id="vetting"'))
-    with pytest.raises(AssertionError, match="names no state"):
+    with pytest.raises(Exception, match="clsed"):
         assert_valid_scxml(text.replace('target="closed"', 'target="clsed"'))
+    with pytest.raises(Exception, match="no element found"):
+        assert_valid_scxml(text.replace("</scxml>", ""))
 
 
 def test_export_uses_plain_scxml_where_scxml_has_the_concept() -> None:

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Generic, TypeVar, final
 
 import attrs
 import cattrs
 
 from .._base._errors import ConfigError
-from ._algorithms import BatchFailed, BatchInfo, Item, ListDatasource, WorkerAlgorithm
+from ._algorithms import (
+    BatchFailed,
+    BatchInfo,
+    Datasource,
+    Item,
+    ListDatasource,
+    ModellerAlgorithm,
+    WorkerAlgorithm,
+)
+
+C = TypeVar("C")
 
 
 @attrs.frozen
@@ -42,12 +52,15 @@ class WorkerContext:
     """What a protocol factory may use from the worker that runs it."""
 
     pod_id: str
-    datasource: Any
+    datasource: Datasource
 
 
 @attrs.frozen
-class ProtocolFactory:
+class ProtocolFactory(Generic[C]):
     """How one protocol is configured and instantiated on each side.
+
+    Generic in its configuration class ``C``: ``ProtocolFactory("x.Shout", Shout,
+    worker=plan)`` type-checks ``plan`` as taking a ``Shout``.
 
     Args:
         name: The ``class_name`` on the wire.
@@ -57,9 +70,9 @@ class ProtocolFactory:
     """
 
     name: str
-    config_type: type
-    worker: Callable[[Any, WorkerContext], WorkerPlan]
-    modeller: Callable[[Any], Any] | None = None
+    config_type: type[C]
+    worker: Callable[[C, WorkerContext], WorkerPlan]
+    modeller: Callable[[C], ModellerAlgorithm] | None = None
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -99,19 +112,19 @@ _converter = _strict_converter()
 
 
 @final
-class ProtocolRegistry(Mapping[str, ProtocolFactory]):
+class ProtocolRegistry(Mapping[str, ProtocolFactory[Any]]):
     """A read-only mapping from protocol name to factory.
 
     Extend it by composition: ``registry.with_protocol(factory)`` returns a
     new registry and leaves this one as it was.
     """
 
-    def __init__(self, factories: Iterable[ProtocolFactory] = ()) -> None:
-        self._factories: dict[str, ProtocolFactory] = {}
+    def __init__(self, factories: Iterable[ProtocolFactory[Any]] = ()) -> None:
+        self._factories: dict[str, ProtocolFactory[Any]] = {}
         for factory in factories:
             self._factories[factory.name] = factory
 
-    def __getitem__(self, name: str) -> ProtocolFactory:
+    def __getitem__(self, name: str) -> ProtocolFactory[Any]:
         return self._factories[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -123,10 +136,10 @@ class ProtocolRegistry(Mapping[str, ProtocolFactory]):
     def __repr__(self) -> str:
         return f"ProtocolRegistry({sorted(self._factories)})"
 
-    def with_protocol(self, factory: ProtocolFactory) -> ProtocolRegistry:
+    def with_protocol(self, factory: ProtocolFactory[Any]) -> ProtocolRegistry:
         return ProtocolRegistry([*self._factories.values(), factory])
 
-    def factory_for(self, config: object) -> ProtocolFactory:
+    def factory_for(self, config: object) -> ProtocolFactory[Any]:
         for factory in self._factories.values():
             if type(config) is factory.config_type:
                 return factory

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cattrs
 import trio
 from rich.console import Console
 from rich.table import Table
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_VIOLATION = 1
 EXIT_UNUSABLE = 2
+
+# Results as JSON: attrs classes to dicts, enums to their values.
+_JSON = cattrs.Converter()
 
 _STYLES = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.TIMEOUT: "bold yellow"}
 
@@ -68,11 +72,25 @@ def add_check(subparsers: Subparsers) -> None:
         help="a pod known never to answer; the trace may end with it unanswered (repeatable)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only violations")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default), or one JSON document: ok, and each trace's verdict and finding",
+    )
     parser.set_defaults(run=_run_check)
 
 
 def _run_check(args: argparse.Namespace) -> int:
     violations = unusable = 0
+    as_json = args.format == "json"
+    report: list[dict[str, object]] = []
+    failed: list[dict[str, str]] = []
+
+    def cannot(name: str, text: str) -> None:
+        print(f"fsm-protocol check: {name}: {text}", file=sys.stderr)
+        failed.append({"file": name, "error": text})
+
     for name in args.traces:
         checker = TraceChecker(echo=not args.no_echo, unanswered_ok=args.silent_pod)
         try:
@@ -82,22 +100,31 @@ def _run_check(args: argparse.Namespace) -> int:
                 with open(name, "rb") as stream:
                     result = check_stream(stream, checker)
         except FileNotFoundError:
-            print(f"fsm-protocol check: {name}: no such file (check the path)", file=sys.stderr)
+            cannot(name, "no such file (check the path)")
             unusable += 1
             continue
         except IsADirectoryError:
-            print(f"fsm-protocol check: {name}: is a directory", file=sys.stderr)
+            cannot(name, "is a directory")
             unusable += 1
             continue
         except OSError as exc:
-            print(f"fsm-protocol check: {name}: cannot be read: {exc}", file=sys.stderr)
+            cannot(name, f"cannot be read: {exc}")
             unusable += 1
             continue
         if result.finding is not None:
             violations += 1
+        if as_json:
+            entry = _JSON.unstructure(result)
+            entry["file"] = name
+            entry["summary"] = result.summary()
+            report.append(entry)
+        elif result.finding is not None:
             print(result.finding.render(name))
         elif not args.quiet:
             print(f"{name}: {result.summary()}")
+    if as_json:
+        document = {"ok": not violations and not unusable, "traces": report, "unusable": failed}
+        print(json.dumps(document, indent=2, ensure_ascii=False))
     if unusable:
         return EXIT_UNUSABLE
     return EXIT_VIOLATION if violations else EXIT_OK

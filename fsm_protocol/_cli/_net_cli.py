@@ -46,18 +46,6 @@ import trio
 from .._algo._algorithms import ListDatasource
 from .._algo._protocols import ProtocolFactory, ProtocolRegistry, registry
 from .._base._errors import ConfigError, DecodeError, TransportError
-from .._net._auth import (
-    FileSeenJobs,
-    JobSigner,
-    SeenJobs,
-    fingerprint,
-    generate_key,
-    load_private_key,
-    load_public_key,
-    private_key_pem,
-    public_key_text,
-    require_signed_jobs,
-)
 from .._net._tcp import (
     AbsentTransport,
     Limits,
@@ -81,6 +69,9 @@ from .._wire._messages import (
 
 if TYPE_CHECKING:
     import ssl
+    from types import ModuleType
+
+    from .._net._auth import JobSigner, SeenJobs
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -88,6 +79,24 @@ EXIT_OK: Final = 0
 EXIT_NOT_COMPLETE: Final = 1
 EXIT_UNUSABLE: Final = 2
 EXIT_INTERRUPTED: Final = 130
+
+
+def _auth() -> ModuleType:
+    """The signing module, imported when a command signs or checks signatures.
+
+    It needs ``cryptography``, which only the ``net`` extra installs.
+
+    Raises:
+        ConfigError: ``cryptography`` is not installed.
+    """
+    try:
+        return importlib.import_module("fsm_protocol._net._auth")
+    except ImportError as exc:
+        raise ConfigError(
+            f"signed jobs and keys need the cryptography package ({exc}): "
+            "pip install 'fsm-protocol[net]'"
+        ) from None
+
 
 _JOB_DEFAULTS: Final[dict[str, Any]] = {
     "batched_execution": False,
@@ -191,7 +200,7 @@ def _limits(args: argparse.Namespace) -> Limits:
     )
 
 
-def load_protocol_factory(spec: str) -> ProtocolFactory:
+def load_protocol_factory(spec: str) -> ProtocolFactory[Any]:
     """Resolve ``module:attribute`` to a :class:`ProtocolFactory`.
 
     The attribute is a factory, or a callable that takes no arguments and
@@ -658,9 +667,13 @@ def run_modeller_serve(args: argparse.Namespace) -> int:
                 "warning: plain TCP; anyone on the network path can read and change the task "
                 "(use --tls-cert/--tls-key)"
             )
-        signer = JobSigner(load_private_key(args.signing_key)) if args.signing_key else None
+        signer = (
+            _auth().JobSigner(_auth().load_private_key(args.signing_key))
+            if args.signing_key
+            else None
+        )
         if signer is not None:
-            log(f"signing job requests with key {fingerprint(signer.public_key)}")
+            log(f"signing job requests with key {_auth().fingerprint(signer.public_key)}")
         if args.results_dir:
             try:
                 Path(args.results_dir).mkdir(parents=True, exist_ok=True)
@@ -831,9 +844,11 @@ def run_worker_command(args: argparse.Namespace) -> int:
             )
         vet = None
         if args.trust_key:
-            keys = [load_public_key(path) for path in args.trust_key]
-            seen: SeenJobs | None = FileSeenJobs(args.replay_db) if args.replay_db else None
-            vet = require_signed_jobs(keys, pod_id=args.pod_id, max_age_s=args.max_age, seen=seen)
+            keys = [_auth().load_public_key(path) for path in args.trust_key]
+            seen: SeenJobs | None = _auth().FileSeenJobs(args.replay_db) if args.replay_db else None
+            vet = _auth().require_signed_jobs(
+                keys, pod_id=args.pod_id, max_age_s=args.max_age, seen=seen
+            )
         else:
             log("warning: no --trust-key; jobs from any modeller this worker reaches are run")
         pod = Pod(
@@ -934,15 +949,15 @@ def run_keys_generate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_UNUSABLE
-    key = generate_key()
+    key = _auth().generate_key()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if args.force:
             private_path.unlink(missing_ok=True)
         descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as out:
-            out.write(private_key_pem(key))
-        public_path.write_text(public_key_text(key.public_key()) + "\n", encoding="ascii")
+            out.write(_auth().private_key_pem(key))
+        public_path.write_text(_auth().public_key_text(key.public_key()) + "\n", encoding="ascii")
     except OSError as exc:
         print(
             f"fsm-protocol keys generate: cannot write to {folder}: {exc.strerror or exc}",
@@ -951,5 +966,5 @@ def run_keys_generate(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     print(f"wrote {private_path} (private: give it to the modeller, --signing-key)")
     print(f"wrote {public_path} (public: give it to the pods, --trust-key)")
-    print(f"key fingerprint {fingerprint(key.public_key())}")
+    print(f"key fingerprint {_auth().fingerprint(key.public_key())}")
     return EXIT_OK

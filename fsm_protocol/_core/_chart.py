@@ -7,7 +7,7 @@ and the conformance kit all read this model; none of them reads YAML.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 
@@ -122,6 +122,10 @@ class State:
         return bool(self.children)
 
 
+DISPLAY_RENDERERS: list[Callable[[Chart], dict[str, str]]] = []
+"""How a chart shows itself in Jupyter, by MIME type; the export layer adds its diagrams."""
+
+
 @attrs.frozen
 class Chart:
     """A validated chart. Build it with :func:`load_chart`, not by hand."""
@@ -148,6 +152,13 @@ class Chart:
 
     def state(self, name: str) -> State:
         return self._index[name]
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
+        """Jupyter shows a chart as its diagram (renderers come from the export layer)."""
+        bundle = {"text/plain": f"<Chart {self.name}: {len(self.states)} states>"}
+        for render in DISPLAY_RENDERERS:
+            bundle.update(render(self))
+        return bundle
 
     def has_state(self, name: str) -> bool:
         return name in self._index

@@ -100,6 +100,9 @@ def _describe(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"the number {value!r}"
     if isinstance(value, str):
+        # Never echo a whole file (an XML or JSON file read as YAML is one long string).
+        if len(value) > 60:
+            return f"a string of {len(value)} characters starting {value[:40]!r}"
         return f"the string {value!r}"
     if isinstance(value, list):
         return "a list"

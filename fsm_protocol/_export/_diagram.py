@@ -16,6 +16,7 @@ else is text in, text out.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import shutil
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 import attrs
 
 from .._base._errors import ConfigError
-from .._core._chart import Chart, State, Transition
+from .._core._chart import DISPLAY_RENDERERS, Chart, State, Transition
 
 GRAPHVIZ_FORMATS = ("svg", "png")
 """The formats :func:`render_graphviz` produces."""
@@ -286,12 +287,13 @@ def render_graphviz(dot_text: str, format: str, *, dot: str = "dot") -> bytes:
 # ----------------------------------------------------------------- Mermaid
 
 
-_MERMAID_SPECIAL = re.compile(r"[#;<>\n]")
+_MERMAID_SPECIAL = re.compile(r"[#;:<>\n]")
 
 
 def mermaid_text(text: str) -> str:
     """``text`` on one line, with Mermaid's special characters as entity codes."""
-    # Mermaid reads '#', ';' and HTML as syntax; its entity codes show them as written.
+    # Mermaid reads '#', ';', ':' and HTML as syntax (':' starts a state's description
+    # or a label); its entity codes (``#58;``) show them as written.
     return _MERMAID_SPECIAL.sub(lambda m: " " if m.group() == "\n" else f"#{ord(m.group())};", text)
 
 
@@ -398,3 +400,18 @@ def to_plantuml(chart: Chart) -> str:
             out.append(f"{state.name} --> [*]")
     out.append("@enduml")
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------- Jupyter
+
+
+def jupyter_bundle(chart: Chart) -> dict[str, str]:
+    """The chart for Jupyter: an SVG when Graphviz is installed, and Mermaid in Markdown."""
+    bundle = {"text/markdown": f"```mermaid\n{to_mermaid(chart)}```\n"}
+    if shutil.which("dot") is not None:
+        with contextlib.suppress(ConfigError):  # the Markdown still shows the chart
+            bundle["image/svg+xml"] = render_graphviz(to_dot(chart), "svg").decode("utf-8")
+    return bundle
+
+
+DISPLAY_RENDERERS.append(jupyter_bundle)

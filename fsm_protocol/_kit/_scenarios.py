@@ -779,7 +779,7 @@ def generated_scenarios(role: Role, *, seed: int, count: int) -> tuple[Scenario,
         from hypothesis import strategies as st
     except ImportError:
         raise ConfigError(
-            "generated scenarios need Hypothesis: pip install hypothesis, or run only the"
+            "generated scenarios need Hypothesis: pip install 'fsm-protocol[kit]', or run only the"
             " named scenarios (--generated 0)"
         ) from None
 

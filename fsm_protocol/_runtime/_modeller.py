@@ -35,6 +35,7 @@ from .._wire._messages import (
 )
 from ._executor import Executor, Slot, Violation
 from ._transport import Transport
+from ._trio_only import require_trio
 
 
 class TaskStatus(str, enum.Enum):
@@ -54,11 +55,15 @@ class ResultKey:
     without one (non-batched, or a resilience retry) has ``batch`` None and
     ``retry`` counting from 0 in arrival order for that worker. ``algorithm``
     is ``meta.algorithm_index``: a batch may carry one result per algorithm.
+
+    Keys sort by worker, then batch, then retry, then algorithm, a missing
+    batch or retry first: ``sorted(outcome.results)`` lists each worker's
+    retries, then its batches in order.
     """
 
     worker: str
-    batch: int | None = None
-    retry: int | None = None
+    batch: int | None = attrs.field(default=None, order=lambda v: -1 if v is None else v)
+    retry: int | None = attrs.field(default=None, order=lambda v: -1 if v is None else v)
     algorithm: int = 0
 
 
@@ -486,6 +491,7 @@ async def run_modeller(
     conformance scenario overrides one pod's protocol). ``cancel`` is an
     optional :class:`trio.Event`; setting it cancels the task.
     """
+    require_trio("run_modeller")
     import trio
 
     chart = shipped_chart_for("modeller", BindingNames.from_class(LinkBindings))

@@ -13,6 +13,7 @@ import trio
 
 from .._algo._protocols import ProtocolRegistry, registry
 from .._base._errors import ConfigError, PodResponseError
+from .._base._reports import ErrorReport
 from .._core._engine import Step
 from .._wire._messages import AbortReason, JobRequestBody, Message
 from ._executor import Violation
@@ -26,6 +27,7 @@ from ._modeller import (
     run_modeller,
 )
 from ._transport import memory_transport_pair
+from ._trio_only import require_trio
 from ._worker import Pod, WorkerReport, run_worker
 
 
@@ -53,9 +55,10 @@ class TaskOutcome:
     """Everything a task produced, however it ended.
 
     ``results`` are keyed by :class:`ResultKey` (worker, batch id or retry);
-    results received before an abort are kept. ``failed_items`` and
-    ``worker_reports`` come from in-process workers, which report their own
-    account of every item.
+    results received before an abort are kept. ``failed_items``,
+    ``worker_reports`` and ``errors`` come from in-process workers, which report
+    their own account of every item; ``errors`` holds every exception their
+    algorithm, datasource or hooks raised, with its traceback, in pod order.
     """
 
     task_id: str
@@ -68,6 +71,7 @@ class TaskOutcome:
     violations: tuple[Violation, ...] = ()
     final_result: Any = None
     worker_reports: Mapping[str, WorkerReport] = attrs.field(factory=dict)
+    errors: tuple[ErrorReport, ...] = ()
 
     def results_for(self, worker: str) -> dict[ResultKey, Any]:
         return {k: v for k, v in self.results.items() if k.worker == worker}
@@ -120,7 +124,8 @@ async def run_task(
         task_id: Defaults to a fresh random id.
         timeouts: Every wait, modeller and worker side.
         hooks: Callbacks on steps, messages, progress, and around the run.
-        protocols: Where ``protocol`` is registered.
+        protocols: Where ``protocol`` is registered; also the protocols of every
+            pod that has no registry of its own.
         modeller_algorithm: The modeller half; by default the protocol's own.
         cancel: Set this event to cancel the task (TASK_CANCEL to every worker).
         overrides: Per-pod replacements for fields of the protocol JSON.
@@ -130,8 +135,10 @@ async def run_task(
 
     Raises:
         PodResponseError: ``require_all_pods`` and a pod rejected or did not answer.
-        ConfigError: The protocol is not registered, or two pods share an id.
+        ConfigError: The protocol is not registered, two pods share an id, or it
+            was awaited outside trio (e.g. from asyncio; the message says how to run it).
     """
+    require_trio("run_task")
     ids = [pod.pod_id for pod in pods]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"pod ids must be unique, found {ids}")
@@ -166,6 +173,8 @@ async def run_task(
 
     async def serve(pod: Pod, transport: Any) -> None:
         on_step, on_message = _hook(hooks, "worker", pod.pod_id)
+        if pod.registry is None:
+            pod = attrs.evolve(pod, registry=protocols)
         try:
             reports[pod.pod_id] = await run_worker(
                 pod, transport, on_step=on_step, on_message=on_message
@@ -206,6 +215,7 @@ async def run_task(
         violations=run.violations,
         final_result=run.final_result,
         worker_reports=reports,
+        errors=tuple(e for pod_id in ids if pod_id in reports for e in reports[pod_id].errors),
     )
     if run.pods_missing:
         raise PodResponseError(

@@ -7,6 +7,7 @@ ends it. Which event is allowed, and where it leads, is the chart's business.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from .._algo._algorithms import (
 )
 from .._algo._protocols import ProtocolRegistry, UsageLimit, WorkerContext, WorkerPlan, registry
 from .._base._errors import ConfigError, DecodeError
+from .._base._reports import ErrorReport, log_error_report
 from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine
 from .._core._shipped import shipped_chart_for
@@ -44,6 +46,9 @@ from .._wire._messages import (
 from ._cache import ItemCache
 from ._executor import ActivityContext, Executor, Slot
 from ._transport import Transport
+from ._trio_only import require_trio
+
+_LOG = logging.getLogger("fsm_protocol.runtime")
 
 FAILURE_LIMIT = 5
 """Consecutive failed batches after which a worker gives up (the platform's default)."""
@@ -57,7 +62,10 @@ class Pod:
         pod_id: Its identifier, ``owner/name`` by convention.
         datasource: Its items. Protocols such as Echo bring their own.
         results_dir: Where its caches live; needed for ``run_on_new_data_only``.
-        registry: The protocols it can run.
+        registry: The protocols it can run. None (the default) means the protocols
+            of the task: ``run_task(..., protocols=...)`` gives them to every pod
+            without one of its own; a worker serving on its own uses the default
+            registry.
         vet: Called with the job request before accepting; return a reject
             reason and details to refuse the job (authorisation hooks in here).
     """
@@ -65,7 +73,7 @@ class Pod:
     pod_id: str
     datasource: Datasource = attrs.field(factory=ListDatasource)
     results_dir: Path | None = None
-    registry: ProtocolRegistry = registry
+    registry: ProtocolRegistry | None = None
     vet: Callable[[Message, JobRequestBody], tuple[RejectReason, Sequence[str]] | None] | None = (
         attrs.field(default=None, eq=False)
     )
@@ -84,6 +92,7 @@ class WorkerReport:
     cut: tuple[str, ...] = ()
     not_run: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
+    errors: tuple[ErrorReport, ...] = ()
 
 
 @attrs.frozen
@@ -141,6 +150,19 @@ class WorkerBindings:
         self.abort: _Abort | None = None
         self.online_tokens = 0
         self.cache: ItemCache | None = None
+        self.errors: list[ErrorReport] = []
+        self.last_error: BaseException | None = None
+
+    def _user_error(
+        self, where: str, error: BaseException, items: Sequence[Item] = (), *, retried: bool = False
+    ) -> None:
+        """Keep and log an exception from user code; ``retried`` when its items get another go."""
+        report = ErrorReport.from_exception(
+            error, where=where, pod_id=self.pod.pod_id, items=tuple(i.name for i in items)
+        )
+        self.errors.append(report)
+        self.last_error = error
+        log_error_report(_LOG, report, error, level=logging.WARNING if retried else logging.ERROR)
 
     # ----------------------------------------------------------- messages
 
@@ -249,6 +271,9 @@ class WorkerBindings:
     def _set_abort(self, reason: AbortReason, message: str, error: Any = None) -> None:
         if self.abort is None:
             err = error if isinstance(error, BaseException) else None
+            if err is None and reason is AbortReason.WORKER_ERROR:
+                # e.g. no batch and no retry succeeded: the last error is the one to show.
+                err = self.last_error
             self.abort = _Abort(reason, message, err)
 
     def action_note_cancelled(self, event: Event) -> None:
@@ -302,8 +327,9 @@ class WorkerBindings:
                 return
         try:
             self._apply_options(job)
-            self.config = self.pod.registry.load(job.protocol)
-            factory = self.pod.registry[job.protocol["class_name"]]
+            protocols = self.pod.registry if self.pod.registry is not None else registry
+            self.config = protocols.load(job.protocol)
+            factory = protocols[job.protocol["class_name"]]
             self.plan = factory.worker(
                 self.config, WorkerContext(self.pod.pod_id, self.pod.datasource)
             )
@@ -313,6 +339,10 @@ class WorkerBindings:
                 raise ConfigError("run_on_new_data_only needs the pod to have a results folder")
         except ConfigError as exc:
             self._reject(ctx, RejectReason.TASK_SETUP_ERROR, [str(exc)])
+            return
+        except Exception as exc:  # the protocol's worker factory (or its datasource) raised
+            self._user_error("worker_plan", exc)
+            self._reject(ctx, RejectReason.TASK_SETUP_ERROR, [f"{type(exc).__name__}: {exc}"])
             return
         self.usage = self.plan.usage_limit
         ctx.send(self.message(MessageType.JOB_ACCEPT, {"ACCEPT": self.pod.pod_id}))
@@ -335,6 +365,7 @@ class WorkerBindings:
         try:
             self.items = self._select_items(list(self.plan.items), self.job)
         except Exception as exc:  # a datasource failure is the worker's error, reported
+            self._user_error("datasource", exc)
             ctx.post("worker_error", exc)
             return
         ctx.send(self.message(MessageType.PREPARING_DATA))
@@ -369,6 +400,7 @@ class WorkerBindings:
             try:
                 await call_maybe_async(setup)
             except Exception as exc:
+                self._user_error("setup", exc)
                 ctx.post("worker_error", exc)
                 return
         ctx.send(self.message(MessageType.CONFIGURING_TASK))
@@ -397,6 +429,7 @@ class WorkerBindings:
             try:
                 await call_maybe_async(hook, self.setup_values)
             except Exception as exc:
+                self._user_error("initial_setup", exc)
                 ctx.post("worker_error", exc)
                 return
         ctx.post("setup_done")
@@ -478,6 +511,7 @@ class WorkerBindings:
         try:
             results = await self._run(items, BatchInfo(None))
         except Exception as exc:
+            self._user_error("run_batch", exc, items)
             self._fail(items, exc)
             ctx.post("run_failed", exc)
             return
@@ -490,6 +524,7 @@ class WorkerBindings:
         try:
             results = await self._run(items, BatchInfo(batch_id))
         except Exception as exc:
+            self._user_error("run_batch", exc, items, retried=True)
             self.retry_queue.extend(items)
             ctx.post("batch_failed", exc)
         else:
@@ -507,6 +542,7 @@ class WorkerBindings:
             try:
                 results = await self._run([item], BatchInfo(None, retry=True))
             except Exception as exc:
+                self._user_error("run_batch", exc, [item])
                 self._fail([item], exc)
                 continue
             if not self._deliver(ctx, [item], results, None):
@@ -520,6 +556,7 @@ class WorkerBindings:
             try:
                 await call_maybe_async(hook)
             except Exception as exc:
+                self._user_error("final_step", exc)
                 ctx.post("worker_error", exc)
                 return
         ctx.send(self.message(MessageType.BATCHES_COMPLETE, "TASK_COMPLETE"))
@@ -549,6 +586,7 @@ class WorkerBindings:
             cut=tuple(self.cut),
             not_run=tuple(not_run),
             skipped=tuple(self.skipped),
+            errors=tuple(self.errors),
         )
 
 
@@ -565,6 +603,7 @@ async def run_worker(
     Returns:
         The worker's own report: its final state, abort reason and item account.
     """
+    require_trio("run_worker")
     chart = shipped_chart_for("worker", BindingNames.from_class(WorkerBindings))
     executor = Executor(options=chart.options, on_step=on_step, on_message=on_message)
     bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
