@@ -332,27 +332,25 @@ def test_a_second_cancel_is_a_violation() -> None:
     assert finding is not None and "only at most once" in finding.message
 
 
-def test_the_modellers_messages_to_different_pods_may_arrive_out_of_seq_order() -> None:
+def test_the_modellers_seq_rises_by_one_in_write_order_whatever_the_recipient() -> None:
+    """E-2.6, strict: two links, but one counter, checked in the order written."""
     trace = _Trace().opening("a", "b")
     trace.m("TASK_START", "a").m("TASK_START", "b")
     a_start, b_start = trace.lines[-2], trace.lines[-1]
-    trace.lines[-2:] = [b_start, a_start]  # seq 3 before seq 2: two links, two streams
-    for pod in ("a", "b"):
-        trace.w("EVALUATION_RESULTS", pod, {"items": ["i0"]}, batch_number=None)
-        trace.w("BATCHES_COMPLETE", pod, "TASK_COMPLETE")
-    trace.m("TASK_COMPLETE", "a").m("TASK_COMPLETE", "b")
-    assert check_trace(trace.lines).ok
+    trace.lines[-2:] = [b_start, a_start]  # seq 3 before seq 2
+    finding = check_trace(trace.lines).finding
+    assert finding is not None and finding.rule == "E-2.6"
+    assert finding.line == len(trace.lines) - 1
+    assert finding.message.startswith("seq 3 from the modeller in task 't'; expected 2")
 
 
-def test_a_modeller_seq_that_never_appears_is_reported_at_the_end() -> None:
+def test_a_modeller_seq_gap_is_reported_where_it_happens() -> None:
     trace = _Trace().opening("a")
     trace.seq["modeller"] += 1  # skips one number
     trace.m("TASK_START", "a")
-    trace.w("EVALUATION_RESULTS", "a", {"items": ["i0"]}, batch_number=None)
-    trace.w("BATCHES_COMPLETE", "a", "TASK_COMPLETE").m("TASK_COMPLETE", "a")
     finding = check_trace(trace.lines).finding
-    assert finding is not None and finding.line == len(trace.lines) + 1
-    assert "seq 1 from the modeller" in finding.message and "never appeared" in finding.message
+    assert finding is not None and finding.rule == "E-2.6"
+    assert finding.line == len(trace.lines) and "expected 1" in finding.message
 
 
 def test_a_repeated_modeller_seq_is_a_violation() -> None:
@@ -360,7 +358,7 @@ def test_a_repeated_modeller_seq_is_a_violation() -> None:
     trace.seq["modeller"] -= 1
     trace.m("TASK_START", "a")
     finding = check_trace(trace.lines).finding
-    assert finding is not None and "was used before" in finding.message
+    assert finding is not None and "was used before; expected 2" in finding.message
 
 
 def test_a_message_for_an_unknown_task_or_pod_is_a_violation() -> None:
