@@ -452,10 +452,8 @@ class _Task:
         "checker",
         "links",
         "modeller",
-        "names",
         "next_seq",
         "own_abort",
-        "plans",
         "task_id",
     )
 
@@ -467,9 +465,6 @@ class _Task:
         self.next_seq = 0
         self.barrier_open = False
         self.own_abort: str | None = None
-        # Echo predictions by job: the pods of a task usually share one, and its item names.
-        self.plans: dict[tuple[str, bool, bool], _EchoAccount] = {}
-        self.names: dict[str, str] = {}
 
     def ended(self) -> bool:
         """Every link has reached a final state, and none owes anything more."""
@@ -816,8 +811,10 @@ Problem = tuple[str, str]
 """A rule id and what broke it."""
 
 
-def _batch_name(batch: int | None) -> str:
-    return "a retried item" if batch is None else f"batch {batch}"
+def _batch_name(batch: int | None, batched: bool = True) -> str:
+    if batch is None:
+        return "a retried item" if batched else "the single run"
+    return f"batch {batch}"
 
 
 class _EchoAccount:
@@ -1030,12 +1027,12 @@ class _EchoAccount:
                 where[name] = (k, delivery.batch)
         seen: set[str] = set()
         for name in got:
+            if self.test_run and name not in self.items and name in self.protocol.items:
+                return "W-5.9", (
+                    f"item {name!r} was delivered, but a test_run processes only the first"
+                    f" item ({self.items[0]!r})"
+                )
             if name not in prediction.fates:
-                if self.test_run and name in self.protocol.items:
-                    return "W-5.9", (
-                        f"item {name!r} was delivered, but a test_run processes only the first"
-                        f" item ({self.items[0]!r})"
-                    )
                 return "W-5.4", f"item {name!r} is not one of the job's items"
             if name in seen:
                 return "W-5.10", f"item {name!r} appears twice in one EVALUATION_RESULTS"
@@ -1069,7 +1066,7 @@ class _EchoAccount:
             return "W-5.4", "EVALUATION_RESULTS, but Echo predicts no more results"
         exp_batch, exp_items = expected
         if batch != exp_batch:
-            if batch is not None and exp_batch is not None and batch < self.batches:
+            if batch is not None and batch < self.batches:
                 size = self.protocol.batch_size
                 failing = [
                     n
@@ -1082,8 +1079,9 @@ class _EchoAccount:
                         f" {failing[0]!r} fails in a batch), so it sends no results"
                     )
             return "W-5.4", (
-                f"results for {_batch_name(batch)}, but Echo predicts the next results are for"
-                f" {_batch_name(exp_batch)} with items {list(exp_items)}"
+                f"results for {_batch_name(batch, self.batched)}, but Echo predicts the next"
+                f" results are for {_batch_name(exp_batch, self.batched)} with items"
+                f" {list(exp_items)}"
             )
         lost = [name for name in exp_items if name not in seen]
         if lost:
@@ -1094,10 +1092,11 @@ class _EchoAccount:
                 rule = "W-5.8"
             return rule, (
                 f"item(s) {', '.join(map(repr, lost))} lost: Echo predicts the results of"
-                f" {_batch_name(batch)} hold {list(exp_items)}{hint}, found {got}"
+                f" {_batch_name(batch, self.batched)} hold {list(exp_items)}{hint}, found {got}"
             )
         return "W-5.4", (
-            f"results of {_batch_name(batch)} hold {got}, but Echo predicts {list(exp_items)}"
+            f"results of {_batch_name(batch, self.batched)} hold {got}, but Echo predicts"
+            f" {list(exp_items)}"
         )
 
     def batches_complete(self, link: _Link, kind: str) -> Problem | None:
@@ -1127,7 +1126,7 @@ class _EchoAccount:
         if expected is not None:
             return "W-5.10", (
                 f'BATCHES_COMPLETE "TASK_COMPLETE" before the results of'
-                f" {_batch_name(expected[0])}: item(s) {list(expected[1])} lost"
+                f" {_batch_name(expected[0], self.batched)}: item(s) {list(expected[1])} lost"
             )
         return None
 
@@ -1146,8 +1145,8 @@ class _EchoAccount:
         expected = self.next_delivery()
         if expected is not None:
             return "W-5.10", (
-                f"TASK_ABORT({reason}) before the results of {_batch_name(expected[0])}:"
-                f" item(s) {list(expected[1])} lost"
+                f"TASK_ABORT({reason}) before the results of"
+                f" {_batch_name(expected[0], self.batched)}: item(s) {list(expected[1])} lost"
             )
         return None
 
@@ -1194,6 +1193,9 @@ class TraceChecker:
         self.tasks: dict[str, _Task] = {}
         # Ids of ended tasks still kept, oldest first.
         self.ended: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Echo predictions by job, shared by the pods and tasks that run the same job
+        # (a prediction never changes; a pod's account copies it and keeps its own progress).
+        self.plans: dict[tuple[str, bool, bool], _EchoAccount] = {}
         self.task_count = 0
         self.pod_count = 0
         self.dropped = 0
@@ -1439,10 +1441,6 @@ class TraceChecker:
         if account.problem is None and link.accepted:
             as_predicted = not link.row and not link.cancel_sent and account.next == account.total
             link.summary = account.summary(link.task.task_id, link.pod, as_predicted)
-        task = link.task
-        if all(not other.row for other in task.links.values()):
-            task.plans.clear()
-            task.names.clear()
 
     def _decode(self, raw: bytes | str) -> Any:
         """The slow path: decode() judges the line; the JSON object, or None to skip it."""
@@ -1500,9 +1498,12 @@ class TraceChecker:
         if self.echo and protocol.get("class_name") == ECHO:
             test_run = body.get("test_run") is True
             key = (json.dumps(protocol, sort_keys=True), link.batched, test_run)
-            plan = task.plans.get(key)
+            plans = self.plans
+            plan = plans.get(key)
             if plan is None:
-                plan = task.plans[key] = _EchoAccount(body, task.names)
+                plan = plans[key] = _EchoAccount(body, {})
+                if len(plans) > _MAX_PLANS:
+                    del plans[next(iter(plans))]
             # The prediction is shared and never changes; only the progress is the link's.
             link.account = copy.copy(plan)
         task.links[pod] = link
@@ -1807,6 +1808,7 @@ KEEP_ENDED: Final = 1000
 MAX_ACCOUNTS: Final = 10_000
 """Item accounts kept one by one in a :class:`CheckResult`; the totals count every worker."""
 _MAX_TOKENS: Final = 64
+_MAX_PLANS: Final = 16
 
 # States where the modeller, not the worker, has to speak next.
 _MODELLER_SPEAKS: Final = frozenset({"single_ready", "batch_ready", "final_step"})
