@@ -24,8 +24,15 @@ crossing. So a modeller message that reaches a worker after that worker's
 ``TASK_ABORT`` is judged against the state the worker was in before the abort
 (spec section 4: a cancel that crosses the worker's abort is valid).
 
-Memory stays constant in the length of the trace: per worker, a few counters,
-and with ``conformance.Echo`` a compact prediction of its results.
+Every violation cites the rule it breaks, by its id in the rule book
+(:mod:`fsm_protocol._check._rules`): a decode error by the field it names, a
+refused message by its state, a false guard by the guard, the Echo account by
+the prediction it contradicts. Each sender's seq must rise by exactly 1 in the
+order the lines were written (E-2.6), the modeller's included.
+
+Memory is bounded by the tasks still open: per worker, a few counters, and with
+``conformance.Echo`` a compact prediction of its results; a task's monitors are
+dropped once it has ended and :data:`KEEP_ENDED` more tasks have ended since.
 """
 
 from __future__ import annotations
@@ -1364,10 +1371,12 @@ class TraceChecker:
         if sender == task.modeller:
             if typ in _WORKER_ONLY:
                 self.violate(
-                    None, f"the modeller ({sender}) sent {typ}, which only workers send", "M-3.1"
+                    task.links.get(recipient),
+                    f"the modeller ({sender}) sent {typ}, which only workers send",
+                    "M-3.1",
                 )
             if seq != task.next_seq:
-                self._bad_seq(sender, seq, task.next_seq, task)
+                self._bad_seq(sender, seq, task.next_seq, task, task.links.get(recipient))
             task.next_seq = seq + 1
             link = task.links.get(recipient)
             if link is None:
@@ -1383,7 +1392,7 @@ class TraceChecker:
         else:
             if typ in _MODELLER_ONLY:
                 self.violate(
-                    None,
+                    task.links.get(sender),
                     f"{sender!r} sent {typ}, which only the modeller sends (the modeller of task"
                     f" {task.task_id!r} is {task.modeller!r})",
                     "W-3.2",

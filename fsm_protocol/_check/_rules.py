@@ -596,10 +596,10 @@ RULES: Final[tuple[Rule, ...]] = (
         WORKER,
         "A worker that wants to be tested supports conformance.Echo: it accepts a valid Echo job.",
         "kit: TraceChecker(require_echo_accept=True); not a trace rule",
-        "worker:single-run",
         reading="Permissive for traces: the spec never requires a pod to accept a job (any"
         " JOB_REJECT reason is a valid answer), so `fsm-protocol check` does not flag a"
-        " rejection. Only the kit, which needs the worker to run the job, expects it.",
+        " rejection. Only the kit, which needs the worker to run the job, may expect it, by"
+        " checking its traces with require_echo_accept=True (it does not yet).",
         by=KIT,
     ),
     _r(
