@@ -1456,10 +1456,22 @@ class TraceChecker:
         try:
             message = decode(raw, max_line_bytes=self.max_line_bytes)
         except DecodeError as exc:
-            self.violate(None, f"invalid message: {exc}", _decode_rule(exc, raw))
+            self.violate(self._link_of(raw), f"invalid message: {exc}", _decode_rule(exc, raw))
         if message.type.value == "CONFORMANCE_SCENARIO":
             return None  # The kit's control line, not part of any task.
         return _json_decoder.decode(raw.decode() if isinstance(raw, bytes) else raw)
+
+    def _link_of(self, raw: bytes | str) -> _Link | None:
+        """The monitor an invalid line seems to belong to, to show its pod and state."""
+        try:
+            obj = _json_decoder.decode(raw.decode() if isinstance(raw, bytes) else raw)
+            task = self.tasks.get(obj["task_id"])
+            if task is None:
+                return None
+            pod = obj["recipient"] if obj["sender"] == task.modeller else obj["sender"]
+            return task.links.get(pod)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return None
 
     def _bad_seq(
         self, sender: str, seq: int, expected: int, task: _Task, link: _Link | None = None
