@@ -564,3 +564,35 @@ def test_memory_is_bounded_by_the_open_tasks() -> None:
     assert status == 0 and "conforms: 8000000 lines, 1000000 tasks" in out, out
     assert "1000000 delivered" in out
     assert large < 100 and large < small * 1.25, (small, large)
+
+
+_DROP_KEY = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("v", 1.0, "E-2.2"),
+        ("type", "NOPE", "E-2.3"),
+        ("sender", 7, "E-2.4"),
+        ("seq", -1, "E-2.5"),
+        ("body", _DROP_KEY, "E-2.7"),
+        ("meta", None, "E-2.8"),
+        ("meta", {"reason": 5}, "E-2.9"),
+        ("extra", 1, "E-2.1"),
+        ("task_id", _DROP_KEY, "E-2.1"),
+    ],
+)
+def test_an_invalid_line_cites_the_envelope_rule_of_its_field(
+    key: str, value: Any, rule: str
+) -> None:
+    lines = _valid_lines()
+    obj = json.loads(lines[3])
+    if value is _DROP_KEY:
+        del obj[key]
+    else:
+        obj[key] = value
+    checker = TraceChecker()
+    checker.feed_lines(lines[:3])
+    finding = checker.feed(json.dumps(obj))
+    assert finding is not None and finding.rule == rule, finding
