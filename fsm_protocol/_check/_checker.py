@@ -961,7 +961,9 @@ class _EchoAccount:
                     f"CURRENT_BATCH_ID {batch}, but Echo with {len(self.items)} items in batches"
                     f" of {self.protocol.batch_size} has batches 0 to {self.batches - 1} only"
                 )
-            return self.skipped(batch, f"CURRENT_BATCH_ID {batch}")
+            if self.next < self.total and -1 < self.batch_of[self.next] < batch:
+                return self.skipped(batch, f"CURRENT_BATCH_ID {batch}")
+            return None
         if typ == "BATCHES_COMPLETE":
             return self.batches_complete(link, obj["body"])
         if typ == "TASK_ABORT":
