@@ -84,7 +84,8 @@ class Finding:
         """The finding as a person reads it: location, reason, then the details."""
         lines = [f"{source}:{self.line}: {self.message}"]
         if self.rule is not None:
-            lines.append(f"  rule:     {self.rule}: {RULE_BY_ID[self.rule].text}")
+            rule = RULE_BY_ID.get(self.rule)
+            lines.append(f"  rule:     {self.rule}" + (f": {rule.text}" if rule else ""))
         if self.text is not None:
             lines.append(f"  line:     {self.text}")
         if self.pod is not None:
