@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +187,7 @@ _MUTATIONS = st.sampled_from(
         ("body", -2),
         ("body", None),
         ("meta", []),
+        ("meta", None),
         ("meta", {"batch_number": -1}),
         ("meta", {"batch_number": True}),
         ("meta", {"algorithm_index": None}),
@@ -332,27 +337,25 @@ def test_a_second_cancel_is_a_violation() -> None:
     assert finding is not None and "only at most once" in finding.message
 
 
-def test_the_modellers_messages_to_different_pods_may_arrive_out_of_seq_order() -> None:
+def test_the_modellers_seq_rises_by_one_in_write_order_whatever_the_recipient() -> None:
+    """E-2.6, strict: two links, but one counter, checked in the order written."""
     trace = _Trace().opening("a", "b")
     trace.m("TASK_START", "a").m("TASK_START", "b")
     a_start, b_start = trace.lines[-2], trace.lines[-1]
-    trace.lines[-2:] = [b_start, a_start]  # seq 3 before seq 2: two links, two streams
-    for pod in ("a", "b"):
-        trace.w("EVALUATION_RESULTS", pod, {"items": ["i0"]}, batch_number=None)
-        trace.w("BATCHES_COMPLETE", pod, "TASK_COMPLETE")
-    trace.m("TASK_COMPLETE", "a").m("TASK_COMPLETE", "b")
-    assert check_trace(trace.lines).ok
+    trace.lines[-2:] = [b_start, a_start]  # seq 3 before seq 2
+    finding = check_trace(trace.lines).finding
+    assert finding is not None and finding.rule == "E-2.6"
+    assert finding.line == len(trace.lines) - 1
+    assert finding.message.startswith("seq 3 from the modeller in task 't'; expected 2")
 
 
-def test_a_modeller_seq_that_never_appears_is_reported_at_the_end() -> None:
+def test_a_modeller_seq_gap_is_reported_where_it_happens() -> None:
     trace = _Trace().opening("a")
     trace.seq["modeller"] += 1  # skips one number
     trace.m("TASK_START", "a")
-    trace.w("EVALUATION_RESULTS", "a", {"items": ["i0"]}, batch_number=None)
-    trace.w("BATCHES_COMPLETE", "a", "TASK_COMPLETE").m("TASK_COMPLETE", "a")
     finding = check_trace(trace.lines).finding
-    assert finding is not None and finding.line == len(trace.lines) + 1
-    assert "seq 1 from the modeller" in finding.message and "never appeared" in finding.message
+    assert finding is not None and finding.rule == "E-2.6"
+    assert finding.line == len(trace.lines) and "expected 1" in finding.message
 
 
 def test_a_repeated_modeller_seq_is_a_violation() -> None:
@@ -360,7 +363,7 @@ def test_a_repeated_modeller_seq_is_a_violation() -> None:
     trace.seq["modeller"] -= 1
     trace.m("TASK_START", "a")
     finding = check_trace(trace.lines).finding
-    assert finding is not None and "was used before" in finding.message
+    assert finding is not None and "was used before; expected 2" in finding.message
 
 
 def test_a_message_for_an_unknown_task_or_pod_is_a_violation() -> None:
@@ -440,3 +443,156 @@ def test_benchmark_generator_makes_a_conforming_trace() -> None:
     assert len(lines) == 3 * (2 * 7 + 12)
     result = check_trace(lines)
     assert result.ok and sum(a.delivered for a in result.accounts) == 21
+
+
+# ------------------------------------------------- verdicts the rule book changed
+
+
+def test_a_pod_may_reject_a_valid_job() -> None:
+    """W-5.1: the spec never requires accepting; only the kit expects a valid Echo job run."""
+    trace = _Trace()
+    job = json.loads(_Trace().opening("a").lines[0])["body"]
+    trace.m("JOB_REQUEST", "a", job).w("JOB_REJECT", "a", {"NO_ACCESS": ["not allowed"]})
+    assert check_trace(trace.lines).ok
+    kit = TraceChecker(require_echo_accept=True)
+    kit.feed_lines(trace.lines)
+    finding = kit.finish().finding
+    assert finding is not None and finding.rule == "W-5.1"
+
+
+def test_skipped_results_then_an_abort_at_end_of_input_are_a_violation() -> None:
+    lines = (TRACES / "rules" / "W-5.10.jsonl").read_text().splitlines()
+    # The same skip, ended by the input's end instead of a cancel.
+    abort = json.loads(lines[-1])
+    abort["body"]["reason"] = "MODELLER_TIMEOUT"
+    trace = [*lines[:-2], json.dumps({**abort, "seq": abort["seq"]})]
+    finding = check_trace(trace).finding
+    assert finding is not None and finding.rule == "W-5.10" and finding.line == 7
+
+
+def test_the_batch_a_stopped_worker_was_running_may_stay_undelivered() -> None:
+    trace = _Trace()
+    job = json.loads(_Trace().opening("a", items=("i0", "i1")).lines[0])["body"]
+    job["batched_execution"] = True
+    trace.m("JOB_REQUEST", "a", job).w("JOB_ACCEPT", "a", {"ACCEPT": "a"})
+    trace.w("NUMBER_OF_BATCHES", "a", -1).w("CURRENT_BATCH_ID", "a", 0).w("TASK_START", "a")
+    trace.m("TASK_START", "a").m("TASK_CANCEL", "a")
+    trace.w("TASK_ABORT", "a", _abort("CANCELLED_BY_MODELLER"))
+    assert check_trace(trace.lines).ok
+
+
+def test_online_responses_answer_checks_token_for_token() -> None:
+    trace = _Trace().opening("a").m("TASK_START", "a")
+    trace.w("ONLINE_CHECK", "a", "x").w("ONLINE_CHECK", "a", "x")
+    trace.m("ONLINE_RESPONSE", "a", "x").m("ONLINE_RESPONSE", "a", "x")
+    good, seqs = list(trace.lines), dict(trace.seq)
+    trace.m("ONLINE_RESPONSE", "a", "x")  # a third answer to two checks
+    finding = check_trace(trace.lines).finding
+    assert finding is not None and finding.rule == "M-3.13"
+    assert finding.line == len(trace.lines)
+    trace.lines, trace.seq = good, seqs
+    trace.w("EVALUATION_RESULTS", "a", {"items": ["i0"]}, batch_number=None)
+    trace.w("BATCHES_COMPLETE", "a", "TASK_COMPLETE").m("TASK_COMPLETE", "a")
+    assert check_trace(trace.lines).ok
+
+
+def test_a_late_accept_is_owed_its_cancel_even_when_the_pod_aborts() -> None:
+    lines = (TRACES / "rules" / "M-4.19.jsonl").read_text().splitlines()
+    finding = check_trace(lines).finding
+    assert finding is not None and finding.rule == "M-4.19"
+    assert finding.line == len(lines) + 1 and finding.pod == "b"
+    # The cancel may cross the pod's abort: written after it, it discharges what is owed.
+    cancel = json.loads(lines[-2])
+    late = {**cancel, "recipient": "b", "seq": cancel["seq"] + 1}
+    assert check_trace([*lines, json.dumps(late)]).ok
+
+
+def test_nothing_from_a_pod_after_its_own_end_even_after_a_crossing() -> None:
+    lines = (TRACES / "rules" / "E-4.24.jsonl").read_text().splitlines()
+    assert check_trace(lines[:-1]).ok  # the abort crossing TASK_COMPLETE is valid
+    finding = check_trace(lines).finding
+    assert finding is not None and finding.rule == "E-4.24"
+
+
+def test_every_finding_names_a_rule_of_the_book() -> None:
+    for path in sorted(TRACES.glob("bad-*.jsonl")):
+        finding = check_trace(path).finding
+        assert finding is not None and finding.rule is not None, path
+        assert finding.message.endswith(f"[{finding.rule}]")
+
+
+# ------------------------------------------------------------------------- memory
+
+
+def _short_tasks(tasks: int) -> Iterator[bytes]:
+    """``tasks`` one-item Echo tasks, one after the other, 8 lines each, in blocks."""
+    template = _Trace().opening("p")
+    template.m("TASK_START", "p")
+    template.w("EVALUATION_RESULTS", "p", {"items": ["i0"]}, batch_number=None)
+    template.w("BATCHES_COMPLETE", "p", "TASK_COMPLETE").m("TASK_COMPLETE", "p")
+    parts = b"".join(template.lines).split(b'"task_id": "t"')
+    for start in range(0, tasks, 1000):
+        yield b"".join(
+            (b'"task_id": "t%d"' % n).join(parts) for n in range(start, min(start + 1000, tasks))
+        )
+
+
+def _check_in_a_process(tasks: int) -> tuple[int, float, str]:
+    """Run ``fsm-protocol check -`` on the tasks; its exit status, peak RSS (MiB) and output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsm_protocol", "check", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    for block in _short_tasks(tasks):
+        proc.stdin.write(block)
+    proc.stdin.close()
+    with proc.stdout:
+        out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024, out
+
+
+@pytest.mark.slow
+def test_memory_is_bounded_by_the_open_tasks() -> None:
+    """A trace of 1,000,000 short tasks checks in the memory of a few thousand."""
+    status, small, out = _check_in_a_process(2_000)
+    assert status == 0 and "2000 tasks" in out, out
+    status, large, out = _check_in_a_process(1_000_000)
+    assert status == 0 and "conforms: 8000000 lines, 1000000 tasks" in out, out
+    assert "1000000 delivered" in out
+    assert large < 100 and large < small * 1.25, (small, large)
+
+
+_DROP_KEY = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("v", 1.0, "E-2.2"),
+        ("type", "NOPE", "E-2.3"),
+        ("sender", 7, "E-2.4"),
+        ("seq", -1, "E-2.5"),
+        ("body", _DROP_KEY, "E-2.7"),
+        ("meta", None, "E-2.8"),
+        ("meta", {"reason": 5}, "E-2.9"),
+        ("extra", 1, "E-2.1"),
+        ("task_id", _DROP_KEY, "E-2.1"),
+    ],
+)
+def test_an_invalid_line_cites_the_envelope_rule_of_its_field(
+    key: str, value: Any, rule: str
+) -> None:
+    lines = _valid_lines()
+    obj = json.loads(lines[3])
+    if value is _DROP_KEY:
+        del obj[key]
+    else:
+        obj[key] = value
+    checker = TraceChecker()
+    checker.feed_lines(lines[:3])
+    finding = checker.feed(json.dumps(obj))
+    assert finding is not None and finding.rule == rule, finding

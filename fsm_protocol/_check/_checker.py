@@ -24,8 +24,15 @@ crossing. So a modeller message that reaches a worker after that worker's
 ``TASK_ABORT`` is judged against the state the worker was in before the abort
 (spec section 4: a cancel that crosses the worker's abort is valid).
 
-Memory stays constant in the length of the trace: per worker, a few counters,
-and with ``conformance.Echo`` a compact prediction of its results.
+Every violation cites the rule it breaks, by its id in the rule book
+(:mod:`fsm_protocol._check._rules`): a decode error by the field it names, a
+refused message by its state, a false guard by the guard, the Echo account by
+the prediction it contradicts. Each sender's seq must rise by exactly 1 in the
+order the lines were written (E-2.6), the modeller's included.
+
+Memory is bounded by the tasks still open: per worker, a few counters, and with
+``conformance.Echo`` a compact prediction of its results; a task's monitors are
+dropped once it has ended and :data:`KEEP_ENDED` more tasks have ended since.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from .._core._compiled import BoundArc, compile_chart
 from .._core._shipped import shipped_chart
 from .._wire._catalogue import BODY_GUARDS, MODELLER, SENDERS, WORKER, only_sent_by, result_slot
 from .._wire._messages import DEFAULT_MAX_LINE_BYTES, _json_decoder, decode
+from ._rules import RULE_BY_ID
 
 # --- Results ------------------------------------------------------------------------------
 
@@ -59,7 +67,8 @@ class Finding:
     """The first violation in a trace: where, what, and what was expected instead.
 
     ``line`` is 1-based; a trace that ends too early is reported at the line
-    after its last one, with ``text`` None.
+    after its last one, with ``text`` None. ``rule`` is the id of the rule
+    broken (:data:`~fsm_protocol._check._rules.RULES`); the message ends with it.
     """
 
     line: int
@@ -69,10 +78,14 @@ class Finding:
     pod: str | None = None
     state: str | None = None
     expected: tuple[str, ...] = ()
+    rule: str | None = None
 
     def render(self, source: str = "trace") -> str:
         """The finding as a person reads it: location, reason, then the details."""
         lines = [f"{source}:{self.line}: {self.message}"]
+        if self.rule is not None:
+            rule = RULE_BY_ID.get(self.rule)
+            lines.append(f"  rule:     {self.rule}" + (f": {rule.text}" if rule else ""))
         if self.text is not None:
             lines.append(f"  line:     {self.text}")
         if self.pod is not None:
@@ -103,8 +116,10 @@ class CheckResult:
     """What :func:`~fsm_protocol.conformance.check_trace` found.
 
     ``ok`` is True only when the trace conforms; ``finding`` is the first
-    violation otherwise. ``accounts`` holds the item account of every worker
-    that ran ``conformance.Echo``.
+    violation otherwise. ``accounts`` holds the item account of each worker
+    that ran ``conformance.Echo`` (the first 10,000 of them, so that memory
+    stays bounded), and ``item_totals`` the delivered, failed, cut and not-run
+    items of all of them.
     """
 
     ok: bool
@@ -113,6 +128,7 @@ class CheckResult:
     pods: int
     finding: Finding | None = None
     accounts: tuple[ItemAccount, ...] = ()
+    item_totals: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def summary(self) -> str:
         """One line: the verdict and the trace's size."""
@@ -125,14 +141,12 @@ class CheckResult:
             f"{self.pods} {'pod' if self.pods == 1 else 'pods'}"
         )
         if self.accounts:
-            total = [sum(getattr(a, f) for a in self.accounts) for f in _FATE_FIELDS]
             text += "; Echo items: " + ", ".join(
-                f"{n} {label}" for n, label in zip(total, _FATE_LABELS, strict=True)
+                f"{n} {label}" for n, label in zip(self.item_totals, _FATE_LABELS, strict=True)
             )
         return text
 
 
-_FATE_FIELDS: Final = ("delivered", "failed", "cut", "not_run")
 _FATE_LABELS: Final = ("delivered", "failed", "cut", "not run")
 
 
@@ -442,14 +456,12 @@ class _Task:
     """One task: its modeller, its links, and what the modeller-wide rules look across."""
 
     __slots__ = (
-        "ahead",
         "barrier_open",
         "checker",
         "links",
         "modeller",
         "next_seq",
         "own_abort",
-        "plans",
         "task_id",
     )
 
@@ -459,13 +471,12 @@ class _Task:
         self.modeller = modeller
         self.links: dict[str, _Link] = {}
         self.next_seq = 0
-        # Modeller seqs seen above next_seq: its messages to different pods travel
-        # on different links, so a trace may show them out of order.
-        self.ahead: set[int] = set()
         self.barrier_open = False
         self.own_abort: str | None = None
-        # Echo predictions by job: the pods of a task usually share one.
-        self.plans: dict[tuple[str, bool, bool], _EchoAccount] = {}
+
+    def ended(self) -> bool:
+        """Every link has reached a final state, and none owes anything more."""
+        return all(not link.row and link.owed is None for link in self.links.values())
 
     def counted(self) -> list[_Link]:
         """Workers the barrier and completion wait for: accepted on time, not cancelled."""
@@ -500,13 +511,13 @@ class _Link:
         "cancel_line",
         "cancel_sent",
         "current_batch",
+        "done",
         "ended_by",
         "estimate_seen",
         "excused",
         "finished",
         "ignored",
         "initial_setup",
-        "last_modeller_seq",
         "late",
         "leaf",
         "next_batch_id",
@@ -519,6 +530,9 @@ class _Link:
         "started",
         "summary",
         "task",
+        "tokens",
+        "tokens_off",
+        "unowed",
     )
 
     def __init__(self, task: _Task, pod: str, leaf: str, row: Row) -> None:
@@ -527,7 +541,6 @@ class _Link:
         self.leaf = leaf
         self.row = row
         self.next_seq = 0
-        self.last_modeller_seq = -1
         self.batched = False
         self.initial_setup = False
         self.accepted = False
@@ -548,6 +561,13 @@ class _Link:
         self.ended_by = ""
         self.ignored = False
         self.excused = False
+        # Tokens of this worker's ONLINE_CHECKs not answered yet (M-3.13).
+        self.tokens: dict[str, int] | None = None
+        self.tokens_off = False
+        # A late answer after every other worker ended: checked, but owed nothing (M-4.19).
+        self.unowed = False
+        # The worker has ended on its own side as well (E-4.24).
+        self.done = False
 
     # ------------------------------------------------------------------ guards
 
@@ -618,12 +638,20 @@ class _Link:
 
     def action_note_accept(self, obj: Any) -> None:
         self.accepted = True
+        named = obj["body"]["ACCEPT"]
+        if named != self.pod:
+            self.task.checker.violate(
+                self,
+                f'pod {self.pod} accepted with {{"ACCEPT": {_short(named)}}}; a JOB_ACCEPT names'
+                " the pod that accepts, its sender",
+                "W-3.4",
+            )
         if self.account is not None and self.account.problem is not None:
             self.task.checker.violate(
                 self,
                 f"pod {self.pod} accepted a conformance.Echo job whose configuration is invalid"
                 f" ({self.account.problem}); expected JOB_REJECT(TASK_SETUP_ERROR)",
-                obj,
+                "W-5.3",
             )
 
     def action_note_late(self, obj: Any) -> None:
@@ -634,18 +662,21 @@ class _Link:
             return
         reasons = list(obj["body"])
         if self.account.problem is None:
-            self.task.checker.violate(
-                self,
-                f"pod {self.pod} rejected a valid conformance.Echo job ({', '.join(reasons)});"
-                " a worker under test accepts it",
-                obj,
-            )
+            # Any pod may refuse any job (W-5.1): only the kit, which needs the job run,
+            # expects a worker under test to accept a valid one.
+            if self.task.checker.require_echo_accept:
+                self.task.checker.violate(
+                    self,
+                    f"pod {self.pod} rejected a valid conformance.Echo job ({', '.join(reasons)});"
+                    " a worker under test accepts it",
+                    "W-5.1",
+                )
         elif reasons != ["TASK_SETUP_ERROR"]:
             self.task.checker.violate(
                 self,
                 f"pod {self.pod} rejected an invalid conformance.Echo job with {reasons[0]};"
                 " expected reason TASK_SETUP_ERROR",
-                obj,
+                "W-5.3",
             )
 
     def action_note_no_answer(self, obj: Any) -> None:
@@ -684,7 +715,7 @@ class _Link:
                 self,
                 f"pod {self.pod} aborted with CANCELLED_BY_MODELLER, but the modeller sent it no"
                 " TASK_CANCEL",
-                obj,
+                "W-4.16",
             )
         if not self.cancel_sent and self.task.own_abort is None:
             self.task.own_abort = f"pod {self.pod} aborted with {reason}"
@@ -700,6 +731,16 @@ class _Link:
 
     def action_answer_online_check(self, obj: Any) -> None:
         self.owe("ONLINE_RESPONSE", f"pod {self.pod} sent ONLINE_CHECK")
+        if self.tokens_off:
+            return  # too many unanswered checks: no longer token-checked (M-3.13)
+        tokens = self.tokens
+        if tokens is None:
+            tokens = self.tokens = {}
+        token = obj["body"]
+        tokens[token] = tokens.get(token, 0) + 1
+        if len(tokens) > _MAX_TOKENS:
+            self.tokens = None
+            self.tokens_off = True
 
     def action_note_batch_id(self, obj: Any) -> None:
         self.current_batch = obj["body"]
@@ -726,10 +767,31 @@ def _note_finished(link: _Link, obj: Any) -> None:
         link.finished = True
 
 
+def _answer(link: _Link, obj: Any) -> None:
+    if link.tokens_off:
+        return
+    tokens = link.tokens
+    token = obj["body"]
+    count = tokens.get(token, 0) if tokens is not None else 0
+    if count == 0:
+        link.task.checker.violate(
+            link,
+            f"the modeller sent ONLINE_RESPONSE {_short(token)} to pod {link.pod}, which has no"
+            " unanswered ONLINE_CHECK with that token; a response answers a check with its token",
+            "M-3.13",
+        )
+    assert tokens is not None
+    if count == 1:
+        del tokens[token]
+    else:
+        tokens[token] = count - 1
+
+
 # Facts the modeller-wide rules count, recorded on the worker's own messages.
 _FACTS: Final[Mapping[str, Callable[[_Link, Any], None]]] = {
     "recv:TASK_START": _note_started,
     "recv:BATCHES_COMPLETE": _note_finished,
+    "send:ONLINE_RESPONSE": _answer,
 }
 
 
@@ -750,8 +812,17 @@ def _consecutive_stop(protocol: EchoProtocol, items: tuple[str, ...]) -> int | N
     return None
 
 
-def _batch_name(batch: int | None) -> str:
-    return "a retried item" if batch is None else f"batch {batch}"
+# Where the batch loop is over, and the Echo account checked every batch's results.
+_AFTER_BATCHES: Final = frozenset({"resilience", "final_step"})
+
+Problem = tuple[str, str]
+"""A rule id and what broke it."""
+
+
+def _batch_name(batch: int | None, batched: bool = True) -> str:
+    if batch is None:
+        return "a retried item" if batched else "the single run"
+    return f"batch {batch}"
 
 
 class _EchoAccount:
@@ -855,8 +926,8 @@ class _EchoAccount:
 
     # ---------------------------------------------------------------- checks
 
-    def after(self, link: _Link, event: str, obj: Any) -> str | None:
-        """Check a worker message the chart accepted; the reason if Echo disagrees."""
+    def after(self, link: _Link, event: str, obj: Any) -> Problem | None:
+        """Check a worker message the chart accepted; the rule and reason if Echo disagrees."""
         if event is _RECV_RESULTS:
             return self.result(obj)
         if self.problem is not None:
@@ -865,7 +936,7 @@ class _EchoAccount:
         if self.limit_pending and typ not in ("TASK_ABORT", "LOG_MESSAGE", "ONLINE_CHECK"):
             limit = self.protocol.inference_limit
             assert limit is not None
-            return (
+            return "W-5.8", (
                 f"{describe_message(obj)} after the results that reached the inference limit"
                 f" (limit {limit.limit}, total_usage {limit.total_usage}): Echo expects"
                 " TASK_ABORT(LIMITS_EXCEEDED) next"
@@ -875,23 +946,28 @@ class _EchoAccount:
             "PREPARING_DATA_BATCHES",
             "TASK_START",
         ):
-            return f"{typ}, but the Echo job has no items to run: expected TASK_ABORT(NO_DATA)"
+            return "W-5.2", (
+                f"{typ}, but the Echo job has no items to run: expected TASK_ABORT(NO_DATA)"
+            )
         if typ == "CURRENT_BATCH_ID":
             batch = obj["body"]
             if batch > self.last_batch:
                 if self.loop_stop:
-                    return (
+                    return "W-5.7", (
                         f"CURRENT_BATCH_ID {batch}, but Echo predicts TASK_ABORT(WORKER_ERROR)"
                         f" after batch {self.last_batch}, the {CONSECUTIVE_FAILURE_LIMIT}th"
                         " consecutive failed batch"
                     )
-                return (
+                return ("W-5.9" if self.test_run else "W-5.4"), (
                     f"CURRENT_BATCH_ID {batch}, but Echo with {len(self.items)} items in batches"
                     f" of {self.protocol.batch_size} has batches 0 to {self.batches - 1} only"
                 )
-        elif typ == "BATCHES_COMPLETE":
+            if self.next < self.total and -1 < self.batch_of[self.next] < batch:
+                return self.skipped(batch, f"CURRENT_BATCH_ID {batch}")
+            return None
+        if typ == "BATCHES_COMPLETE":
             return self.batches_complete(link, obj["body"])
-        elif typ == "TASK_ABORT":
+        if typ == "TASK_ABORT":
             return self.abort(link, obj["body"]["reason"])
         return None
 
@@ -902,7 +978,21 @@ class _EchoAccount:
         batch = self.batch_of[k]
         return (None if batch == -1 else batch), self.items[self.starts[k] : self.stops[k]]
 
-    def result(self, obj: Any) -> str | None:
+    def skipped(self, before: int, what: str) -> Problem | None:
+        """W-5.10: the results of every batch below ``before`` are in (results name their batch)."""
+        k = self.next
+        if k < self.total:
+            batch = self.batch_of[k]
+            if batch != -1 and batch < before:
+                items = list(self.items[self.starts[k] : self.stops[k]])
+                return "W-5.10", (
+                    f"{what} before the results of batch {batch}: item(s) {items} lost (Echo"
+                    f" predicts that batch {batch} succeeds, and its results can only come"
+                    " while it is the current batch)"
+                )
+        return None
+
+    def result(self, obj: Any) -> Problem | None:
         if self.problem is not None:
             return None
         body = obj["body"]
@@ -919,15 +1009,26 @@ class _EchoAccount:
                     self.limit_pending = True
                 return None
         if got.__class__ is not list or any(name.__class__ is not str for name in got):
-            return (
+            return "W-5.4", (
                 'EVALUATION_RESULTS body must be {"items": [the items]} for conformance.Echo,'
                 f" found {_short(body)}"
             )
         return self.explain(got, obj["meta"]["batch_number"], self.next_delivery())
 
+    def _ends_rule(self) -> str:
+        """The rule that predicts this job's abort."""
+        reason = self.abort_reason
+        if reason == "NO_DATA":
+            return "W-5.2"
+        if reason == "LIMITS_EXCEEDED":
+            return "W-5.8"
+        if reason == "WORKER_ERROR":
+            return "W-5.7" if self.batched else "W-5.6"
+        return "W-5.4"
+
     def explain(
         self, got: list[str], batch: int | None, expected: tuple[int | None, tuple[str, ...]] | None
-    ) -> str:
+    ) -> Problem:
         """Why a result differs from the prediction, in terms of the items' fates."""
         prediction = self.predict()
         where: dict[str, tuple[int, int | None]] = {}
@@ -936,42 +1037,46 @@ class _EchoAccount:
                 where[name] = (k, delivery.batch)
         seen: set[str] = set()
         for name in got:
+            if self.test_run and name not in self.items and name in self.protocol.items:
+                return "W-5.9", (
+                    f"item {name!r} was delivered, but a test_run processes only the first"
+                    f" item ({self.items[0]!r})"
+                )
             if name not in prediction.fates:
-                return f"item {name!r} is not one of the job's items"
+                return "W-5.4", f"item {name!r} is not one of the job's items"
             if name in seen:
-                return f"item {name!r} appears twice in one EVALUATION_RESULTS"
+                return "W-5.10", f"item {name!r} appears twice in one EVALUATION_RESULTS"
             seen.add(name)
             fate = prediction.fates[name]
             if fate is Fate.FAILED:
-                why = (
-                    "it is in fail_alone, so its retry fails too"
-                    if name in self.protocol.fail_alone
-                    else "a non-batched run has no retry"
-                )
-                return f"item {name!r} was delivered, but Echo predicts that it fails ({why})"
+                if name in self.protocol.fail_alone and self.batched:
+                    rule, why = "W-5.5", "it is in fail_alone, so its retry fails too"
+                else:
+                    rule, why = "W-5.6", "a non-batched run has no retry"
+                return rule, f"item {name!r} was delivered, but Echo predicts that it fails ({why})"
             if fate is Fate.CUT:
                 limit = self.protocol.inference_limit
                 assert limit is not None
-                return (
+                return "W-5.8", (
                     f"item {name!r} was delivered beyond the inference limit: Echo predicts it is"
                     f" cut (limit {limit.limit}, total_usage {limit.total_usage})"
                 )
             if fate is Fate.NOT_RUN:
-                return (
+                return self._ends_rule(), (
                     f"item {name!r} was delivered, but Echo predicts the task ends before its turn"
                     f" (TASK_ABORT({self.abort_reason}))"
                 )
             k, its_batch = where[name]
             if k < self.next:
-                return (
+                return "W-5.10", (
                     f"item {name!r} was delivered twice: it was already in the results of"
                     f" {_batch_name(its_batch)}"
                 )
         if expected is None:
-            return "EVALUATION_RESULTS, but Echo predicts no more results"
+            return "W-5.4", "EVALUATION_RESULTS, but Echo predicts no more results"
         exp_batch, exp_items = expected
         if batch != exp_batch:
-            if batch is not None and exp_batch is not None and batch < self.batches:
+            if batch is not None and batch < self.batches:
                 size = self.protocol.batch_size
                 failing = [
                     n
@@ -979,68 +1084,79 @@ class _EchoAccount:
                     if self.protocol.fails(n, alone=False)
                 ]
                 if failing:
-                    return (
+                    return "W-5.5", (
                         f"results for batch {batch}, but Echo predicts batch {batch} fails (item"
                         f" {failing[0]!r} fails in a batch), so it sends no results"
                     )
-            return (
-                f"results for {_batch_name(batch)}, but Echo predicts the next results are for"
-                f" {_batch_name(exp_batch)} with items {list(exp_items)}"
+            return "W-5.4", (
+                f"results for {_batch_name(batch, self.batched)}, but Echo predicts the next"
+                f" results are for {_batch_name(exp_batch, self.batched)} with items"
+                f" {list(exp_items)}"
             )
         lost = [name for name in exp_items if name not in seen]
         if lost:
             hint = ""
+            rule = "W-5.10"
             if self.next == self.total - 1 and self.abort_reason == "LIMITS_EXCEEDED":
                 hint = f" (the inference limit allows exactly these {len(exp_items)} items)"
-            return (
+                rule = "W-5.8"
+            return rule, (
                 f"item(s) {', '.join(map(repr, lost))} lost: Echo predicts the results of"
-                f" {_batch_name(batch)} hold {list(exp_items)}{hint}, found {got}"
+                f" {_batch_name(batch, self.batched)} hold {list(exp_items)}{hint}, found {got}"
             )
-        return f"results of {_batch_name(batch)} hold {got}, but Echo predicts {list(exp_items)}"
+        return "W-5.4", (
+            f"results of {_batch_name(batch, self.batched)} hold {got}, but Echo predicts"
+            f" {list(exp_items)}"
+        )
 
-    def batches_complete(self, link: _Link, kind: str) -> str | None:
+    def batches_complete(self, link: _Link, kind: str) -> Problem | None:
         expected = self.next_delivery()
         if kind == "BATCHES_ONLY":
             if link.current_batch != self.batches - 1:
-                return (
+                return "W-5.4", (
                     f'BATCHES_COMPLETE "BATCHES_ONLY" after batch {link.current_batch}, but Echo'
                     f" has batches 0 to {self.batches - 1}"
                 )
             if self.loop_stop:
-                return (
+                return "W-5.7", (
                     'BATCHES_COMPLETE "BATCHES_ONLY", but Echo predicts TASK_ABORT(WORKER_ERROR)'
                     f" after {CONSECUTIVE_FAILURE_LIMIT} consecutive failed batches"
                 )
             if expected is not None and expected[0] is not None:
-                return (
+                return "W-5.10", (
                     f'BATCHES_COMPLETE "BATCHES_ONLY" before the results of batch {expected[0]}:'
                     f" item(s) {list(expected[1])} lost"
                 )
             return None
         if not self.complete:
-            return (
+            return "W-5.11", (
                 f'BATCHES_COMPLETE "TASK_COMPLETE", but Echo predicts the worker aborts with'
                 f" {self.abort_reason}"
             )
         if expected is not None:
-            return (
+            return "W-5.10", (
                 f'BATCHES_COMPLETE "TASK_COMPLETE" before the results of'
-                f" {_batch_name(expected[0])}: item(s) {list(expected[1])} lost"
+                f" {_batch_name(expected[0], self.batched)}: item(s) {list(expected[1])} lost"
             )
         return None
 
-    def abort(self, link: _Link, reason: str) -> str | None:
+    def abort(self, link: _Link, reason: str) -> Problem | None:
         if link.cancel_sent or reason in _EARLY_END_REASONS:
-            return None  # It stopped early; what it sent so far was checked as it came.
+            # It stopped early: the batch it was running may be undelivered, no earlier one.
+            if link.current_batch is not None and link.before_end not in _AFTER_BATCHES:
+                return self.skipped(link.current_batch, f"TASK_ABORT({reason})")
+            return None
         if self.complete:
-            return f"TASK_ABORT({reason}), but Echo predicts that this task completes"
+            return "W-5.11", f"TASK_ABORT({reason}), but Echo predicts that this task completes"
         if reason != self.abort_reason:
-            return f"TASK_ABORT({reason}), but Echo predicts TASK_ABORT({self.abort_reason})"
+            return "W-5.11", (
+                f"TASK_ABORT({reason}), but Echo predicts TASK_ABORT({self.abort_reason})"
+            )
         expected = self.next_delivery()
         if expected is not None:
-            return (
-                f"TASK_ABORT({reason}) before the results of {_batch_name(expected[0])}:"
-                f" item(s) {list(expected[1])} lost"
+            return "W-5.10", (
+                f"TASK_ABORT({reason}) before the results of"
+                f" {_batch_name(expected[0], self.batched)}: item(s) {list(expected[1])} lost"
             )
         return None
 
@@ -1054,11 +1170,18 @@ class TraceChecker:
     Feed it lines with :meth:`feed` (and, from the kit, the modeller's
     internal events with :meth:`internal`), then call :meth:`finish`.
 
+    Memory is bounded by the tasks still open: a task's monitors are dropped
+    once it has ended and :data:`KEEP_ENDED` more tasks have ended after it
+    (they stay a while because messages cross in flight after an end).
+
     Args:
         echo: Check the item account of ``conformance.Echo`` jobs.
         unanswered_ok: Pods that are known never to answer (the kit's silent
             pods); a trace may end with them unanswered.
         max_line_bytes: Longer lines are a violation.
+        require_echo_accept: Also require a worker to accept a valid
+            ``conformance.Echo`` job (the kit's expectation W-5.1; the spec lets
+            any pod refuse any job, so a trace alone does not).
     """
 
     def __init__(
@@ -1068,29 +1191,44 @@ class TraceChecker:
         unanswered_ok: Iterable[str] = (),
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         chart: Chart | None = None,
+        require_echo_accept: bool = False,
     ) -> None:
         self.chart = chart or shipped_chart("modeller")
         self.table = _table(self.chart)
         self.echo = echo
         self.unanswered_ok = frozenset(unanswered_ok)
         self.max_line_bytes = max_line_bytes
+        self.require_echo_accept = require_echo_accept
         self.line = 0
         self.tasks: dict[str, _Task] = {}
+        # Ids of ended tasks still kept, oldest first.
+        self.ended: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Echo predictions by job, shared by the pods and tasks that run the same job
+        # (a prediction never changes; a pod's account copies it and keeps its own progress).
+        self.plans: dict[tuple[str, bool, bool], _EchoAccount] = {}
+        self.task_count = 0
+        self.pod_count = 0
+        self.dropped = 0
+        self.accounts: list[ItemAccount] = []
+        self.totals = [0, 0, 0, 0]
         self.finding: Finding | None = None
         self.queue: collections.deque[tuple[_Link, str, str]] = collections.deque()
         self.cause: str | None = None
         self.raw: bytes | str = b""
         self._last_id: str | None = None
         self._last_task: _Task | None = None
-        self._names: dict[str, str] = {}
 
     # ------------------------------------------------------------ violations
 
-    def violate(self, link: _Link | None, message: str, obj: Any = None) -> NoReturn:
-        """Stop at a violation on the current line."""
-        raise _Stop(self._finding(link, message))
+    def violate(self, link: _Link | None, message: str, rule: str) -> NoReturn:
+        """Stop at a violation of ``rule`` on the current line."""
+        raise _Stop(self._finding(link, message, rule))
 
-    def _finding(self, link: _Link | None, message: str, *, at_end: bool = False) -> Finding:
+    def _finding(
+        self, link: _Link | None, message: str, rule: str, *, at_end: bool = False
+    ) -> Finding:
+        if rule not in RULE_BY_ID:
+            raise InternalError(f"the checker cites {rule!r}, which is not in the rule book")
         text = None
         if not at_end:
             raw = self.raw
@@ -1105,12 +1243,13 @@ class TraceChecker:
             expected = self.expected(link)
         return Finding(
             line=self.line + 1 if at_end else self.line,
-            message=message,
+            message=f"{message} [{rule}]",
             text=text,
             task_id=link.task.task_id if link is not None else None,
             pod=link.pod if link is not None else None,
             state=state,
             expected=expected or (),
+            rule=rule,
         )
 
     def expected(self, link: _Link) -> tuple[str, ...]:
@@ -1190,9 +1329,8 @@ class TraceChecker:
             recipient = obj["recipient"]
             seq = obj["seq"]
             version = obj["v"]
-            meta = obj["meta"] if size == 8 else None
             if (
-                (size != 7 and size != 8)
+                (size != 8 and (size != 7 or "meta" in obj))
                 or not _FAST_BODY[typ](obj["body"])
                 or version.__class__ is not int
                 or version != 1
@@ -1201,8 +1339,10 @@ class TraceChecker:
                 or recipient.__class__ is not str
                 or seq.__class__ is not int
                 or seq < 0
-                or (meta is not None and not _meta_ok(meta))
-                or (typ == "EVALUATION_RESULTS" and (meta is None or "batch_number" not in meta))
+                or (size == 8 and not _meta_ok(obj["meta"]))
+                or (
+                    typ == "EVALUATION_RESULTS" and (size == 7 or "batch_number" not in obj["meta"])
+                )
                 or len(raw) > self.max_line_bytes
             ):
                 raise ValueError("not on the fast path")
@@ -1233,13 +1373,14 @@ class TraceChecker:
         assert task is not None
         if sender == task.modeller:
             if typ in _WORKER_ONLY:
-                self.violate(None, f"the modeller ({sender}) sent {typ}, which only workers send")
-            if seq == task.next_seq:
-                task.next_seq = seq + 1
-                if task.ahead:
-                    self._advance(task)
-            else:
-                self._seq_ahead(task, seq)
+                self.violate(
+                    task.links.get(recipient),
+                    f"the modeller ({sender}) sent {typ}, which only workers send",
+                    "M-3.1",
+                )
+            if seq != task.next_seq:
+                self._bad_seq(sender, seq, task.next_seq, task, task.links.get(recipient))
+            task.next_seq = seq + 1
             link = task.links.get(recipient)
             if link is None:
                 if typ != "JOB_REQUEST":
@@ -1247,22 +1388,17 @@ class TraceChecker:
                         None,
                         f"the modeller sent {typ} to {recipient!r}, which got no JOB_REQUEST in"
                         f" task {task.task_id!r}",
+                        "E-4.1",
                     )
                 link = self._new_link(task, recipient, obj)
-            if seq <= link.last_modeller_seq:
-                self.violate(
-                    link,
-                    f"seq {seq} from the modeller to pod {recipient}, after seq"
-                    f" {link.last_modeller_seq} to that pod; the seq rises with every message",
-                )
-            link.last_modeller_seq = seq
             event = _SEND[typ]
         else:
             if typ in _MODELLER_ONLY:
                 self.violate(
-                    None,
+                    task.links.get(sender),
                     f"{sender!r} sent {typ}, which only the modeller sends (the modeller of task"
                     f" {task.task_id!r} is {task.modeller!r})",
+                    "W-3.2",
                 )
             link = task.links.get(sender)
             if link is None:
@@ -1270,6 +1406,7 @@ class TraceChecker:
                     None,
                     f"{sender!r} sent {typ} in task {task.task_id!r}, but the modeller sent it no"
                     " JOB_REQUEST",
+                    "E-4.1",
                 )
             if link.excused:
                 return
@@ -1278,6 +1415,7 @@ class TraceChecker:
                     link,
                     f"pod {sender} sent {typ} to {recipient!r}; workers write to the modeller"
                     f" ({task.modeller!r})",
+                    "W-3.2",
                 )
             if seq != link.next_seq:
                 self._bad_seq(sender, seq, link.next_seq, task, link)
@@ -1300,7 +1438,7 @@ class TraceChecker:
         if account is not None and event in _RECV_EVENTS:
             problem = account.after(link, event, obj)
             if problem is not None:
-                self.violate(link, f"pod {link.pod}: {problem}", obj)
+                self.violate(link, f"pod {link.pod}: {problem[1]}", problem[0])
             if not link.row:
                 self._close_account(link)
         if self.queue:
@@ -1315,60 +1453,63 @@ class TraceChecker:
         if account.problem is None and link.accepted:
             as_predicted = not link.row and not link.cancel_sent and account.next == account.total
             link.summary = account.summary(link.task.task_id, link.pod, as_predicted)
-        task = link.task
-        if all(not other.row for other in task.links.values()):
-            task.plans.clear()
 
     def _decode(self, raw: bytes | str) -> Any:
         """The slow path: decode() judges the line; the JSON object, or None to skip it."""
         try:
             message = decode(raw, max_line_bytes=self.max_line_bytes)
         except DecodeError as exc:
-            self.violate(None, f"invalid message: {exc}")
+            self.violate(self._link_of(raw), f"invalid message: {exc}", _decode_rule(exc, raw))
         if message.type.value == "CONFORMANCE_SCENARIO":
             return None  # The kit's control line, not part of any task.
         return _json_decoder.decode(raw.decode() if isinstance(raw, bytes) else raw)
 
-    def _seq_ahead(self, task: _Task, seq: int) -> None:
-        if seq < task.next_seq or seq in task.ahead:
-            self.violate(
-                None,
-                f"seq {seq} from the modeller in task {task.task_id!r} was used before; each"
-                " message takes the next number",
-            )
-        if len(task.ahead) >= _MAX_AHEAD:
-            self.violate(
-                None,
-                f"seq {task.next_seq} from the modeller in task {task.task_id!r} is missing:"
-                f" {len(task.ahead)} later numbers came without it (the seq goes up by exactly 1)",
-            )
-        task.ahead.add(seq)
-
-    def _advance(self, task: _Task) -> None:
-        ahead = task.ahead
-        while task.next_seq in ahead:
-            ahead.discard(task.next_seq)
-            task.next_seq += 1
+    def _link_of(self, raw: bytes | str) -> _Link | None:
+        """The monitor an invalid line seems to belong to, to show its pod and state."""
+        try:
+            obj = _json_decoder.decode(raw.decode() if isinstance(raw, bytes) else raw)
+            task = self.tasks.get(obj["task_id"])
+            if task is None:
+                return None
+            pod = obj["recipient"] if obj["sender"] == task.modeller else obj["sender"]
+            return task.links.get(pod)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return None
 
     def _bad_seq(
         self, sender: str, seq: int, expected: int, task: _Task, link: _Link | None = None
     ) -> NoReturn:
-        first = "its first message has seq 0" if expected == 0 else f"expected {expected}"
+        who = "the modeller" if sender == task.modeller else sender
+        if expected == 0:
+            found = "its first message has seq 0"
+        elif seq < expected:
+            found = f"that number was used before; expected {expected}"
+        else:
+            found = f"expected {expected}"
         self.violate(
             link,
-            f"seq {seq} from {sender} in task {task.task_id!r}; {first} (each sender's seq goes"
-            " up by exactly 1 per message)",
+            f"seq {seq} from {who} in task {task.task_id!r}; {found} (each sender's seq goes up"
+            " by exactly 1 with every message it writes, whoever receives it)",
+            "E-2.6",
         )
 
     def _new_task(self, obj: Mapping[str, Any]) -> _Task:
         if obj["type"] != "JOB_REQUEST":
+            gone = (
+                f" (or it is one of the {self.dropped} tasks that ended more than {KEEP_ENDED}"
+                " tasks ago, whose monitors are dropped)"
+                if self.dropped
+                else ""
+            )
             self.violate(
                 None,
-                f"{obj['type']} for task {obj['task_id']!r}, which has no JOB_REQUEST before it;"
-                " a task starts with the modeller's JOB_REQUEST",
+                f"{obj['type']} for task {obj['task_id']!r}, which has no JOB_REQUEST before"
+                f" it{gone}; a task starts with the modeller's JOB_REQUEST",
+                "E-4.1",
             )
         task = _Task(self, obj["task_id"], obj["sender"])
         self.tasks[task.task_id] = task
+        self.task_count += 1
         return task
 
     def _new_link(self, task: _Task, pod: str, obj: Mapping[str, Any]) -> _Link:
@@ -1381,12 +1522,16 @@ class TraceChecker:
         if self.echo and protocol.get("class_name") == ECHO:
             test_run = body.get("test_run") is True
             key = (json.dumps(protocol, sort_keys=True), link.batched, test_run)
-            plan = task.plans.get(key)
+            plans = self.plans
+            plan = plans.get(key)
             if plan is None:
-                plan = task.plans[key] = _EchoAccount(body, self._names)
+                plan = plans[key] = _EchoAccount(body, {})
+                if len(plans) > _MAX_PLANS:
+                    del plans[next(iter(plans))]
             # The prediction is shared and never changes; only the progress is the link's.
             link.account = copy.copy(plan)
         task.links[pod] = link
+        self.pod_count += 1
         return link
 
     # ------------------------------------------------------------- stepping
@@ -1412,7 +1557,13 @@ class TraceChecker:
         if not link.row:
             link.before_end = before
             link.ended_by = event
-            link.owed = None
+            owed = link.owed
+            # A late accept is answered with TASK_CANCEL even if the pod ends first (M-4.19);
+            # every other obligation ends with the worker.
+            if owed is not None and link.late and "TASK_CANCEL" in owed:
+                link.owed = {"TASK_CANCEL": owed["TASK_CANCEL"]}
+            else:
+                link.owed = None
             self._after_change(link.task)
 
     def _fire(self, link: _Link, event: str, cause: str) -> None:
@@ -1449,6 +1600,39 @@ class TraceChecker:
             for link in links:
                 if "task_ended" in link.row:
                     self.queue.append((link, "task_ended", ""))
+        if task.ended():
+            self._task_ended(task)
+
+    def _task_ended(self, task: _Task) -> None:
+        """Keep an ended task a while (messages cross after an end), then drop it."""
+        ended = self.ended
+        ended[task.task_id] = None
+        ended.move_to_end(task.task_id)
+        while len(ended) > KEEP_ENDED:
+            task_id, _ = ended.popitem(last=False)
+            old = self.tasks.get(task_id)
+            if old is not None and old is not task and old.ended():
+                self._drop(old)
+
+    def _drop(self, task: _Task) -> None:
+        del self.tasks[task.task_id]
+        self.dropped += 1
+        if self._last_task is task:
+            self._last_id = self._last_task = None
+        self._collect(task)
+
+    def _collect(self, task: _Task) -> None:
+        for link in task.links.values():
+            self._close_account(link)
+            summary = link.summary
+            if summary is not None:
+                totals = self.totals
+                totals[0] += summary.delivered
+                totals[1] += summary.failed
+                totals[2] += summary.cut
+                totals[3] += summary.not_run
+                if len(self.accounts) < MAX_ACCOUNTS:
+                    self.accounts.append(summary)
 
     def _discharge(self, link: _Link, type_: str, obj: Any) -> None:
         owed = link.owed
@@ -1459,7 +1643,7 @@ class TraceChecker:
                 link,
                 f"the modeller sent {type_} to pod {link.pod}, whose JOB_ACCEPT came late (line"
                 f" {cancel[0]}): a late accept is answered with TASK_CANCEL",
-                obj,
+                "M-4.19",
             )
         owed.pop(type_, None)
         if not owed:
@@ -1468,25 +1652,49 @@ class TraceChecker:
     def _refused(self, link: _Link, event: str, obj: Any) -> None:
         direction, _, typ = event.partition(":")
         if not link.row:
-            if link.ended_by.startswith("recv:") and direction == "send" and link.before_end:
+            before = link.before_end
+            if link.ended_by.startswith("recv:") and direction == "send" and before:
                 # Crossed in flight: judge it as the modeller saw the worker before its end.
-                arcs = self.table[link.before_end].get(event, ())
-                for arc in arcs:
+                for arc in self.table[before].get(event, ()):
                     if all(guard(link, obj) is want for guard, want in arc.guards):
+                        if link.owed is not None:
+                            self._discharge(link, typ, obj)
                         for action in arc.actions:
                             action(link, obj)
+                        fact = _FACTS.get(event)
+                        if fact is not None:
+                            fact(link, obj)
                         link.before_end = arc.step.target
+                        if link.task.ended():
+                            self._task_ended(link.task)
                         return
-            elif link.ended_by.startswith("send:") and direction == "recv" and link.before_end:
+            elif (
+                link.ended_by.startswith("send:")
+                and direction == "recv"
+                and before
+                and not link.done
+            ):
                 # Sent while the modeller's last message was in flight (an ONLINE_CHECK, or
-                # an abort on a timeout): judged against the state before, with no effect.
-                arcs = self.table[link.before_end].get(event, ())
+                # an abort on a timeout): judged against the state before, with no effect
+                # but the worker's own end.
+                arcs = self.table[before].get(event, ())
                 if any(all(guard(link, obj) is want for guard, want in arc.guards) for arc in arcs):
+                    if typ == "TASK_ABORT":
+                        link.done = True
                     return
             elif ":" not in link.ended_by and direction == "recv":
-                arcs = self.table[link.before_end or link.leaf].get(event, ())
+                before = before or link.leaf
+                arcs = self.table[before].get(event, ())
+                if link.leaf == "unanswered" and arcs:
+                    # A late answer after every other worker ended: owed nothing, but the
+                    # pod's own messages still follow the order (M-4.19, E-4.24).
+                    link.unowed = True
+                    link.leaf, link.row = before, self.table[before]
+                    self._take(link, event, obj, arcs)
+                    link.owed = None
+                    return
                 if arcs:
-                    link.ignored = True  # A late answer after the task ended: nothing is owed.
+                    link.ignored = True  # after the kit's own internal end: not checked
                     return
             who = "the modeller sent" if direction == "send" else f"pod {link.pod} sent"
             target = f" to pod {link.pod}" if direction == "send" else ""
@@ -1494,7 +1702,7 @@ class TraceChecker:
                 link,
                 f"{who} {describe_message(obj)}{target} after that worker's end (state"
                 f" {link.leaf}); nothing may follow the end",
-                obj,
+                "E-4.24",
             )
         who = "the modeller sent" if direction == "send" else f"pod {link.pod} sent"
         target = f" to pod {link.pod}" if direction == "send" else ""
@@ -1502,26 +1710,29 @@ class TraceChecker:
             link,
             f"{who} {describe_message(obj)}{target} in state {link.leaf}, where {typ} is not"
             " allowed",
-            obj,
+            _refusal_rule(link, direction, typ),
         )
 
     def _guards_failed(self, link: _Link, event: str, obj: Any, arcs: tuple[BoundArc, ...]) -> None:
         direction, _, typ = event.partition(":")
         options = []
+        blamed: tuple[int, str] | None = None
         for arc in arcs:
             failed = [
-                _requirement(link, name, want, event)
+                (name, want)
                 for (name, want), (guard, _) in zip(arc.arc.guards, arc.guards, strict=True)
                 if guard(link, obj) is not want
             ]
-            options.append(" and ".join(failed))
+            options.append(" and ".join(_requirement(link, n, w, event) for n, w in failed))
+            if failed and (blamed is None or len(failed) < blamed[0]):
+                blamed = (len(failed), _guard_rule(event, *failed[0]))
         who = "the modeller sent" if direction == "send" else f"pod {link.pod} sent"
         target = f" to pod {link.pod}" if direction == "send" else ""
         self.violate(
             link,
             f"{who} {describe_message(obj)}{target} in state {link.leaf}, but {typ} is allowed"
             f" there only {'; or '.join(options)}",
-            obj,
+            blamed[1] if blamed is not None else _refusal_rule(link, direction, typ),
         )
 
     # ---------------------------------------------------------------- finish
@@ -1533,71 +1744,252 @@ class TraceChecker:
                 self._finish()
             except _Stop as stop:
                 self.finding = stop.finding
-        accounts = []
         for task in self.tasks.values():
-            for link in task.links.values():
-                self._close_account(link)
-                if link.summary is not None:
-                    accounts.append(link.summary)
+            self._collect(task)
+        self.tasks.clear()
+        self.ended.clear()
+        self._last_id = self._last_task = None
         return CheckResult(
             ok=self.finding is None,
             lines=self.line,
-            tasks=len(self.tasks),
-            pods=sum(len(t.links) for t in self.tasks.values()),
+            tasks=self.task_count,
+            pods=self.pod_count,
             finding=self.finding,
-            accounts=tuple(accounts),
+            accounts=tuple(self.accounts),
+            item_totals=(self.totals[0], self.totals[1], self.totals[2], self.totals[3]),
         )
 
     def _finish(self) -> None:
         if self.line == 0:
             raise _Stop(
-                Finding(1, "the trace is empty; a trace holds every message of at least one task")
-            )
-        for task in self.tasks.values():
-            if task.ahead:
-                raise _Stop(
-                    Finding(
-                        self.line + 1,
-                        f"seq {task.next_seq} from the modeller in task {task.task_id!r} never"
-                        f" appeared, though {min(task.ahead)} did: the seq goes up by exactly 1"
-                        " per message",
-                    )
+                Finding(
+                    1,
+                    "the trace is empty; a trace holds every message of at least one task [E-4.27]",
+                    rule="E-4.27",
                 )
+            )
+        waiting: list[tuple[_Link, str]] = []
+        for task in self.tasks.values():
             for link in task.links.values():
-                if link.row and not link.excused and not link.ignored:
-                    if link.pod in self.unanswered_ok and "response_timeout" in link.row:
-                        continue
-                    if link.pod in self.unanswered_ok and "task_ended" in link.row:
-                        continue
-                    short = [
-                        text.split(" ", 2)[0] + " " + text.split(" ", 2)[1]
-                        for text in _expected_texts(link)
-                        if not any(h in text for h in _HOUSEKEEPING)
-                    ]
-                    expecting = ", ".join(dict.fromkeys(short)) or "nothing more"
-                    if link.owed:
-                        expecting += "; the modeller owes it " + ", ".join(
-                            f"{type_} (since line {line}: {cause})"
-                            for type_, (line, cause) in link.owed.items()
+                if not link.row:
+                    if link.owed is not None:
+                        line, cause = link.owed["TASK_CANCEL"]
+                        raise _Stop(
+                            self._finding(
+                                link,
+                                f"trace ends, and the modeller never sent TASK_CANCEL to pod"
+                                f" {link.pod} (task {task.task_id}), owed since line {line}:"
+                                f" {cause}; a late JOB_ACCEPT is answered with TASK_CANCEL even"
+                                " if the pod ends first",
+                                "M-4.19",
+                                at_end=True,
+                            )
                         )
-                    note = ""
-                    if link.cancel_sent:
-                        note = (
-                            f" (the modeller cancelled it at line {link.cancel_line}; a cancelled"
-                            " worker ends with TASK_ABORT)"
-                        )
-                    raise _Stop(
-                        self._finding(
-                            link,
-                            f"trace ends while pod {link.pod} (task {task.task_id}) is in state"
-                            f" {link.leaf}, expecting {expecting}{note}",
-                            at_end=True,
-                        )
-                    )
+                    continue
+                if link.excused or link.ignored or link.unowed:
+                    continue
+                if link.pod in self.unanswered_ok and (
+                    "response_timeout" in link.row or "task_ended" in link.row
+                ):
+                    continue
+                waiting.append((link, _end_rule(link)))
+        # The worker that has to speak first: the modeller may be waiting for it.
+        waiting.sort(key=lambda item: item[1].startswith("M"))
+        if waiting:
+            link, rule = waiting[0]
+            short = [
+                text.split(" ", 2)[0] + " " + text.split(" ", 2)[1]
+                for text in _expected_texts(link)
+                if not any(h in text for h in _HOUSEKEEPING)
+            ]
+            expecting = ", ".join(dict.fromkeys(short)) or "nothing more"
+            if link.owed:
+                expecting += "; the modeller owes it " + ", ".join(
+                    f"{type_} (since line {line}: {cause})"
+                    for type_, (line, cause) in link.owed.items()
+                )
+            note = ""
+            if link.cancel_sent:
+                note = (
+                    f" (the modeller cancelled it at line {link.cancel_line}; a cancelled"
+                    " worker ends with TASK_ABORT)"
+                )
+            raise _Stop(
+                self._finding(
+                    link,
+                    f"trace ends while pod {link.pod} (task {link.task.task_id}) is in state"
+                    f" {link.leaf}, expecting {expecting}{note}",
+                    rule,
+                    at_end=True,
+                )
+            )
 
 
 _HOUSEKEEPING: Final = ("LOG_MESSAGE", "ONLINE_CHECK", "ONLINE_RESPONSE")
-_MAX_AHEAD: Final = 100_000
+
+KEEP_ENDED: Final = 1000
+"""Ended tasks kept whole, for the messages that cross after an end; older ones are dropped."""
+MAX_ACCOUNTS: Final = 10_000
+"""Item accounts kept one by one in a :class:`CheckResult`; the totals count every worker."""
+_MAX_TOKENS: Final = 64
+_MAX_PLANS: Final = 16
+
+# States where the modeller, not the worker, has to speak next.
+_MODELLER_SPEAKS: Final = frozenset({"single_ready", "batch_ready", "final_step"})
+
+
+def _end_rule(link: _Link) -> str:
+    """Who a trace that ends here leaves waiting: the rule that names the silent side."""
+    if link.cancel_sent:
+        return "W-4.15"
+    owed = link.owed
+    if owed:
+        if "ALGORITHM_EXCHANGE" in owed:
+            return "M-4.7"
+        if "TASK_CANCEL" in owed:
+            return "M-4.19" if link.late else "M-4.22"
+        return "M-4.26"
+    return "M-4.26" if link.leaf in _MODELLER_SPEAKS else "W-4.25"
+
+
+# The rule each chart guard enforces, when it is false on a message.
+_GUARD_RULES: Final[Mapping[str, str]] = {
+    "batched_job": "W-4.4",
+    "count_is_one": "W-4.4",
+    "count_is_unknown": "W-4.4",
+    "setup_settled": "W-4.6",
+    "setup_pending": "M-4.7",
+    "initial_setup": "M-4.7",
+    "is_estimate": "W-4.10",
+    "estimate_seen": "W-4.10",
+    "is_next_batch_id": "W-4.5",
+    "is_batch_result": "W-2.11",
+    "is_unbatched_result": "W-2.11",
+    "is_retry_result": "W-2.11",
+    "duplicate_result": "W-4.11",
+    "is_batches_only": "W-4.12",
+    "is_task_complete": "W-4.12",
+    "all_ready": "M-4.20",
+    "all_done": "M-4.21",
+}
+
+
+def _guard_rule(event: str, guard: str, want: bool) -> str:
+    if guard == "cancel_sent":
+        return "M-4.21" if event == "send:TASK_COMPLETE" else "M-4.14"
+    return _GUARD_RULES.get(guard, "W-4.3" if event.startswith("recv:") else "E-4.1")
+
+
+# States before the pod's answer, and the ones before the TASK_START handshake is over.
+_UNANSWERED: Final = frozenset({"requested", "left_out"})
+_BEFORE_GO: Final = frozenset(
+    {
+        "accepted",
+        "preparing_data",
+        "configuring",
+        "preparing_batches",
+        "counting",
+        "single_announced",
+        "single_ready",
+        "batch_announced",
+        "batch_ready",
+    }
+)
+_MODELLER_SEND_RULES: Final[Mapping[str, str]] = {
+    "JOB_REQUEST": "E-4.1",
+    "ALGORITHM_EXCHANGE": "M-4.7",
+    "TASK_START": "M-4.9",
+    "TASK_COMPLETE": "M-4.21",
+    "TASK_CANCEL": "M-4.14",
+    "ONLINE_RESPONSE": "E-4.17",
+    "LOG_MESSAGE": "E-4.17",
+}
+
+
+def _refusal_rule(link: _Link, direction: str, typ: str) -> str:
+    """The rule a message breaks when the link's state does not allow it at all."""
+    if direction == "send":
+        return _MODELLER_SEND_RULES.get(typ, "E-4.1")
+    leaf = link.leaf
+    if leaf in _UNANSWERED:
+        if typ == "TASK_ABORT":
+            return "W-4.13"
+        if typ in ("LOG_MESSAGE", "ONLINE_CHECK"):
+            return "E-4.17"
+        return "W-4.2"
+    if typ in ("JOB_ACCEPT", "JOB_REJECT"):
+        return "W-4.2"
+    if typ == "NUMBER_OF_BATCHES":
+        return "W-4.10"
+    if typ == "PREPARING_DATA_BATCHES" and not link.batched:
+        return "W-4.4"
+    if typ == "CURRENT_BATCH_ID":
+        if not link.batched:
+            return "W-4.4"
+        if leaf in ("resilience", "final_step"):
+            return "W-4.12"
+        return "W-4.8" if leaf in _BEFORE_GO else "W-4.3"
+    if typ in ("TASK_START", "EVALUATION_RESULTS", "BATCHES_COMPLETE"):
+        if leaf in _BEFORE_GO or typ == "TASK_START":
+            return "W-4.8"
+        if leaf == "final_step":
+            return "W-4.12"
+    return "W-4.3"
+
+
+_ENVELOPE_RULES: Final[Mapping[str, str]] = {
+    "v": "E-2.2",
+    "type": "E-2.3",
+    "task_id": "E-2.4",
+    "sender": "E-2.4",
+    "recipient": "E-2.4",
+    "seq": "E-2.5",
+    "body": "E-2.7",
+    "meta": "E-2.8",
+}
+_BODY_RULES: Final[Mapping[str, str]] = {
+    "JOB_REQUEST": "M-3.3",
+    "JOB_ACCEPT": "W-3.4",
+    "JOB_REJECT": "W-3.5",
+    "PREPARING_DATA": "E-3.6",
+    "CONFIGURING_TASK": "E-3.6",
+    "PREPARING_DATA_BATCHES": "E-3.6",
+    "TASK_START": "E-3.6",
+    "TASK_COMPLETE": "E-3.6",
+    "TASK_CANCEL": "E-3.6",
+    "ALGORITHM_EXCHANGE": "M-3.7",
+    "NUMBER_OF_BATCHES": "W-3.8",
+    "CURRENT_BATCH_ID": "W-3.9",
+    "BATCHES_COMPLETE": "W-3.10",
+    "TASK_ABORT": "W-3.11",
+    "ONLINE_CHECK": "W-3.12",
+    "ONLINE_RESPONSE": "M-3.13",
+    "LOG_MESSAGE": "E-3.14",
+    "CONFORMANCE_SCENARIO": "M-6.1",
+}
+
+
+def _decode_rule(exc: DecodeError, raw: bytes | str) -> str:
+    """The rule a line that decode() refused breaks, from the field it names."""
+    field = exc.field
+    if field == "$" or not field.startswith("$."):
+        return "F-1.2" if "expected a line of at most" in str(exc) else "F-1.1"
+    try:
+        obj = _json_decoder.decode(raw.decode() if isinstance(raw, bytes) else raw)
+    except (ValueError, RecursionError):  # pragma: no cover - decode() parsed it already
+        return "F-1.1"
+    top = field[2:].split(".", 1)[0].split("[", 1)[0]
+    if top not in _ENVELOPE_RULES:
+        return "E-2.1"  # an unexpected field
+    if top not in obj:
+        return "E-2.7" if top == "body" else "W-2.10" if top == "meta" else "E-2.1"
+    if top == "body":
+        return _BODY_RULES.get(str(obj.get("type")), "E-2.7")
+    if top == "meta" and field != "$.meta":
+        if field == "$.meta.batch_number" and "batch_number" not in obj["meta"]:
+            return "W-2.10"
+        return "E-2.9"
+    return _ENVELOPE_RULES[top]
 
 
 def _table(chart: Chart) -> Mapping[str, Row]:
