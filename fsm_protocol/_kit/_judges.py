@@ -28,9 +28,15 @@ from ._worker_case import WorkerCase
 
 
 def _check_entries(
-    entries: Sequence[bytes | Marker], task_id: str, *, silent: Iterable[str] = ()
+    entries: Sequence[bytes | Marker],
+    task_id: str,
+    *,
+    silent: Iterable[str] = (),
+    worker_under_test: bool = False,
 ) -> Finding | None:
-    checker = TraceChecker(unanswered_ok=silent)
+    # A worker under test must accept the kit's valid Echo jobs: the spec lets a
+    # pod refuse any job, but a worker that refuses everything proves nothing.
+    checker = TraceChecker(unanswered_ok=silent, require_echo_accept=worker_under_test)
     for entry in entries:
         if isinstance(entry, Marker):
             checker.internal(task_id, entry.pod, entry.event, excuse=entry.excuse)
@@ -103,7 +109,7 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
         return _pass()
 
     task_id = f"conform-{scenario.name}"
-    finding = _check_entries(recorder.entries, task_id)
+    finding = _check_entries(recorder.entries, task_id, worker_under_test=True)
     details = tuple(finding.render("trace").splitlines()) if finding else ()
 
     if recorder.problems and (finding is None or finding.text is None):
@@ -130,7 +136,9 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
             continue
         if outcome.state == "lost" and "sent nothing for" in outcome.problem:
             # What the trace expected when the silence began.
-            silence = _check_entries(recorder.entries[: recorder.lost_at.get(pod)], task_id)
+            silence = _check_entries(
+                recorder.entries[: recorder.lost_at.get(pod)], task_id, worker_under_test=True
+            )
             where = recorder.ended_from.get(pod, "?")
             expected = ""
             if silence is not None and silence.pod == pod:
