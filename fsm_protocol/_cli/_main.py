@@ -27,6 +27,7 @@ from .._core._loader import check_chart_text
 from ._conform_cli import add_check, add_conform
 from ._demo import add_demo
 from ._diagram_cli import add_diagram
+from ._explore_cli import add_explore
 from ._net_cli import add_keys, add_modeller, add_worker
 
 EXIT_OK = 0
@@ -123,6 +124,7 @@ _SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_diagram,
     add_check,
     add_conform,
+    add_explore,
 )
 
 
