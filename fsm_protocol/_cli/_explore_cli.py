@@ -42,7 +42,9 @@ def add_explore(subparsers: Subparsers) -> None:
         ),
     )
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="workers (default 2)")
-    parser.add_argument("--items", type=int, default=2, metavar="K", help="items per worker (default 2)")
+    parser.add_argument(
+        "--items", type=int, default=2, metavar="K", help="items per worker (default 2)"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=1, metavar="B", help="items per batch (default 1)"
     )
@@ -52,7 +54,9 @@ def add_explore(subparsers: Subparsers) -> None:
         metavar="LIST",
         help=f"comma-separated, any of: {','.join(FAULTS)} (default: none)",
     )
-    parser.add_argument("--modeller-chart", metavar="FILE", help="modeller chart (default: shipped)")
+    parser.add_argument(
+        "--modeller-chart", metavar="FILE", help="modeller chart (default: shipped)"
+    )
     parser.add_argument("--worker-chart", metavar="FILE", help="worker chart (default: shipped)")
     parser.add_argument(
         "--max-states", type=int, metavar="S", help="stop after S states (exit status 3)"
@@ -65,16 +69,16 @@ def add_explore(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument(
-        "--no-symmetry", action="store_true", help="do not merge states that differ only by which worker is which"
+        "--no-symmetry",
+        action="store_true",
+        help="do not merge states that differ only by which worker is which",
     )
     parser.add_argument(
         "--no-partial-order",
         action="store_true",
         help="expand every interleaving, even of independent steps",
     )
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress lines on standard error"
-    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     parser.set_defaults(run=run_explore)
 
 
@@ -143,7 +147,9 @@ def run_explore(args: argparse.Namespace) -> int:
         diagram = path.with_suffix(".mmd") if path.suffix != ".mmd" else Path(f"{path}.mmd")
         try:
             path.write_text(example.ndjson(), encoding="utf-8")
-            diagram.write_text(to_mermaid_sequence(list(example.trace), fold=False), encoding="utf-8")
+            diagram.write_text(
+                to_mermaid_sequence(list(example.trace), fold=False), encoding="utf-8"
+            )
         except OSError as exc:
             return _fail(f"cannot write the counterexample: {exc}")
         written = [str(path), str(diagram)]
@@ -181,7 +187,9 @@ def _as_text(result: ExploreResult, written: list[str]) -> str:
     else:
         example = result.counterexample
         assert example is not None
-        lines.append(f"verdict: VIOLATION of {example.violation.check}: {example.violation.message}")
+        lines.append(
+            f"verdict: VIOLATION of {example.violation.check}: {example.violation.message}"
+        )
         lines.append(f"shortest path found ({len(example.steps)} steps):")
         lines.extend(f"  {n:3}. {step}" for n, step in enumerate(example.steps, 1))
         if written:

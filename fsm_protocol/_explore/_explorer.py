@@ -121,6 +121,14 @@ class Violation:
 
     check: str
     message: str
+    at_state: bool = False
+
+    def named(self, names: Sequence[str]) -> Violation:
+        """The message with each worker's position ``{wN}`` replaced by its pod name."""
+        text = self.message
+        for n, name in enumerate(names):
+            text = text.replace(f"{{w{n}}}", name)
+        return Violation(self.check, text, self.at_state)
 
 
 @final
@@ -306,7 +314,9 @@ class System:
         leaf, data, pend = self.wloc[wl]
         owner = None
         if kind == W_RECV:
-            queue: list[tuple[str, Any]] = [("input_closed" if arg == EOF else f"recv:{arg[0]}", arg)]
+            queue: list[tuple[str, Any]] = [
+                ("input_closed" if arg == EOF else f"recv:{arg[0]}", arg)
+            ]
         elif kind == W_ACT:
             owner, outs = pend[arg]
             pend = pend[:arg] + pend[arg + 1 :]
@@ -364,7 +374,11 @@ class System:
                 "abort-reason",
                 f"the worker aborted on {cause or 'an event'} without noting why: its TASK_ABORT "
                 f"says only {reason} 'aborted'"
-                + (f", where the spec asks for {ABORT_REASONS[cause]}" if cause in ABORT_REASONS else ""),
+                + (
+                    f", where the spec asks for {ABORT_REASONS[cause]}"
+                    if cause in ABORT_REASONS
+                    else ""
+                ),
             )
         want = ABORT_REASONS.get(cause)
         if want is not None and reason != want:
@@ -380,7 +394,10 @@ class System:
             other = "modeller" if side == "worker" else "worker"
             return Violation("refused", f"the {side} refused the {other}'s {event[5:]}: {exc}")
         if event.startswith("send:"):
-            return Violation("own-send", f"the {side} tried to send {event[5:]}, which its own chart refuses: {exc}")
+            return Violation(
+                "own-send",
+                f"the {side} tried to send {event[5:]}, which its own chart refuses: {exc}",
+            )
         return Violation("internal-event", f"the {side}'s own event {event} was refused: {exc}")
 
     # -------------------------------------------------------------- modeller
@@ -431,7 +448,7 @@ class System:
                 if name.startswith("recv:") and link.wend:
                     violation = Violation(
                         "after-end",
-                        f"worker {j} sent {name[5:]} after its end (its TASK_ABORT or JOB_REJECT)",
+                        f"worker {{w{j}}} sent {name[5:]} after its end (its TASK_ABORT or JOB_REJECT)",
                     )
                 continue  # the modeller has finished with this worker: nothing more is read
             if name.startswith("send:"):
@@ -495,43 +512,40 @@ class System:
             local,
         )
 
-    def _waiting_answer(self, link: LinkBindings) -> bool:
-        return not link.ans and link.expects("response_timeout")
-
     def _send_rules(self, task: ModellerTask, link: LinkBindings, typ: str) -> Violation | None:
-        """The spec's rules on what the modeller sends (section 4), checked as it sends."""
+        """The spec's rules on what the modeller sends (section 4), checked as it sends.
+
+        Time is not modelled, so a pod that has not answered yet may always be
+        one whose response timeout expired: the rules count the workers that
+        accepted in time and were not cancelled, as a trace checker does.
+        """
         if link.dsent:
-            return Violation("after-end", f"the modeller sent {typ} to worker {link.index} after TASK_COMPLETE")
+            return Violation(
+                "after-end",
+                f"the modeller sent {typ} to worker {{w{link.index}}} after TASK_COMPLETE",
+            )
         if typ not in ("TASK_START", "TASK_COMPLETE"):
             return None
-        waiting = [o.index for o in task.links if self._waiting_answer(o)]
         counted = [o for o in task.links if o.acc and not o.late and not o.csent]
         if typ == "TASK_START":
-            not_ready = [o.index for o in counted if not o.ts]
-            if waiting or not_ready:
+            not_ready = [f"{{w{o.index}}}" for o in counted if not o.ts]
+            if not_ready:
                 return Violation(
                     "barrier",
-                    f"the modeller sent TASK_START to worker {link.index} while "
-                    + (
-                        f"worker(s) {', '.join(map(str, waiting))} had not answered the job request"
-                        if waiting
-                        else f"accepted worker(s) {', '.join(map(str, not_ready))} had not sent TASK_START"
-                    ),
+                    f"the modeller sent TASK_START to worker {{w{link.index}}} before accepted "
+                    f"worker(s) {', '.join(not_ready)} had sent TASK_START",
                 )
             return None
-        not_done = [o.index for o in counted if not o.done]
-        if task.own_abort or waiting or not_done or not counted:
+        not_done = [f"{{w{o.index}}}" for o in counted if not o.done]
+        if task.own_abort or not_done:
             why = (
                 "a worker had aborted on its own"
                 if task.own_abort
-                else f"worker(s) {', '.join(map(str, waiting))} had not answered the job request"
-                if waiting
-                else f"accepted worker(s) {', '.join(map(str, not_done))} had not finished"
-                if not_done
-                else "no worker is counted"
+                else f"accepted worker(s) {', '.join(not_done)} had not finished"
             )
             return Violation(
-                "completion", f"the modeller sent TASK_COMPLETE to worker {link.index} while {why}"
+                "completion",
+                f"the modeller sent TASK_COMPLETE to worker {{w{link.index}}} while {why}",
             )
         return None
 
@@ -600,6 +614,7 @@ class Explorer:
         self.expanded_total = 0
         self.traces_checked = 0
         self.trace_keys: set[Any] = set()
+        self._previous_order: list[str] = []
 
     # ------------------------------------------------------------ successors
 
@@ -712,7 +727,9 @@ class Explorer:
             ll, wl, ws, m2w, w2m = comps[i]
             if kind == W_RECV:
                 m2w = m2w[1:]
-            for branch, (wl2, sends, violation, _event) in enumerate(system.worker_step(wl, kind, arg)):
+            for branch, (wl2, sends, violation, _event) in enumerate(
+                system.worker_step(wl, kind, arg)
+            ):
                 ws2 = ENDED if system.wloc[wl2][0] in system.w_finals else ws
                 out = w2m + sends if sends and not flags & MODELLER_ENDED else w2m
                 new = list(pws)
@@ -795,19 +812,21 @@ class Explorer:
                 pws0 = list(state[1:])
                 comps0 = [system.pw[p] for p in pws0]
                 for kind, i, arg in taken:
-                  for label, flags, pws, violation in self._apply(flags0, pws0, comps0, kind, i, arg):
-                    transitions += 1
-                    succ = canon(flags, pws)
-                    found = index.get(succ)
-                    if found is None:
-                        found = index[succ] = len(states)
-                        states.append(succ)
-                        parent.append(current)
-                        labels.append(label)
-                    src.append(current)
-                    dst.append(found)
-                    if violation is not None:
-                        raise _Found(violation, found)
+                    for label, flags, pws, violation in self._apply(
+                        flags0, pws0, comps0, kind, i, arg
+                    ):
+                        transitions += 1
+                        succ = canon(flags, pws)
+                        found = index.get(succ)
+                        if found is None:
+                            found = index[succ] = len(states)
+                            states.append(succ)
+                            parent.append(current)
+                            labels.append(label)
+                        src.append(current)
+                        dst.append(found)
+                        if violation is not None:
+                            raise _Found(violation, found)
                 if self.progress is not None and head & 0x3FFF == 0:
                     now = time.perf_counter()
                     if now - last_report >= 1.0:
@@ -874,10 +893,11 @@ class Explorer:
         for n, p in enumerate(state[1:]):
             ll, wl, ws, _, _ = system.pw[p]
             status = {CRASHED: " (crashed)", SILENT: " (silent)"}.get(ws, "")
-            parts.append(f"w{n}: {system.wloc[wl][0]}{status} / link {system.lloc[ll][0]}")
+            parts.append(f"{{w{n}}}: {system.wloc[wl][0]}{status} / link {system.lloc[ll][0]}")
         return Violation(
-            "deadlock",
-            "nothing can happen and the task has not ended: " + "; ".join(parts),
+            at_state=True,
+            check="deadlock",
+            message="nothing can happen and the task has not ended: " + "; ".join(parts),
         )
 
     def _items(self, state: tuple[int, ...]) -> Violation | None:
@@ -892,7 +912,11 @@ class Explorer:
             if data[0] and not received and not completed:
                 continue  # it rejected the job: nothing to account for
             if dup:
-                return Violation("items", f"an item of worker {n} was delivered twice")
+                return Violation(
+                    "items",
+                    at_state=True,
+                    message=f"an item of worker {{w{n}}} was delivered twice",
+                )
             prediction = predict_echo(_echo_config(bounds, data), batched=bounds.batched)
             deliverable = 0
             for name in prediction.items_with(Fate.DELIVERED):
@@ -901,17 +925,21 @@ class Explorer:
             if extra:
                 return Violation(
                     "items",
-                    f"worker {n} delivered {_names(extra)}, which its Echo job does not deliver",
+                    at_state=True,
+                    message=f"worker {{w{n}}} delivered {_names(extra)}, which its Echo job does not deliver",
                 )
             if completed:
                 if not prediction.complete:
                     return Violation(
-                        "items", f"the modeller completed worker {n}, whose Echo job cannot complete"
+                        "items",
+                        at_state=True,
+                        message=f"the modeller completed worker {{w{n}}}, whose Echo job cannot complete",
                     )
                 if received != deliverable:
                     return Violation(
                         "items",
-                        f"worker {n} completed without delivering {_names(deliverable & ~received)}",
+                        at_state=True,
+                        message=f"worker {{w{n}}} completed without delivering {_names(deliverable & ~received)}",
                     )
                 failed = 0
                 for name in prediction.items_with(Fate.FAILED):
@@ -919,7 +947,8 @@ class Explorer:
                 if data[7] != failed:
                     return Violation(
                         "items",
-                        f"worker {n} reports {_names(data[7]) or 'nothing'} failed; its job fails "
+                        at_state=True,
+                        message=f"worker {{w{n}}} reports {_names(data[7]) or 'nothing'} failed; its job fails "
                         f"{_names(failed) or 'nothing'}",
                     )
         return None
@@ -964,7 +993,11 @@ class Explorer:
         if not result.ok:
             assert result.finding is not None
             raise _Found(
-                Violation("trace", "fsm-protocol check rejects this run: " + result.finding.render()),
+                Violation(
+                    "trace",
+                    "fsm-protocol check rejects this run: " + result.finding.render(),
+                    at_state=True,
+                ),
                 current,
             )
 
@@ -1000,8 +1033,9 @@ class Explorer:
         if stuck >= 0:
             raise _Found(
                 Violation(
-                    "no-progress",
-                    "from here no run reaches an end: the system can only go round a cycle "
+                    at_state=True,
+                    check="no-progress",
+                    message="from here no run reaches an end: the system can only go round a cycle "
                     "(for example ONLINE_CHECK and ONLINE_RESPONSE for ever)",
                 ),
                 stuck,
@@ -1042,7 +1076,9 @@ class Explorer:
         steps.append("the modeller sends JOB_REQUEST to every worker")
         # All workers start identical, so the initial order is arbitrary but fixed.
         del initial_pws
+        previous_order = list(order)
         for k in range(1, len(path)):
+            previous_order = list(order)
             prev = self.states[path[k - 1]]
             label = self.label[path[k]]
             assert label is not None
@@ -1067,7 +1103,9 @@ class Explorer:
                 for entry_kind, j, payload in result[4]:
                     events.append((entry_kind, names.index(order[j]), payload))
             produced = None
-            for candidate_label, new_flags, new_pws, _ in self._apply(flags, pws, comps, kind, i, arg):
+            for candidate_label, new_flags, new_pws, _ in self._apply(
+                flags, pws, comps, kind, i, arg
+            ):
                 if candidate_label[3] == branch:
                     produced = (new_flags, new_pws)
                     break
@@ -1077,6 +1115,7 @@ class Explorer:
                 ranked = sorted(range(len(new_pws)), key=lambda m: new_pws[m])
                 order = [order[m] for m in ranked]
         trace, markers = self._render(events, path[-1], order)
+        self._previous_order = previous_order
         return steps, trace, markers, order
 
     def _describe(self, kind: int, pod: str, arg: Any, comp: Any, branch: int) -> str:
@@ -1132,12 +1171,15 @@ class Explorer:
             else:
                 sender, recipient, seq = pod, MODELLER, worker_seq[pod]
                 worker_seq[pod] += 1
-            trace.append(_message(payload, sender, recipient, seq, pod, names, configs[pod], bounds))
+            trace.append(
+                _message(payload, sender, recipient, seq, pod, names, configs[pod], bounds)
+            )
         return trace, markers
 
     def counterexample(self, target: int, violation: Violation) -> Counterexample:
-        steps, trace, markers, _ = self.replay(target)
-        return Counterexample(violation, tuple(steps), tuple(trace), tuple(markers))
+        steps, trace, markers, order = self.replay(target)
+        named = violation.named(order if violation.at_state else self._previous_order)
+        return Counterexample(named, tuple(steps), tuple(trace), tuple(markers))
 
 
 _EXCUSED: Final = frozenset({"link_lost", "cancel_unconfirmed"})
