@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from .._base._errors import ChartError, Problem
 from .._base._files import read_text
 from .._base._resources import shipped_chart_path
@@ -31,17 +33,22 @@ def load_for_explore(role: Role, path: str | Path | None = None) -> Chart:
         Unusable: The file cannot be read.
     """
     name = str(path) if path is not None else str(shipped_chart_path(role.value))
-    chart = load_chart_text(read_text(name, "chart"), file=name, bindings=_NAMES[role])
-    if chart.role is not role:
+    text = read_text(name, "chart")
+    try:
+        declared = yaml.safe_load(text)
+    except yaml.YAMLError:
+        declared = None  # the loader reports where
+    found = declared.get("role") if isinstance(declared, dict) else None
+    if found is not None and found != role.value:
         raise ChartError(
             [
                 Problem(
                     name,
                     1,
                     1,
-                    f"expected a {role.value} chart, found role {chart.role.value if chart.role else 'none'}",
+                    f"expected a {role.value} chart, found role {found!r}",
                     f"pass the {role.value} chart here",
                 )
             ]
         )
-    return chart
+    return load_chart_text(text, file=name, bindings=_NAMES[role])

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Literal, final
 
@@ -448,7 +447,8 @@ class System:
                 if name.startswith("recv:") and link.wend:
                     violation = Violation(
                         "after-end",
-                        f"worker {{w{j}}} sent {name[5:]} after its end (its TASK_ABORT or JOB_REJECT)",
+                        f"worker {{w{j}}} sent {name[5:]} after its end "
+                        "(its TASK_ABORT or JOB_REJECT)",
                     )
                 continue  # the modeller has finished with this worker: nothing more is read
             if name.startswith("send:"):
@@ -624,7 +624,7 @@ class Explorer:
         return (flags, *pws)
 
     def successors(self, state: tuple[int, ...]) -> tuple[list[tuple[int, int, Any]], bool]:
-        """The steps to expand from ``state`` as (kind, worker, argument), and whether it is quiescent.
+        """The steps to expand from ``state``, as (kind, worker, argument), and if it is quiescent.
 
         Quiescent: no message can be read and no activity has output left. Only
         then may timers expire, and only after a fault that silenced a party
@@ -645,7 +645,7 @@ class Explorer:
         ample: list[tuple[int, int, Any]] | None = None
         por = self.por
         for i in range(n):
-            ll, wl, ws, m2w, w2m = comps[i]
+            _, wl, ws, m2w, w2m = comps[i]
             found: list[tuple[int, Any]] = []
             if ws < CRASHED:
                 if m2w:
@@ -926,20 +926,23 @@ class Explorer:
                 return Violation(
                     "items",
                     at_state=True,
-                    message=f"worker {{w{n}}} delivered {_names(extra)}, which its Echo job does not deliver",
+                    message=f"worker {{w{n}}} delivered {_names(extra)}, "
+                    "which its Echo job does not deliver",
                 )
             if completed:
                 if not prediction.complete:
                     return Violation(
                         "items",
                         at_state=True,
-                        message=f"the modeller completed worker {{w{n}}}, whose Echo job cannot complete",
+                        message=f"the modeller completed worker {{w{n}}}, "
+                        "whose Echo job cannot complete",
                     )
                 if received != deliverable:
                     return Violation(
                         "items",
                         at_state=True,
-                        message=f"worker {{w{n}}} completed without delivering {_names(deliverable & ~received)}",
+                        message=f"worker {{w{n}}} completed without delivering "
+                        f"{_names(deliverable & ~received)}",
                     )
                 failed = 0
                 for name in prediction.items_with(Fate.FAILED):
@@ -948,7 +951,8 @@ class Explorer:
                     return Violation(
                         "items",
                         at_state=True,
-                        message=f"worker {{w{n}}} reports {_names(data[7]) or 'nothing'} failed; its job fails "
+                        message=f"worker {{w{n}}} reports {_names(data[7]) or 'nothing'} "
+                        "failed; its job fails "
                         f"{_names(failed) or 'nothing'}",
                     )
         return None
@@ -970,7 +974,7 @@ class Explorer:
         if key in self.trace_keys:
             return
         self.trace_keys.add(key)
-        steps, trace, markers, order = self.replay(current)
+        _, trace, markers, order = self.replay(current)
         state = self.states[current]
         silent = [
             pod for pod, p in zip(order, state[1:], strict=True) if self.system.pw[p][2] == SILENT
@@ -1002,7 +1006,7 @@ class Explorer:
             )
 
     def _progress_check(self) -> None:
-        """No run may go on for ever without progress: an end must stay reachable from every state."""
+        """No run may go on for ever without progress: from every state an end is reachable."""
         count = len(self.states)
         if not count:
             return
@@ -1123,7 +1127,7 @@ class Explorer:
         if kind == W_RECV:
             return f"{pod} reads {_show(arg)}"
         if kind == W_ACT:
-            leaf, _, pend = system.wloc[comp[1]]
+            pend = system.wloc[comp[1]][2]
             state, outs = pend[arg]
             event, msg = outs[0]
             what = f"sends {_show(msg)}" if event.startswith("send:") else f"posts {event}"
@@ -1148,7 +1152,7 @@ class Explorer:
     def _render(
         self, events: list[tuple[str, int, Any]], target: int, order: list[str]
     ) -> tuple[list[Message], list[tuple[int, str, str]]]:
-        """The modeller's trace of the path: wire messages with real seqs, and the internal events."""
+        """The modeller's trace of the path (wire messages with real seqs), and internal events."""
         system = self.system
         bounds = system.bounds
         names = _pods(bounds.workers)

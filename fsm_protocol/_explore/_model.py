@@ -344,14 +344,6 @@ class WorkerBindings:
             out.append(("limit_reached", None))
         return not over
 
-    def _failures(self) -> list[Any]:
-        """How a run may go: ``None`` succeeds; a frozenset fails, naming the items that fail alone."""
-        faults = self.bounds.faults
-        found: list[Any] = [None]
-        if "fail-in-batch" in faults:
-            found.append(frozenset())
-        return found
-
     def choices_run_all(self) -> list[Any]:
         faults = self.bounds.faults
         found: list[Any] = [None]
