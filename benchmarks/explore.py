@@ -95,8 +95,17 @@ def _describe(bounds: Bounds) -> str:
     return f"{bounds.workers}x{bounds.items} b{bounds.batch_size} {faults}"
 
 
-def _run(bounds: Bounds, worker: Chart, modeller: Chart, spec: Chart, **kw: bool) -> ExploreResult:
-    return explore(bounds, worker_chart=worker, modeller_chart=modeller, spec_chart=spec, **kw)
+def _run(
+    bounds: Bounds, worker: Chart, modeller: Chart, spec: Chart, *, reduce: bool = True
+) -> ExploreResult:
+    return explore(
+        bounds,
+        worker_chart=worker,
+        modeller_chart=modeller,
+        spec_chart=spec,
+        symmetry=reduce,
+        por=reduce,
+    )
 
 
 def _check_says(result: ExploreResult) -> str:
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     speeds = []
     for _ in range(max(1, args.repeat)):
-        result = _run(SPEED, worker, modeller, spec, symmetry=False, por=False)
+        result = _run(SPEED, worker, modeller, spec, reduce=False)
         speeds.append(result.states_per_s)
         print(
             f"before reductions {_describe(SPEED)}: {result.verdict}, {result.states:,} states "

@@ -245,6 +245,8 @@ class System:
         self._pw_id: dict[Any, int] = {}
         self._wmemo: dict[Any, Any] = {}
         self._mmemo: dict[Any, Any] = {}
+        self._rmemo: dict[Any, Any] = {}
+        self._pmemo: dict[Any, int] = {}
         self.abort_states = frozenset(s for s, a in self.w_activity.items() if a == "send_abort")
 
     # ------------------------------------------------------------ interning
@@ -409,6 +411,14 @@ class System:
         found = self._mmemo.get(key)
         if found is None:
             found = self._mmemo[key] = self._modeller_step(mflags, lls, index, event, msg)
+        return found
+
+    def read(self, mflags: int, lls: tuple[int, ...], index: int, msg: Msg) -> tuple[Any, ...]:
+        """The modeller reads ``msg`` from worker ``index``: :meth:`modeller_step`, memoised."""
+        key = (mflags, lls, index, msg)
+        found = self._rmemo.get(key)
+        if found is None:
+            found = self._rmemo[key] = self.modeller_step(mflags, lls, index, _recv_event(msg), msg)
         return found
 
     def _modeller_step(
@@ -615,6 +625,7 @@ class Explorer:
         self.traces_checked = 0
         self.trace_keys: set[Any] = set()
         self._previous_order: list[str] = []
+        self._local_cache: dict[tuple[int, int], tuple[tuple[Any, ...], bool]] = {}
 
     # ------------------------------------------------------------ successors
 
@@ -623,9 +634,42 @@ class Explorer:
             pws.sort()
         return (flags, *pws)
 
-    def successors(self, state: tuple[int, ...]) -> tuple[list[tuple[int, int, Any]], bool]:
-        """The steps to expand from ``state``, as (kind, worker, argument), and if it is quiescent.
+    def _local(self, pw: int, ended: int) -> tuple[tuple[Any, ...], bool]:
+        """One worker's own moves from its part ``pw`` (cached): (moves, busy).
 
+        A move is (kind, argument, branch, new part, violation, flags it sets);
+        busy: it can read a message or run an activity.
+        """
+        key = (pw, ended)
+        found = self._local_cache.get(key)
+        if found is not None:
+            return found
+        system = self.system
+        comp = system.pw[pw]
+        _, wl, ws, m2w, _ = comp
+        steps: list[tuple[int, Any]] = []
+        if ws < CRASHED:
+            if m2w:
+                steps.append((W_RECV, m2w[0]))
+            steps.extend((W_ACT, k) for k in range(len(system.wloc[wl][2])))
+        busy = bool(steps)
+        # The worker chosen at the start may crash or go silent, once, before its end.
+        if ws == MAY_CRASH:
+            steps.append((CRASH, None))
+        elif ws == MAY_GO_SILENT:
+            steps.append((SILENCE, None))
+        flags = MODELLER_ENDED if ended else 0
+        moves = []
+        for kind, arg in steps:
+            for label, new_flags, new, violation in self._apply(flags, [pw], [comp], kind, 0, arg):
+                moves.append((kind, arg, label[3], new[0], violation, new_flags & ~flags))
+        found = self._local_cache[key] = (tuple(moves), busy)
+        return found
+
+    def successors(self, state: tuple[int, ...]) -> tuple[list[Any], bool]:
+        """The moves to expand from ``state``, and whether it is quiescent.
+
+        A move is (label, flags, parts in this state's worker order, violation).
         Quiescent: no message can be read and no activity has output left. Only
         then may timers expire, and only after a fault that silenced a party
         (crash, silence); otherwise a quiescent state that is not an end is a
@@ -633,44 +677,52 @@ class Explorer:
         """
         system = self.system
         flags = state[0]
-        comps = [system.pw[p] for p in state[1:]]
-        faults = self.faults
-        n = len(comps)
-        local: list[list[tuple[int, Any]]] = []
+        pws = state[1:]
+        n = len(pws)
         ended = flags & MODELLER_ENDED
+        faults = self.faults
+        por = self.por
+        comps = [system.pw[p] for p in pws]
         mflags = flags & _MODELLER_FLAGS
         lls = tuple(c[0] for c in comps)
-        global_steps: list[tuple[int, int, Any]] = []
         busy = False
-        ample: list[tuple[int, int, Any]] | None = None
-        por = self.por
+        local_moves = []
+        ample_worker = -1
+        ample_read = -1
+        reads: list[tuple[int, Any]] = []
+        enabled = 0
         for i in range(n):
-            _, wl, ws, m2w, w2m = comps[i]
-            found: list[tuple[int, Any]] = []
-            if ws < CRASHED:
-                if m2w:
-                    found.append((W_RECV, m2w[0]))
-                for k in range(len(system.wloc[wl][2])):
-                    found.append((W_ACT, k))
-                own = bool(found)
-                busy = busy or own
-                # The worker chosen at the start may crash or go silent, once, before its end.
-                if ws == MAY_CRASH:
-                    found.append((CRASH, None))
-                elif ws == MAY_GO_SILENT:
-                    found.append((SILENCE, None))
-                if por and ample is None and own and (m2w or ended):
-                    # Every step of this worker: what the modeller sends later queues
+            moves, own = self._local(pws[i], ended)
+            local_moves.append(moves)
+            enabled += len(moves)
+            if own:
+                busy = True
+                if ample_worker < 0 and (comps[i][3] or ended):
+                    # Every move of this worker: what the modeller sends later queues
                     # behind the message at the head, so nothing can overtake these.
-                    ample = [(k, i, a) for k, a in found]
+                    ample_worker = i
+            w2m = comps[i][4]
             if w2m and not ended:
                 busy = True
-                result = system.modeller_step(mflags, lls, i, _recv_event(w2m[0]), w2m[0])
-                step = (M_RECV, i, result)
-                global_steps.append(step)
-                if por and result[6] and (ample is None or len(ample) > 1):
-                    ample = [step]
-            local.append(found)
+                result = system.read(mflags, lls, i, w2m[0])
+                reads.append((i, result))
+                if result[6] and ample_read < 0:
+                    ample_read = i
+        out: list[Any] = []
+        if por and ample_read >= 0:
+            i, result = next(r for r in reads if r[0] == ample_read)
+            out.extend(self._apply(flags, list(pws), comps, M_RECV, i, result))
+            self.enabled_total += enabled + len(reads)
+            self.expanded_total += 1
+            return out, False
+        if por and ample_worker >= 0:
+            self._moves(out, flags, pws, ample_worker, local_moves[ample_worker])
+            self.enabled_total += enabled + len(reads)
+            self.expanded_total += len(local_moves[ample_worker])
+            return out, False
+        for i in range(n):
+            self._moves(out, flags, pws, i, local_moves[i])
+        global_steps: list[tuple[int, int, Any]] = [(M_RECV, i, r) for i, r in reads]
         if not ended:
             if "cancel" in faults and not flags & USED_CANCEL:
                 global_steps.append((CANCEL, -1, None))
@@ -680,14 +732,24 @@ class Explorer:
                     if "response_timeout" in system.mc.expected[leaf]:
                         global_steps.append((LATE, i, "response_timeout"))
         if not busy and flags & (USED_CRASH | USED_SILENCE):
-            self._timers(comps, local, global_steps, ended)
-        self.enabled_total += sum(len(s) for s in local) + len(global_steps)
-        if ample is not None:
-            taken = ample
-        else:
-            taken = [(k, i, a) for i in range(n) for k, a in local[i]] + global_steps
-        self.expanded_total += len(taken)
-        return taken, not busy
+            timer_steps: list[list[tuple[int, Any]]] = [[] for _ in range(n)]
+            self._timers(comps, timer_steps, global_steps, ended)
+            for i in range(n):
+                global_steps.extend((k, i, a) for k, a in timer_steps[i])
+        for kind, i, arg in global_steps:
+            out.extend(self._apply(flags, list(pws), comps, kind, i, arg))
+        self.enabled_total += enabled + len(global_steps)
+        self.expanded_total += enabled + len(global_steps)
+        return out, not busy
+
+    @staticmethod
+    def _moves(
+        out: list[Any], flags: int, pws: tuple[int, ...], i: int, moves: tuple[Any, ...]
+    ) -> None:
+        for kind, arg, branch, new_pw, violation, bits in moves:
+            new = list(pws)
+            new[i] = new_pw
+            out.append(((kind, i, arg, branch), flags | bits, new, violation))
 
     def _timers(
         self,
@@ -762,17 +824,24 @@ class Explorer:
         mflags, lls2, sends, violation, _log, ended_now, _local = result
         new_flags = (flags & ~_MODELLER_FLAGS) | mflags | used
         new = []
-        for j, (_, wl, ws, m2w, w2m) in enumerate(comps):
-            if j == i and kind == M_RECV:
-                w2m = w2m[1:]
-            if ws < CRASHED:
-                if sends[j]:
-                    m2w = m2w + sends[j]
+        memo = system._pmemo
+        for j, p in enumerate(pws):
+            popped = j == i and kind == M_RECV
+            key = (p, lls2[j], sends[j], popped, ended_now)
+            found = memo.get(key)
+            if found is None:
+                _, wl, ws, m2w, w2m = comps[j]
+                if popped:
+                    w2m = w2m[1:]
+                if ws < CRASHED:
+                    if sends[j]:
+                        m2w = m2w + sends[j]
+                    if ended_now:
+                        m2w = (*m2w, EOF)
                 if ended_now:
-                    m2w = (*m2w, EOF)
-            if ended_now:
-                w2m = ()
-            new.append(system.intern_pw((lls2[j], wl, ws, m2w, w2m)))
+                    w2m = ()
+                found = memo[key] = system.intern_pw((lls2[j], wl, ws, m2w, w2m))
+            new.append(found)
         yield (kind, i, arg, 0), new_flags, new, violation
 
     # ---------------------------------------------------------------- search
@@ -796,7 +865,7 @@ class Explorer:
         transitions = 0
         last_report = start
         head = 0
-        canon = self._canon
+        symmetry = self.symmetry
         try:
             while head < len(states):
                 state = states[head]
@@ -805,28 +874,24 @@ class Explorer:
                 if self.max_states is not None and len(states) > self.max_states:
                     verdict = "limit"
                     break
-                taken, quiescent = self.successors(state)
+                moves, quiescent = self.successors(state)
                 if quiescent:
-                    self._quiescent(current, state, taken)
-                flags0 = state[0]
-                pws0 = list(state[1:])
-                comps0 = [system.pw[p] for p in pws0]
-                for kind, i, arg in taken:
-                    for label, flags, pws, violation in self._apply(
-                        flags0, pws0, comps0, kind, i, arg
-                    ):
-                        transitions += 1
-                        succ = canon(flags, pws)
-                        found = index.get(succ)
-                        if found is None:
-                            found = index[succ] = len(states)
-                            states.append(succ)
-                            parent.append(current)
-                            labels.append(label)
-                        src.append(current)
-                        dst.append(found)
-                        if violation is not None:
-                            raise _Found(violation, found)
+                    self._quiescent(current, state, moves)
+                for label, flags, pws, violation in moves:
+                    transitions += 1
+                    if symmetry:
+                        pws.sort()
+                    succ = (flags, *pws)
+                    found = index.get(succ)
+                    if found is None:
+                        found = index[succ] = len(states)
+                        states.append(succ)
+                        parent.append(current)
+                        labels.append(label)
+                    src.append(current)
+                    dst.append(found)
+                    if violation is not None:
+                        raise _Found(violation, found)
                 if self.progress is not None and head & 0x3FFF == 0:
                     now = time.perf_counter()
                     if now - last_report >= 1.0:
@@ -874,10 +939,10 @@ class Explorer:
 
     # ----------------------------------------------------------------- checks
 
-    def _quiescent(self, current: int, state: tuple[int, ...], taken: list[Any]) -> None:
+    def _quiescent(self, current: int, state: tuple[int, ...], moves: list[Any]) -> None:
         system = self.system
         if not system.is_end(state):
-            if not any(k in (W_TIMER, M_TIMER) for k, _, _ in taken):
+            if not any(label[0] in (W_TIMER, M_TIMER) for label, _, _, _ in moves):
                 raise _Found(self._deadlock(state), current)
             return
         self.ends.append(current)
