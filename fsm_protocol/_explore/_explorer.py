@@ -711,7 +711,7 @@ class Explorer:
         out: list[Any] = []
         if por and ample_read >= 0:
             i, result = next(r for r in reads if r[0] == ample_read)
-            out.extend(self._apply(flags, list(pws), comps, M_RECV, i, result))
+            out.append(self._modeller_move(flags, pws, comps, M_RECV, i, result, result, 0))
             self.enabled_total += enabled + len(reads)
             self.expanded_total += 1
             return out, False
@@ -722,7 +722,9 @@ class Explorer:
             return out, False
         for i in range(n):
             self._moves(out, flags, pws, i, local_moves[i])
-        global_steps: list[tuple[int, int, Any]] = [(M_RECV, i, r) for i, r in reads]
+        for i, result in reads:
+            out.append(self._modeller_move(flags, pws, comps, M_RECV, i, result, result, 0))
+        global_steps: list[tuple[int, int, Any]] = []
         if not ended:
             if "cancel" in faults and not flags & USED_CANCEL:
                 global_steps.append((CANCEL, -1, None))
@@ -738,8 +740,8 @@ class Explorer:
                 global_steps.extend((k, i, a) for k, a in timer_steps[i])
         for kind, i, arg in global_steps:
             out.extend(self._apply(flags, list(pws), comps, kind, i, arg))
-        self.enabled_total += enabled + len(global_steps)
-        self.expanded_total += enabled + len(global_steps)
+        self.enabled_total += enabled + len(reads) + len(global_steps)
+        self.expanded_total += enabled + len(reads) + len(global_steps)
         return out, not busy
 
     @staticmethod
@@ -821,10 +823,24 @@ class Explorer:
                 event = arg
             lls = tuple(c[0] for c in comps)
             result = system.modeller_step(flags & _MODELLER_FLAGS, lls, i, event, None)
+        yield self._modeller_move(flags, pws, comps, kind, i, arg, result, used)
+
+    def _modeller_move(
+        self,
+        flags: int,
+        pws: Sequence[int],
+        comps: list[Any],
+        kind: int,
+        i: int,
+        arg: Any,
+        result: tuple[Any, ...],
+        used: int,
+    ) -> tuple[Label, int, list[int], Any]:
+        """The move of a modeller step whose ``result`` is known: every worker's new part."""
         mflags, lls2, sends, violation, _log, ended_now, _local = result
         new_flags = (flags & ~_MODELLER_FLAGS) | mflags | used
         new = []
-        memo = system._pmemo
+        memo = self.system._pmemo
         for j, p in enumerate(pws):
             popped = j == i and kind == M_RECV
             key = (p, lls2[j], sends[j], popped, ended_now)
@@ -840,9 +856,9 @@ class Explorer:
                         m2w = (*m2w, EOF)
                 if ended_now:
                     w2m = ()
-                found = memo[key] = system.intern_pw((lls2[j], wl, ws, m2w, w2m))
+                found = memo[key] = self.system.intern_pw((lls2[j], wl, ws, m2w, w2m))
             new.append(found)
-        yield (kind, i, arg, 0), new_flags, new, violation
+        return (kind, i, arg, 0), new_flags, new, violation
 
     # ---------------------------------------------------------------- search
 
