@@ -41,6 +41,11 @@ COMPLETION_REMOVED = (
     '- {event: send:TASK_COMPLETE, target: complete, guards: ["!cancel_sent"], '
     "actions: [check_progress]}",
 )
+LOST_LINK_CANCELS_NOBODY = (
+    "modeller.yaml",
+    "- {event: link_lost, target: lost, actions: [note_link_lost, cancel_others, check_progress]}",
+    "- {event: link_lost, target: lost, actions: [note_link_lost, check_progress]}",
+)
 CANCEL_REASON_LOST = (
     "worker.yaml",
     "- {event: recv:TASK_CANCEL, target: aborting, actions: [note_cancelled]}",
@@ -196,6 +201,16 @@ def test_a_worker_that_forgets_why_it_aborts_is_found(tmp_path: Path) -> None:
     violation = result.counterexample.violation
     assert violation.check == "abort-reason"
     assert "recv:TASK_CANCEL" in violation.message and "CANCELLED_BY_MODELLER" in violation.message
+
+
+def test_a_run_that_can_never_end_is_a_no_progress_violation(tmp_path: Path) -> None:
+    # Without cancel_others on a lost link, a worker that finished waits for TASK_COMPLETE
+    # for ever once another goes silent, answering ONLINE_CHECKs: a cycle with no way out.
+    chart = _mutated(tmp_path, LOST_LINK_CANCELS_NOBODY)
+    result = _charts(modeller=chart).run(_bounds(2, 1, 1, "silence"))
+    assert result.counterexample is not None
+    assert result.counterexample.violation.check == "no-progress"
+    assert _charts().run(_bounds(2, 1, 1, "silence")).verdict == "ok"
 
 
 # ------------------------------------------------------------------ reductions

@@ -1210,8 +1210,10 @@ class Explorer:
         if kind == W_ACT:
             pend = system.wloc[comp[1]][2]
             state, outs = pend[arg]
-            event, msg = outs[0]
-            what = f"sends {_show(msg)}" if event.startswith("send:") else f"posts {event}"
+            what = ", then ".join(
+                f"sends {_show(msg)}" if event.startswith("send:") else f"posts {event}"
+                for event, msg in outs
+            )
             return f"{pod} ({state}) {what}"
         if kind == W_TIMER:
             return f"{pod}: timer {arg} expires"
