@@ -682,36 +682,46 @@ class Explorer:
         ended = flags & MODELLER_ENDED
         faults = self.faults
         por = self.por
-        comps = [system.pw[p] for p in pws]
+        table = system.pw
+        comps = [table[p] for p in pws]
         mflags = flags & _MODELLER_FLAGS
-        lls = tuple(c[0] for c in comps)
+        lls = tuple([c[0] for c in comps])
         busy = False
         local_moves = []
         ample_worker = -1
         ample_read = -1
         reads: list[tuple[int, Any]] = []
         enabled = 0
+        local_get = self._local_cache.get
+        read_get = system._rmemo.get
         for i in range(n):
-            moves, own = self._local(pws[i], ended)
+            comp = comps[i]
+            cached = local_get((pws[i], ended))
+            moves, own = cached if cached is not None else self._local(pws[i], ended)
             local_moves.append(moves)
             enabled += len(moves)
             if own:
                 busy = True
-                if ample_worker < 0 and (comps[i][3] or ended):
+                if ample_worker < 0 and (comp[3] or ended):
                     # Every move of this worker: what the modeller sends later queues
                     # behind the message at the head, so nothing can overtake these.
                     ample_worker = i
-            w2m = comps[i][4]
+            w2m = comp[4]
             if w2m and not ended:
                 busy = True
-                result = system.read(mflags, lls, i, w2m[0])
+                head = w2m[0]
+                result = read_get((mflags, lls, i, head))
+                if result is None:
+                    result = system.read(mflags, lls, i, head)
                 reads.append((i, result))
-                if result[6] and ample_read < 0:
+                if ample_read < 0 and result[6]:
                     ample_read = i
         out: list[Any] = []
         if por and ample_read >= 0:
-            i, result = next(r for r in reads if r[0] == ample_read)
-            out.append(self._modeller_move(flags, pws, comps, M_RECV, i, result, result, 0))
+            result = next(r for j, r in reads if j == ample_read)
+            out.append(
+                self._modeller_move(flags, pws, comps, M_RECV, ample_read, result, result, 0)
+            )
             self.enabled_total += enabled + len(reads)
             self.expanded_total += 1
             return out, False
@@ -721,11 +731,14 @@ class Explorer:
             self.expanded_total += len(local_moves[ample_worker])
             return out, False
         for i in range(n):
-            self._moves(out, flags, pws, i, local_moves[i])
+            for kind, arg, branch, new_pw, violation, bits in local_moves[i]:
+                new = list(pws)
+                new[i] = new_pw
+                out.append(((kind, i, arg, branch), flags | bits, new, violation))
         for i, result in reads:
             out.append(self._modeller_move(flags, pws, comps, M_RECV, i, result, result, 0))
         global_steps: list[tuple[int, int, Any]] = []
-        if not ended:
+        if not ended and faults:
             if "cancel" in faults and not flags & USED_CANCEL:
                 global_steps.append((CANCEL, -1, None))
             if "late-accept" in faults and not flags & USED_LATE:
