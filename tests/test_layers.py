@@ -33,6 +33,7 @@ LAYERS = (
     "_algo",
     "_export",
     "_check",
+    "_explore",
     "_runtime",
     "_net",
     "_kit",

@@ -35,6 +35,7 @@ from .._runtime._roles import role_binding_names
 from ._conform_cli import add_check, add_conform
 from ._demo import add_demo
 from ._diagram_cli import add_diagram
+from ._explore_cli import add_explore
 from ._logging import LOG_FORMATS, logging_to_stderr
 from ._net_cli import add_keys, add_modeller, add_worker
 
@@ -192,6 +193,7 @@ _SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_diagram,
     add_check,
     add_conform,
+    add_explore,
     _add_completion,
 )
 
