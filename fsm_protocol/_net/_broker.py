@@ -23,7 +23,11 @@ waits for their confirmations. A message not confirmed in time, or lost to
 a reconnect, stays in the outbox and is published again with the same id.
 
 Receiving: messages are handed to the chart per link in ``Fsmp-Seq`` order:
-an already handed number is dropped, a gap is held until it fills. A message
+an already handed number is dropped, a gap is held until it fills. A header
+``Fsmp-After`` says how many messages of the link's other direction the
+sender had read when it sent this one; a receiver that has not yet sent that
+many (a restarted pod replaying its inbox) holds the message until it has,
+so a replay sees the modeller's answers in the order the first run did. A message
 is acknowledged only once the chart has applied it (``ack_when="applied"``),
 once a durability hook says its effects are on disk (``"durable"``), or at
 the end of the conversation (``"end"``: a worker keeps nothing on disk, so a
@@ -71,6 +75,7 @@ CONTROL_SUBJECTS: Final = f"{PREFIX}._control.>"
 SEQ_HEADER: Final = "Fsmp-Seq"
 SENDER_HEADER: Final = "Fsmp-Sender"
 END_HEADER: Final = "Fsmp-End"
+AFTER_HEADER: Final = "Fsmp-After"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 
 AckWhen = Literal["applied", "durable", "end"]
@@ -211,6 +216,7 @@ class _SendLink:
     unconfirmed: int = 0
     failure: str | None = None
     drained: trio.Event = attrs.field(factory=trio.Event)
+    sent_more: trio.Event = attrs.field(factory=trio.Event)
 
 
 @attrs.define(eq=False)
@@ -240,13 +246,14 @@ class _RecvLink:
 
     sender: str
     next_seq: int = 0
-    held: dict[int, tuple[bytes, Any, bool]] = attrs.field(factory=dict)
-    ready: deque[tuple[int, bytes, Any, bool]] = attrs.field(factory=deque)
+    held: dict[int, tuple[bytes, Any, bool, int]] = attrs.field(factory=dict)
+    ready: deque[tuple[int, bytes, Any, bool, int]] = attrs.field(factory=deque)
     handed: dict[int, tuple[Message | None, Any]] = attrs.field(factory=dict)
     arrived: trio.Event = attrs.field(factory=trio.Event)
     ended: bool = False
     end_seen: bool = False
     anything: bool = False
+    handed_count: int = 0
 
 
 @final
@@ -356,6 +363,8 @@ class _Inbox:
         link = self.links[sender]
         seq = int(seq_text)
         end = headers.get(END_HEADER) == "1"
+        after_text = headers.get(AFTER_HEADER, "0")
+        after = int(after_text) if after_text.isdigit() else 0
         link.anything = True
         if end:
             link.end_seen = True
@@ -370,13 +379,13 @@ class _Inbox:
             return
         if seq > link.next_seq:
             if seq not in link.held and len(link.held) < self.max_held:
-                link.held[seq] = (msg.data, msg, end)
+                link.held[seq] = (msg.data, msg, end, after)
             return  # a gap before it: wait (redelivery fills it)
-        link.ready.append((seq, msg.data, msg, end))
+        link.ready.append((seq, msg.data, msg, end, after))
         link.next_seq += 1
         while link.next_seq in link.held:
-            data, held, held_end = link.held.pop(link.next_seq)
-            link.ready.append((link.next_seq, data, held, held_end))
+            data, held, held_end, held_after = link.held.pop(link.next_seq)
+            link.ready.append((link.next_seq, data, held, held_end, held_after))
             link.next_seq += 1
         link.arrived.set()
 
@@ -412,22 +421,32 @@ class BrokerTransport:
             raise ClosedTransportError("this transport was closed; no more messages can be sent")
         if self._send_link.failure is not None:
             raise BrokenTransportError(self._send_link.failure)
-        await self._broker._publish_on(self._send_link, encode(message), str(message.seq))
+        await self._broker._publish_on(
+            self._send_link, encode(message), str(message.seq), after=self._recv.handed_count
+        )
 
     async def receive(self) -> Message:
         if self._closed:
             raise ClosedTransportError("this transport was closed; nothing more can be received")
         link = self._recv
-        while not link.ready:
+        sent = self._send_link
+        while not link.ready or link.ready[0][4] > sent.next_seq:
             if link.ended:
                 raise trio.EndOfChannel
-            failure = self._send_link.failure or self._inbox.failure
+            failure = sent.failure or self._inbox.failure
             if failure is not None:
                 self.failure = failure
                 raise BrokenTransportError(failure)
-            link.arrived = trio.Event()
-            await link.arrived.wait()
-        seq, data, msg, end = link.ready.popleft()
+            if link.ready:
+                # The peer sent this after reading more from us than we have sent so
+                # far: we are replaying (restarted), and it answers what comes next.
+                sent.sent_more = trio.Event()
+                await sent.sent_more.wait()
+            else:
+                link.arrived = trio.Event()
+                await link.arrived.wait()
+        seq, data, msg, end, _ = link.ready.popleft()
+        link.handed_count += 1
         if end:
             link.ended = True
             self._consumed(seq, msg)
@@ -494,7 +513,9 @@ class BrokerTransport:
         await self._broker._flush_acks()
         if link.failure is None:
             with contextlib.suppress(TransportError):
-                await self._broker._publish_on(link, b"", f"end:{link.recipient}", end=True)
+                await self._broker._publish_on(
+                    link, b"", f"end:{link.recipient}", end=True, after=self._recv.handed_count
+                )
         with trio.move_on_after(self._broker.options.give_up_s):
             await self.confirmed()
 
@@ -818,16 +839,18 @@ class Broker:
     # ----------------------------------------------------------- publishing
 
     async def _publish_on(
-        self, link: _SendLink, payload: bytes, seq: str, *, end: bool = False
+        self, link: _SendLink, payload: bytes, seq: str, *, end: bool = False, after: int = 0
     ) -> None:
         headers = {
             MSG_ID_HEADER: link.layout.msg_id(link.sender, seq),
             SENDER_HEADER: link.sender,
             SEQ_HEADER: str(link.next_seq),
+            AFTER_HEADER: str(after),
         }
         if end:
             headers[END_HEADER] = "1"
         link.next_seq += 1
+        link.sent_more.set()
         link.unconfirmed += 1
         out = _Out(
             link.layout.subject(link.recipient),
@@ -876,6 +899,7 @@ class Broker:
         if link is not None:
             if error is not None and link.failure is None:
                 link.failure = f"the broker did not take a message to {link.recipient}: {error}"
+                link.sent_more.set()
             link.unconfirmed -= 1
             if link.unconfirmed == 0:
                 link.drained.set()
