@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from fsm_protocol._cli._main import main
 from tests.broker_servers import NatsCluster, NatsServer, nats_cluster, nats_server
 from tests.test_net_cli import (
@@ -94,6 +96,7 @@ def test_a_worker_refuses_a_job_signed_by_a_key_it_does_not_trust(
     assert outcome(folder)["workers"]["a/p"]["state"] == "rejected"
 
 
+@pytest.mark.slow  # several processes and a real ack wait
 def test_a_task_runs_through_a_three_node_cluster_from_the_cli(
     procs: Processes, nats_cluster: NatsCluster
 ) -> None:
@@ -129,6 +132,7 @@ def test_a_serving_pod_runs_offered_tasks_one_after_another_and_stops_on_sigterm
     assert "task t-2: pod a/p: complete" in out
 
 
+@pytest.mark.slow  # several processes and a real ack wait
 def test_a_pod_killed_holding_unacked_messages_and_restarted(
     procs: Processes, nats_server: NatsServer
 ) -> None:
@@ -147,6 +151,7 @@ def test_a_pod_killed_holding_unacked_messages_and_restarted(
     assert_every_result_once(folder, pods, 12)
 
 
+@pytest.mark.slow  # several processes and a real ack wait
 def test_a_pod_offline_longer_than_its_ack_wait_then_back(
     procs: Processes, nats_server: NatsServer
 ) -> None:
