@@ -14,7 +14,9 @@ runs share one trio loop; the broker run shares one NATS connection.
 
 ``msgs_per_s`` is the protocol messages of the broker run (its trace) per
 second of task time (from the first job request to the modeller's end);
-``vs_tcp`` divides it by the TCP run's rate. ``lost`` counts the results of
+``vs_tcp`` divides it by the TCP run's rate. Both are wall-clock rates,
+so a machine busy with other work moves them; the CPU seconds of this
+process (and of ``nats-server``) are printed before the last line. ``lost`` counts the results of
 the TCP run missing from the broker run; ``duplicated`` counts messages the
 modeller applied more than once (a ``(sender, seq)`` twice in its trace)
 plus results stored more than once. Both traces are checked by
@@ -26,6 +28,7 @@ plus results stored more than once. Both traces are checked by
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -112,6 +115,13 @@ async def over_broker(
         return run, elapsed, broker.stats()
 
 
+def server_cpu_s(server: NatsServer) -> float:
+    """CPU seconds the server process used so far (user + system), from /proc."""
+    assert server.process is not None
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def duplicated(run: ModellerRun) -> int:
     applied = Counter((m.sender, m.seq) for m in run.trace)
     return sum(n - 1 for n in applied.values() if n > 1)
@@ -140,24 +150,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     pods = [f"bench/pod-{n:04d}" for n in range(args.pods)]
     protocol = EchoProtocol(items=tuple(f"i{k}" for k in range(2 * args.batches)), batch_size=2)
 
+    cpu = time.process_time()
     tcp_run, tcp_s = trio.run(over_tcp, protocol, pods)
+    tcp_cpu = time.process_time() - cpu
     tcp_rate = len(tcp_run.trace) / tcp_s
     print(
         f"tcp:    {tcp_run.status.value}, {len(tcp_run.results)} results, "
-        f"{len(tcp_run.trace)} messages in {tcp_s:.2f} s = {tcp_rate:.0f} msgs/s"
+        f"{len(tcp_run.trace)} messages in {tcp_s:.2f} s = {tcp_rate:.0f} msgs/s "
+        f"(this process: {tcp_cpu:.2f} s CPU)"
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         server = NatsServer(folder / "nats" / "store")
         server.start()
         try:
+            cpu = time.process_time()
             run, broker_s, stats = trio.run(over_broker, server.url, protocol, pods)
+            broker_cpu = time.process_time() - cpu
+            server_cpu = server_cpu_s(server)
         finally:
             server.stop()
         rate = len(run.trace) / broker_s
         print(
             f"broker: {run.status.value}, {len(run.results)} results, "
-            f"{len(run.trace)} messages in {broker_s:.2f} s = {rate:.0f} msgs/s"
+            f"{len(run.trace)} messages in {broker_s:.2f} s = {rate:.0f} msgs/s "
+            f"(this process: {broker_cpu:.2f} s CPU; nats-server: {server_cpu:.2f} s CPU)"
         )
         print(f"  {stats}")
         check(tcp_run, folder, "tcp")
