@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
@@ -269,3 +270,39 @@ async def test_a_repeated_message_id_is_dropped_by_the_server(nats_server: NatsS
         await link.confirmed()
         assert broker.stats().duplicates == 1
         assert SEQ_HEADER and SENDER_HEADER  # the headers the receivers order by
+
+
+async def test_a_bad_line_or_another_senders_message_is_refused_and_acknowledged(
+    nats_server: NatsServer,
+) -> None:
+    from fsm_protocol import DecodeError
+
+    async with Broker.connect(BrokerOptions(servers=(nats_server.url,))) as broker:
+        layout = await broker.create_task("t-x", ["a/p", "modeller"])
+        to_pod = broker.transport(layout, me="modeller", peer="a/p")
+        pod_side = broker.transport(layout, me="a/p", peer="modeller")
+
+        def line(sender: str, seq: int) -> bytes:
+            return encode(
+                Message.make(
+                    MessageType.TASK_START, task_id="t-x", sender=sender, recipient="a/p", seq=seq
+                )
+            )
+
+        link = to_pod._send_link
+        await broker._publish_on(link, b"not json\n", "0")
+        await broker._publish_on(link, line("someone-else", 1), "1")
+        await to_pod.send(
+            Message.make(
+                MessageType.TASK_START, task_id="t-x", sender="modeller", recipient="a/p", seq=2
+            )
+        )
+        with trio.fail_after(10):
+            with pytest.raises(DecodeError, match="JSON"):
+                await pod_side.receive()
+            with pytest.raises(DecodeError, match=r"\$\.sender"):
+                await pod_side.receive()
+            good = await pod_side.receive()
+        assert good.seq == 2 and good.sender == "modeller"
+        pod_side.applied(good)
+        assert pod_side._recv.handed == {}

@@ -14,7 +14,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -53,11 +53,30 @@ from ._net_cli import (
     outcome_json,
 )
 
+if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport there
+    from exceptiongroup import BaseExceptionGroup
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from .._net._broker import BrokerOptions
     from .._runtime._modeller import ModellerRun
+
+
+_T = TypeVar("_T")
+
+
+def _run(main: Callable[[], Awaitable[_T]]) -> _T:
+    """``trio.run``, with an error that crossed nurseries raised as itself."""
+    from .._net._broker import single_exception
+
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:
+        single = single_exception(group)
+        if single is None:
+            raise
+        raise single from None
 
 
 # ---------------------------------------------------------------- options
@@ -168,6 +187,8 @@ def broker_options(args: argparse.Namespace, *, modeller: bool) -> BrokerOptions
     extra: dict[str, Any] = {}
     if modeller:
         extra = {"replicas": args.replicas, "linger_s": args.linger}
+    else:
+        extra = {"connect_for_s": max(args.retry_for, 0.0)}
     return BrokerOptions(
         servers=servers,
         ssl_context=context,
@@ -246,7 +267,7 @@ def run_modeller_serve_broker(args: argparse.Namespace) -> int:
         return _finish(run, task_s, stats, folder, log)
 
     try:
-        outcome = trio.run(main)
+        outcome = _run(main)
     except TransportError as exc:
         print(f"fsm-protocol modeller serve: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -362,7 +383,7 @@ def run_worker_broker(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()
 
     try:
-        trio.run(main)
+        _run(main)
     except TransportError as exc:
         print(f"fsm-protocol worker {args.pod_id}: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -45,6 +45,7 @@ import json
 import math
 import re
 import ssl
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
@@ -52,7 +53,15 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
 import attrs
 import trio
 
-from .._base._errors import BrokenTransportError, ClosedTransportError, TransportError
+if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport there
+    from exceptiongroup import BaseExceptionGroup
+
+from .._base._errors import (
+    BrokenTransportError,
+    ClosedTransportError,
+    DecodeError,
+    TransportError,
+)
 from .._runtime._modeller import DEFAULT_TIMEOUTS, ModellerRun, TaskTimeouts, run_modeller
 from .._runtime._transport import Transport
 from .._runtime._worker import Pod, WorkerReport, run_worker
@@ -269,11 +278,13 @@ class _Pushed:
         self._token = trio.lowlevel.current_trio_token()
         self._arrivals: deque[Any] = deque()
         self._wake = trio.Event()
+        self.count = 0
 
     def _woken(self) -> None:
         self._wake.set()
 
     async def on_msg(self, msg: Any) -> None:  # runs in asyncio
+        self.count += 1
         self._arrivals.append(msg)
         if len(self._arrivals) == 1:
             self._token.run_sync_soon(self._woken)
@@ -322,29 +333,64 @@ class _Inbox:
         return self.links[sender]
 
     async def run(self) -> None:
-        """Bind to the recipient's push consumer and route what arrives, in batches."""
-        pushed = _Pushed()
+        """Bind to the recipient's push consumer and route what arrives, in batches.
+
+        A watchdog looks at the consumer every ack wait: when the task's stream
+        is gone, the links fail (the peer's side is over); when messages wait on
+        the server but none came since the last look (a subscription lost to a
+        node's death, say), it binds again.
+        """
         with self.scope:
-            misses = 0
-            while self._sub is None:
+            while True:
+                pushed = _Pushed()
+                if not await self._bind(pushed):
+                    return
                 try:
-                    self._sub = await _aio(self.broker._bind)(
-                        self.layout, self.recipient, pushed.on_msg
-                    )
-                except Exception as exc:
-                    gone = await self.broker._task_gone(self.layout)
-                    misses = misses + 1 if gone else 0
-                    if misses >= 3:
-                        self._fail(f"the task's stream {self.layout.stream} is gone ({exc!r})")
-                        return
-                    await trio.sleep(0.2)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch, pushed, nursery.cancel_scope)
+                        while True:
+                            for msg in await pushed.take_all():
+                                self._route(msg)
+                finally:
+                    sub, self._sub = self._sub, None
+                    await _unsubscribe(sub)
+                if self.failure is not None:
+                    return
+
+    async def _bind(self, pushed: _Pushed) -> bool:
+        misses = 0
+        while self._sub is None:
             try:
-                while True:
-                    for msg in await pushed.take_all():
-                        self._route(msg)
-            finally:
-                sub, self._sub = self._sub, None
-                await _unsubscribe(sub)
+                self._sub = await _aio(self.broker._bind)(
+                    self.layout, self.recipient, pushed.on_msg
+                )
+            except Exception as exc:
+                gone = await self.broker._task_gone(self.layout)
+                misses = misses + 1 if gone else 0
+                if misses >= 3:
+                    self._fail(f"the task's stream {self.layout.stream} is gone ({exc!r})")
+                    return False
+                await trio.sleep(0.2)
+        return True
+
+    async def _watch(self, pushed: _Pushed, scope: trio.CancelScope) -> None:
+        seen = pushed.count
+        gone = 0
+        while True:
+            await trio.sleep(self.broker.options.ack_wait_s)
+            state = await self.broker._consumer_state(self.layout, self.recipient)
+            if state == "gone":
+                gone += 1
+                if gone >= 2:
+                    self._fail(f"the task's stream {self.layout.stream} was removed")
+                    scope.cancel()
+                    return
+                continue
+            gone = 0
+            if state == "waiting" and pushed.count == seen:
+                scope.cancel()  # messages wait, none came: bind again
+                return
+            seen = pushed.count
 
     def _fail(self, text: str) -> None:
         self.failure = text
@@ -456,6 +502,14 @@ class BrokerTransport:
         except Exception:
             self._consumed(seq, msg)
             raise
+        if message.sender != self.peer:
+            self._consumed(seq, msg)
+            raise DecodeError(
+                f"field $.sender: expected {self.peer!r} (the sender this subject and "
+                f"{SENDER_HEADER} name), found {message.sender!r}",
+                field="$.sender",
+                line=data[:200],
+            )
         link.handed[seq] = (message, msg)
         return message
 
@@ -568,29 +622,37 @@ class Broker:
         """
         import trio_asyncio
 
-        async with trio_asyncio.open_loop():
-            nc = await _connect(options, log)
-            try:
-                async with trio.open_nursery() as nursery:
-                    broker = cls(options, nc, nursery)
-                    nc._reconnected_cb = broker._on_reconnect
-                    for _ in range(2):
-                        nursery.start_soon(broker._publish_pump)
-                    nursery.start_soon(broker._retry_pump)
-                    nursery.start_soon(broker._ack_pump)
-                    try:
-                        yield broker
-                    finally:
-                        with trio.CancelScope(shield=True), trio.move_on_after(5):
-                            await broker._flush_acks()
-                        nursery.cancel_scope.cancel()
-            finally:
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(5),
-                    contextlib.suppress(Exception),
-                ):
-                    await _aio(nc.close)()
+        try:
+            async with trio_asyncio.open_loop():
+                nc = await _connect(options, log)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        broker = cls(options, nc, nursery)
+                        nc._reconnected_cb = broker._on_reconnect
+                        for _ in range(2):
+                            nursery.start_soon(broker._publish_pump)
+                        nursery.start_soon(broker._retry_pump)
+                        nursery.start_soon(broker._ack_pump)
+                        try:
+                            yield broker
+                        finally:
+                            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                                await broker._flush_acks()
+                            nursery.cancel_scope.cancel()
+                finally:
+                    with (
+                        trio.CancelScope(shield=True),
+                        trio.move_on_after(5),
+                        contextlib.suppress(Exception),
+                    ):
+                        await _aio(nc.close)()
+        except BaseExceptionGroup as group:
+            # The caller's own error (or ours) comes out as itself, not inside the
+            # groups of the nurseries it crossed.
+            single = single_exception(group)
+            if single is None:
+                raise
+            raise single from None
 
     async def _on_reconnect(self) -> None:  # runs in asyncio
         self._reconnects += 1
@@ -674,6 +736,21 @@ class Broker:
         with contextlib.suppress(Exception):
             await _aio(self._js.delete_stream)(layout.stream)
         return left
+
+    async def _consumer_state(self, layout: TaskLayout, recipient: str) -> str:
+        """``gone`` (no such stream), ``waiting`` (messages not yet delivered, or
+        no subscriber bound), or ``ok`` (also when the broker cannot say)."""
+        import nats.js.errors
+
+        try:
+            info = await _aio(self._js.consumer_info)(layout.stream, layout.consumer(recipient))
+        except nats.js.errors.NotFoundError:
+            return "gone" if await self._task_gone(layout) else "ok"
+        except Exception:
+            return "ok"
+        if info.num_pending or info.push_bound is False:
+            return "waiting"
+        return "ok"
 
     async def _task_gone(self, layout: TaskLayout) -> bool:
         import nats.js.errors
@@ -978,6 +1055,16 @@ async def _ack_all(acks: list[tuple[Any, bytes]]) -> None:
     for msg, kind in acks:
         with contextlib.suppress(Exception):  # the link is down: it is delivered again
             await msg._client.publish(msg.reply, kind)
+
+
+def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested single-member groups, or None."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        if len(found.exceptions) != 1:
+            return None
+        found = found.exceptions[0]
+    return found
 
 
 async def _unsubscribe(sub: Any) -> None:
