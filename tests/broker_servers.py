@@ -12,6 +12,7 @@ with bounded waits. Import the fixtures into a test module to use them::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -202,6 +203,30 @@ class NatsCluster:
             node.start(wait=False)
         for node in self.nodes:
             node.wait_ready()
+        self.wait_formed()
+
+    def wait_formed(self) -> None:
+        """Until every node sees a JetStream meta leader and all its peers current."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(self._formed(node) for node in self.nodes):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the cluster did not form in {START_TIMEOUT_S} s")
+
+    def _formed(self, node: NatsServer) -> bool:
+        url = f"http://{LOCAL}:{node.monitor_port}/jsz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                meta = json.load(answer).get("meta_cluster", {})
+        except (OSError, ValueError):
+            return False
+        peers = meta.get("replicas") or []
+        return (
+            bool(meta.get("leader"))
+            and len(peers) == len(self.nodes) - 1
+            and all(peer.get("current") and not peer.get("offline") for peer in peers)
+        )
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -306,3 +306,31 @@ async def test_a_bad_line_or_another_senders_message_is_refused_and_acknowledged
         assert good.seq == 2 and good.sender == "modeller"
         pod_side.applied(good)
         assert pod_side._recv.handed == {}
+
+
+async def test_a_gap_is_held_until_it_fills_and_messages_come_out_in_order(
+    nats_server: NatsServer,
+) -> None:
+    async with Broker.connect(BrokerOptions(servers=(nats_server.url,))) as broker:
+        layout = await broker.create_task("t-g", ["a/p", "modeller"])
+        to_pod = broker.transport(layout, me="modeller", peer="a/p")
+        pod_side = broker.transport(layout, me="a/p", peer="modeller")
+        link = to_pod._send_link
+
+        def line(seq: int) -> bytes:
+            return encode(
+                Message.make(
+                    MessageType.TASK_START,
+                    task_id="t-g",
+                    sender="modeller",
+                    recipient="a/p",
+                    seq=seq,
+                )
+            )
+
+        link.next_seq = 1
+        await broker._publish_on(link, line(11), "11")
+        link.next_seq = 0
+        await broker._publish_on(link, line(10), "10")
+        with trio.fail_after(10):
+            assert [(await pod_side.receive()).seq for _ in range(2)] == [10, 11]

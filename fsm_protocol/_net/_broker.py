@@ -674,8 +674,20 @@ class Broker:
     async def create_task(self, task_id: str, recipients: Sequence[str]) -> TaskLayout:
         """Make the task's stream and one durable consumer per recipient."""
         layout = TaskLayout(task_id)
-        await _aio(self._create_task)(layout, tuple(recipients))
-        return layout
+        # A cluster that is still electing leaders (or placing replicas) refuses for a
+        # moment; keep trying for connect_for_s, then say why.
+        last: Exception | None = None
+        with trio.move_on_after(self.options.connect_for_s):
+            while True:
+                try:
+                    await _aio(self._create_task)(layout, tuple(recipients))
+                    return layout
+                except Exception as exc:
+                    last = exc
+                await trio.sleep(0.5)
+        raise BrokenTransportError(
+            f"the broker did not make the task's stream {layout.stream}: {last or 'timed out'}"
+        )
 
     async def _create_task(self, layout: TaskLayout, recipients: tuple[str, ...]) -> None:
         from nats.js import api
