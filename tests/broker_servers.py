@@ -24,6 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -206,27 +207,32 @@ class NatsCluster:
         self.wait_formed()
 
     def wait_formed(self) -> None:
-        """Until every node sees a JetStream meta leader and all its peers current."""
+        """Until every node names the same JetStream meta leader, and the leader sees all
+        its peers current (followers do not track each other)."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if all(self._formed(node) for node in self.nodes):
-                return
+            metas = [self._meta(node) for node in self.nodes]
+            leaders = {meta.get("leader") for meta in metas}
+            if len(leaders) == 1 and None not in leaders:
+                (leader,) = leaders
+                by_name = {node.name: meta for node, meta in zip(self.nodes, metas, strict=True)}
+                peers = by_name.get(str(leader), {}).get("replicas") or []
+                if len(peers) == len(self.nodes) - 1 and all(
+                    peer.get("current") and not peer.get("offline") for peer in peers
+                ):
+                    return
             time.sleep(0.1)
         raise RuntimeError(f"the cluster did not form in {START_TIMEOUT_S} s")
 
-    def _formed(self, node: NatsServer) -> bool:
+    @staticmethod
+    def _meta(node: NatsServer) -> dict[str, Any]:
         url = f"http://{LOCAL}:{node.monitor_port}/jsz"
         try:
             with urllib.request.urlopen(url, timeout=1) as answer:
-                meta = json.load(answer).get("meta_cluster", {})
+                meta: dict[str, Any] = json.load(answer).get("meta_cluster") or {}
         except (OSError, ValueError):
-            return False
-        peers = meta.get("replicas") or []
-        return (
-            bool(meta.get("leader"))
-            and len(peers) == len(self.nodes) - 1
-            and all(peer.get("current") and not peer.get("offline") for peer in peers)
-        )
+            return {}
+        return meta
 
     def stop(self) -> None:
         for node in self.nodes:
