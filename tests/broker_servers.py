@@ -79,6 +79,7 @@ class NatsServer:
     name: str = "n1"
     cluster_port: int | None = None
     routes: tuple[int, ...] = ()
+    extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -113,7 +114,7 @@ class NatsServer:
                 "--routes",
                 ",".join(f"nats://{LOCAL}:{port}" for port in self.routes),
             ]
-        return command
+        return command + list(self.extra)
 
     def start(self, *, wait: bool = True) -> None:
         self.store.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import trustme
 
 from fsm_protocol._cli._main import main
 from tests.broker_servers import NatsCluster, NatsServer, nats_cluster, nats_server
@@ -169,3 +170,37 @@ def test_a_pod_offline_longer_than_its_ack_wait_then_back(
     assert wait(procs.started[0]) == 0, procs.output("modeller")
     assert wait(stopped) == 0
     assert_every_result_once(folder, pods, 10)
+
+
+def test_tls_and_a_password_to_the_broker(
+    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = procs.folder
+    authority = trustme.CA()
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(folder / "broker.pem")
+    )
+    authority.cert_pem.write_to_path(str(folder / "ca.pem"))
+    server = NatsServer(
+        tmp_path / "tls-nats" / "store",
+        extra=(
+            "--tls", "--tlscert", str(folder / "broker.pem"),
+            "--tlskey", str(folder / "broker.pem"), "--user", "fsmp", "--pass", "s3cret",
+        ),
+    )  # fmt: skip
+    server.start()
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+        task_file(folder, ["a/p"], slow_job(2, 0.0))
+        auth = ("--broker-ca", "ca.pem", "--broker-user", "fsmp")
+        monkeypatch.setenv("NATS_PASSWORD", "wrong")
+        worker(procs, url, "a/p", *auth, "--retry-for", "2", name="refused")
+        assert wait(procs.started[-1]) == 2
+        assert "authorization" in procs.output("refused").lower()
+        monkeypatch.setenv("NATS_PASSWORD", "s3cret")
+        worker(procs, url, "a/p", *auth)
+        modeller(procs, url, *auth)
+        assert wait(procs.started[-1]) == 0, procs.output("modeller")
+        assert_every_result_once(folder, ["a/p"], 2)
+    finally:
+        server.stop()

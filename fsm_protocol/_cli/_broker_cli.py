@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import signal
@@ -70,6 +71,8 @@ def _run(main: Callable[[], Awaitable[_T]]) -> _T:
     """``trio.run``, with an error that crossed nurseries raised as itself."""
     from .._net._broker import single_exception
 
+    # asyncio's own notes (e.g. on closing TLS) are not for the user of this command.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         return trio.run(main)
     except BaseExceptionGroup as group:

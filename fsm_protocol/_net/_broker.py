@@ -1113,24 +1113,52 @@ async def _connect(options: BrokerOptions, log: Callable[[str], None]) -> Any:
     if options.nkeys_seed_file is not None:
         kwargs["nkeys_seed"] = options.nkeys_seed_file
 
-    async def quiet(exc: Exception) -> None:
-        pass
+    seen: list[Exception] = []
 
-    kwargs["error_cb"] = quiet
+    async def on_error(exc: Exception) -> None:  # runs in asyncio, for every failed attempt
+        seen.append(exc)
+        del seen[:-1]
+        if not connected and _refused(exc):
+            raise _Refused(exc)  # the broker said no: retrying cannot help
+
+    connected = False
+    kwargs["error_cb"] = on_error
     last: Exception | None = None
     with trio.move_on_after(options.connect_for_s):
         while True:
             try:
-                return await _aio(nats.connect)(**kwargs)
+                nc = await _aio(nats.connect)(**kwargs)
+                connected = True
+                return nc
+            except _Refused as exc:
+                last = exc.cause
+                break
             except Exception as exc:
                 last = exc
-                text = str(exc) or type(exc).__name__
-                if "authorization" in text.lower() or isinstance(exc, ssl.SSLError):
+                if _refused(exc):
                     break
                 await trio.sleep(0.5)
+    last = last or (seen[-1] if seen else None)
     raise BrokenTransportError(
-        f"cannot reach the broker at {', '.join(options.servers)}: {last or 'timed out'}"
+        f"cannot reach the broker at {', '.join(options.servers)}: "
+        f"{_describe(last) if last is not None else 'timed out'}"
     )
+
+
+class _Refused(Exception):
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _refused(exc: BaseException) -> bool:
+    """An answer from the broker that another try will not change: credentials, TLS."""
+    text = str(exc).lower()
+    return "authorization" in text or "authentication" in text or isinstance(exc, ssl.SSLError)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 # --------------------------------------------------------------- running
