@@ -402,7 +402,7 @@ class _Inbox:
         headers = msg.headers or {}
         sender = headers.get(SENDER_HEADER)
         seq_text = headers.get(SEQ_HEADER, "")
-        if sender is None or sender not in self.links or not seq_text.isdigit():
+        if sender is None or sender not in self.links or not _is_number(seq_text):
             # Not ours to hand on (a stranger, or no link header): never redeliver it.
             self.broker._queue_ack(msg)
             return
@@ -410,7 +410,7 @@ class _Inbox:
         seq = int(seq_text)
         end = headers.get(END_HEADER) == "1"
         after_text = headers.get(AFTER_HEADER, "0")
-        after = int(after_text) if after_text.isdigit() else 0
+        after = int(after_text) if _is_number(after_text) else 0
         link.anything = True
         if end:
             link.end_seen = True
@@ -1067,6 +1067,11 @@ async def _ack_all(acks: list[tuple[Any, bytes]]) -> None:
     for msg, kind in acks:
         with contextlib.suppress(Exception):  # the link is down: it is delivered again
             await msg._client.publish(msg.reply, kind)
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes ``²``), and not absurdly long."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
