@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -224,7 +225,6 @@ async def test_duplicates_injected_into_the_stream_are_applied_once(
     """Every message is published a second time under another message id, so the
     server stores both; each receiver must drop the repeat by its link number."""
     import nats
-    import trio_asyncio
 
     task = Task((nats_server.url,), ["a/p", "b/p"], slow_echo(6, 0.01))
     copies = 0
@@ -334,3 +334,40 @@ async def test_a_gap_is_held_until_it_fills_and_messages_come_out_in_order(
         await broker._publish_on(link, line(10), "10")
         with trio.fail_after(10):
             assert [(await pod_side.receive()).seq for _ in range(2)] == [10, 11]
+
+
+async def test_an_ack_waits_until_what_the_step_sent_is_confirmed(
+    nats_server: NatsServer,
+) -> None:
+    """The modeller acknowledges a message only once the messages its chart had produced
+    by then are confirmed by the broker: a crash in between replays the cause."""
+    async with Broker.connect(BrokerOptions(servers=(nats_server.url,))) as broker:
+        layout = await broker.create_task("t-a", ["a/p", "modeller"])
+        modeller_side = broker.transport(layout, me="modeller", peer="a/p")
+        pod_side = broker.transport(layout, me="a/p", peer="modeller")
+
+        def message(type_: MessageType, sender: str, seq: int) -> Message:
+            recipient = "a/p" if sender == "modeller" else "modeller"
+            return Message.make(type_, task_id="t-a", sender=sender, recipient=recipient, seq=seq)
+
+        async def unacked() -> int:
+            await broker._flush_acks()
+            await trio_asyncio.aio_as_trio(broker._nc.flush)()
+            info = await trio_asyncio.aio_as_trio(broker._js.consumer_info)(
+                layout.stream, layout.consumer("modeller")
+            )
+            return int(info.num_ack_pending)
+
+        await pod_side.send(message(MessageType.PREPARING_DATA, "a/p", 0))
+        with trio.fail_after(10):
+            received = await modeller_side.receive()
+            # The step that applied it produced TASK_START; it is not yet published.
+            answer = message(MessageType.TASK_START, "modeller", 5)
+            broker.expect_sent("modeller", answer)
+            modeller_side.applied(received)
+            # Any ack queued by now goes out first, on the same connection as the query.
+            assert await unacked() == 1
+            await modeller_side.send(answer)
+            await modeller_side.confirmed()
+            while await unacked():
+                await trio.sleep(0.05)

@@ -29,10 +29,11 @@ sender had read when it sent this one; a receiver that has not yet sent that
 many (a restarted pod replaying its inbox) holds the message until it has,
 so a replay sees the modeller's answers in the order the first run did. A message
 is acknowledged only once the chart has applied it (``ack_when="applied"``),
-once a durability hook says its effects are on disk (``"durable"``), or at
-the end of the conversation (``"end"``: a worker keeps nothing on disk, so a
-restarted pod replays its whole inbox and its repeated sends are dropped as
-duplicates by their message ids).
+or once a durability hook says its effects are on disk (``"durable"``), and
+in both cases only once the broker confirmed every message this side had
+produced by then; or at the end of the conversation (``"end"``: a worker
+keeps nothing on disk, so a restarted pod replays its whole inbox and its
+repeated sends are dropped as duplicates by their message ids).
 
 The NATS client is the maintained ``nats-py``, run under ``trio-asyncio``.
 """
@@ -236,6 +237,7 @@ class _Out:
     stream: str | None
     link: _SendLink | None
     first_sent: float
+    wire_seq: int | None = None
     attempts: int = 0
     due: float = 0.0
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -540,9 +542,10 @@ class BrokerTransport:
         handed = self._recv.handed
         if not any(entry[0] is message for entry in handed.values()):
             return  # not from this link, or settled already
+        me = self._send_link.sender
         for seq in list(handed):
             handed_message, msg = handed.pop(seq)
-            self._broker._queue_ack(msg)
+            self._broker._ack_once_sent(msg, (self._send_link.layout.task_id, me))
             if handed_message is message:
                 return
 
@@ -597,6 +600,9 @@ class Broker:
         self._inboxes: dict[tuple[str, str], _Inbox] = {}
         self._peer_ended = trio.Event()
         self._offer_boxes: dict[str, _Pushed] = {}
+        self._unsent: dict[tuple[str, str], dict[int, str]] = {}
+        self._held_acks: dict[tuple[str, str], deque[tuple[int, Any, float]]] = {}
+        self._failed_links: set[tuple[tuple[str, str], str]] = set()
         self._ran: set[tuple[str, str]] = set()
         self._reconnects = 0
         self._published = 0
@@ -948,6 +954,7 @@ class Broker:
             link.layout.stream,
             link,
             trio.current_time(),
+            wire_seq=int(seq) if _is_number(seq) else None,
         )
         await self._submit(out)
 
@@ -979,16 +986,20 @@ class Broker:
                 else:
                     out.due = now + min(self.options.publish_timeout_s, 0.1 * 2**out.attempts)
                     self._retry.append(out)
+            self._release_acks()
 
     def _finish(self, out: _Out, error: str | None) -> None:
         out.error = error
         out.done.set()
         self._room.release()
         link = out.link
+        if link is not None and out.wire_seq is not None:
+            self._unsent.get((link.layout.task_id, link.sender), {}).pop(out.wire_seq, None)
         if link is not None:
             if error is not None and link.failure is None:
                 link.failure = f"the broker did not take a message to {link.recipient}: {error}"
                 link.sent_more.set()
+                self.forget_unsent_to((link.layout.task_id, link.sender), link.recipient)
             link.unconfirmed -= 1
             if link.unconfirmed == 0:
                 link.drained.set()
@@ -997,6 +1008,8 @@ class Broker:
         seen = self._reconnects
         while True:
             await trio.sleep(0.05)
+            if any(self._held_acks.values()):
+                self._release_acks()  # those held past give_up_s go now
             if not self._retry:
                 continue
             now = trio.current_time()
@@ -1045,6 +1058,40 @@ class Broker:
         return results
 
     # ------------------------------------------------------------------ acks
+
+    # Acks wait for this side's earlier sends: a message is acknowledged only once
+    # every message its sender (``me``) had produced when the chart applied it is
+    # confirmed by the broker, so a crash cannot lose an answer whose cause is gone.
+
+    def expect_sent(self, sender: str, message: Message) -> None:
+        """``sender``'s chart produced ``message`` (the executor's on_message hook, in
+        the step itself); acks asked for from now on wait until the broker confirmed it."""
+        key = (message.task_id, sender)
+        if (key, message.recipient) not in self._failed_links:
+            self._unsent.setdefault(key, {})[message.seq] = message.recipient
+
+    def forget_unsent_to(self, key: tuple[str, str], recipient: str) -> None:
+        """The link to ``recipient`` failed: what it never sent is no longer awaited."""
+        self._failed_links.add((key, recipient))
+        unsent = self._unsent.get(key, {})
+        for seq in [seq for seq, to in unsent.items() if to == recipient]:
+            del unsent[seq]
+        self._release_acks()
+
+    def _ack_once_sent(self, msg: Any, key: tuple[str, str]) -> None:
+        unsent = self._unsent.get(key)
+        if not unsent:
+            self._queue_ack(msg)
+            return
+        self._held_acks.setdefault(key, deque()).append((max(unsent), msg, trio.current_time()))
+
+    def _release_acks(self) -> None:
+        limit = trio.current_time() - self.options.give_up_s
+        for key, held in self._held_acks.items():
+            unsent = self._unsent.get(key, {})
+            floor = min(unsent) if unsent else math.inf
+            while held and (held[0][0] < floor or held[0][2] < limit):
+                self._queue_ack(held.popleft()[1])
 
     def _queue_ack(self, msg: Any) -> None:
         self._acks.append((msg, b"+ACK"))
@@ -1185,6 +1232,13 @@ async def run_modeller_via_broker(
     """Make the task's stream, offer the task to its pods, run it, remove the stream."""
     pods = list(jobs)
     layout = await broker.create_task(task_id, [*pods, MODELLER])
+
+    def seen(key: str, message: Message) -> None:
+        if message.sender == MODELLER:
+            broker.expect_sent(MODELLER, message)
+        if on_message is not None:
+            on_message(key, message)
+
     links: dict[str, Transport] = {
         pod: broker.transport(layout, me=MODELLER, peer=pod, ack_when=ack_when) for pod in pods
     }
@@ -1198,7 +1252,7 @@ async def run_modeller_via_broker(
         algorithm=algorithm,
         timeouts=timeouts,
         require_all_pods=require_all_pods,
-        on_message=on_message,
+        on_message=seen,
     )
     left = await broker.remove_task(layout, MODELLER, pods)
     if left:
