@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import re
@@ -94,6 +95,7 @@ _T = TypeVar("_T")
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 
 
+@functools.lru_cache(maxsize=4096)
 def token(name: str) -> str:
     """``name`` as one NATS subject token and part of a stream or consumer name.
 
@@ -1032,7 +1034,7 @@ class Broker:
                     await self._js.publish_async(
                         out.subject,
                         out.payload,
-                        wait_stall=self.options.publish_timeout_s,
+                        wait_stall=None,  # our own outbox bounds what is in flight
                         stream=out.stream,
                         headers=dict(out.headers),
                     )
