@@ -162,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         server = NatsServer(folder / "nats" / "store")
-        server.start()
         try:
+            server.start()
             cpu = time.process_time()
             run, broker_s, stats = trio.run(over_broker, server.url, protocol, pods)
             broker_cpu = time.process_time() - cpu

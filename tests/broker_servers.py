@@ -244,8 +244,8 @@ class NatsCluster:
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A single ``nats-server -js`` on 127.0.0.1, a free port, a temporary store."""
     server = NatsServer(tmp_path / "nats" / "store")
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop()
@@ -255,8 +255,8 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     """Three routed JetStream servers on 127.0.0.1 (streams get 3 replicas)."""
     cluster = NatsCluster.make(tmp_path / "cluster")
-    cluster.start()
     try:
+        cluster.start()  # a node that started is stopped below even if another did not
         yield cluster
     finally:
         cluster.stop()

@@ -188,8 +188,8 @@ def test_tls_and_a_password_to_the_broker(
             "--tlskey", str(folder / "broker.pem"), "--user", "fsmp", "--pass", "s3cret",
         ),
     )  # fmt: skip
-    server.start()
     try:
+        server.start()
         url = f"tls://127.0.0.1:{server.port}"
         task_file(folder, ["a/p"], slow_job(2, 0.0))
         auth = ("--broker-ca", "ca.pem", "--broker-user", "fsmp")
