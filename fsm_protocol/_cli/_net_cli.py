@@ -593,9 +593,8 @@ def add_modeller(subparsers: Subparsers) -> None:
     serve.add_argument(
         "--listen",
         type=_address,
-        required=True,
         metavar="HOST:PORT",
-        help="where to listen; port 0 picks a free port (see --port-file)",
+        help="where to listen; port 0 picks a free port (see --port-file); or --broker",
     )
     serve.add_argument("--task", required=True, metavar="TASK.json", help="the task to run")
     serve.add_argument(
@@ -645,12 +644,21 @@ def add_modeller(subparsers: Subparsers) -> None:
     serve.add_argument("--json", action="store_true", help="print the outcome as JSON")
     serve.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     _add_limit_arguments(serve)
+    from ._broker_cli import add_broker_arguments
+
+    add_broker_arguments(serve, modeller=True)
     serve.set_defaults(run=run_modeller_serve)
 
 
 def run_modeller_serve(args: argparse.Namespace) -> int:
+    if args.broker:
+        from ._broker_cli import run_modeller_serve_broker
+
+        return run_modeller_serve_broker(args)
     log = (lambda text: None) if args.quiet else _say("fsm-protocol modeller")
     try:
+        if args.listen is None:
+            raise _Unusable("give --listen HOST:PORT (direct TCP) or --broker nats://HOST:PORT")
         host, port = args.listen
         task = load_task(args.task, pods=args.pods)
         if (args.tls_cert is None) != (args.tls_key is None):
@@ -741,9 +749,8 @@ def add_worker(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--connect",
         type=_address,
-        required=True,
         metavar="HOST:PORT",
-        help="the modeller's address",
+        help="the modeller's address (direct TCP); or --broker",
     )
     parser.add_argument(
         "--pod-id", required=True, metavar="ID", help="this pod's id, e.g. alice/pod-a"
@@ -811,6 +818,9 @@ def add_worker(subparsers: Subparsers) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     _add_limit_arguments(parser)
+    from ._broker_cli import add_broker_arguments
+
+    add_broker_arguments(parser, modeller=False)
     parser.set_defaults(run=run_worker_command)
 
 
@@ -826,8 +836,16 @@ class _WorkerWatch:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
+    if args.broker:
+        from ._broker_cli import run_worker_broker
+
+        return run_worker_broker(args)
     log = (lambda text: None) if args.quiet else _say(f"fsm-protocol worker {args.pod_id}")
     try:
+        if args.connect is None:
+            raise _Unusable("give --connect HOST:PORT (direct TCP) or --broker nats://HOST:PORT")
+        if args.serve:
+            raise _Unusable("--serve needs --broker (over direct TCP a worker serves one task)")
         host, port = args.connect
         protocols = _registry(args.algorithm)
         if (args.tls_cert is None) != (args.tls_key is None):

@@ -194,11 +194,20 @@ class Executor:
                     # send loop may already be gone).
                     await trio.lowlevel.checkpoint_if_cancelled()
                     self._process(item)
+                    if item.name.startswith("recv:"):
+                        self._applied(self._slots[item.key], item.data)
                 inner.cancel_scope.cancel()
             self._nursery = None
             for slot in self._slots.values():
                 if slot.outbox is not None:
                     slot.outbox.close()
+
+    @staticmethod
+    def _applied(slot: Slot, message: Message) -> None:
+        """Tell a transport that acknowledges (a broker's) that ``message`` was applied."""
+        applied = getattr(slot.transport, "applied", None)
+        if applied is not None:
+            applied(message)
 
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None:
