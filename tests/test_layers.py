@@ -48,8 +48,8 @@ THIRD_PARTY = {
     "_base": {"attrs"},
     "_wire": {"cattrs"},
     "_core": {"yaml", "transitions"},
-    "_runtime": {"trio"},
-    "_net": {"cryptography"},
+    "_runtime": {"trio", "exceptiongroup"},  # exceptiongroup: trio's backport before 3.11
+    "_net": {"cryptography", "nats", "trio_asyncio"},  # nats-py and trio-asyncio: the broker
     "_kit": {"hypothesis"},
     "_cli": {"rich", "shtab"},
     "public": {"hypothesis"},
