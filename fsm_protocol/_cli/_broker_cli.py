@@ -21,15 +21,6 @@ import trio
 
 from .._algo._algorithms import ListDatasource
 from .._base._errors import ConfigError, TransportError
-from .._net._auth import (
-    FileSeenJobs,
-    JobSigner,
-    SeenJobs,
-    fingerprint,
-    load_private_key,
-    load_public_key,
-    require_signed_jobs,
-)
 from .._net._tcp import client_ssl_context
 from .._runtime._modeller import TaskStatus
 from .._runtime._worker import Pod, WorkerReport
@@ -40,6 +31,7 @@ from ._net_cli import (
     EXIT_OK,
     EXIT_UNUSABLE,
     ResultsFolder,
+    _auth,
     _config,
     _describe_report,
     _load_tls,
@@ -60,6 +52,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport th
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from .._net._auth import SeenJobs
     from .._net._broker import BrokerOptions
     from .._runtime._modeller import ModellerRun
 
@@ -221,9 +214,14 @@ def run_modeller_serve_broker(args: argparse.Namespace) -> int:
                 raise _Unusable(f"{name} is for direct TCP; with --broker use --broker-ca etc.")
         task = load_task(args.task, pods=args.pods)
         options = broker_options(args, modeller=True)
-        signer = JobSigner(load_private_key(args.signing_key)) if args.signing_key else None
+        # Signing needs cryptography (the net extra): imported only when asked for.
+        signer = (
+            _auth().JobSigner(_auth().load_private_key(args.signing_key))
+            if args.signing_key
+            else None
+        )
         if signer is not None:
-            log(f"signing job requests with key {fingerprint(signer.public_key)}")
+            log(f"signing job requests with key {_auth().fingerprint(signer.public_key)}")
         results_dir = Path(args.results_dir) if args.results_dir else None
         if results_dir is not None:
             try:
@@ -327,9 +325,12 @@ def run_worker_broker(args: argparse.Namespace) -> int:
         options = broker_options(args, modeller=False)
         vet = None
         if args.trust_key:
-            keys = [load_public_key(path) for path in args.trust_key]
-            seen: SeenJobs | None = FileSeenJobs(args.replay_db) if args.replay_db else None
-            vet = require_signed_jobs(keys, pod_id=args.pod_id, max_age_s=args.max_age, seen=seen)
+            auth = _auth()
+            keys = [auth.load_public_key(path) for path in args.trust_key]
+            seen: SeenJobs | None = auth.FileSeenJobs(args.replay_db) if args.replay_db else None
+            vet = auth.require_signed_jobs(
+                keys, pod_id=args.pod_id, max_age_s=args.max_age, seen=seen
+            )
         else:
             log("warning: no --trust-key; jobs from any modeller that reaches the broker are run")
         pod = Pod(
