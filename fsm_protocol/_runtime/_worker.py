@@ -39,6 +39,8 @@ from .._wire._messages import (
     ResourceConsumed,
     TaskAbortBody,
     body_of,
+    value_problem,
+    wire_text,
 )
 from ._cache import ItemCache
 from ._executor import ActivityContext, Executor, Slot
@@ -326,6 +328,7 @@ class WorkerBindings:
             self.executor.set_option(name, float(value))
 
     def _reject(self, ctx: ActivityContext, reason: RejectReason, details: list[str]) -> None:
+        details = [wire_text(detail) for detail in details]
         ctx.send(self.message(MessageType.JOB_REJECT, JobRejectBody(reason, tuple(details))))
 
     async def do_prepare_data(self, ctx: ActivityContext) -> None:
@@ -442,7 +445,16 @@ class WorkerBindings:
                 over = True
         kept, kept_results = items[:allowed], list(results)[:allowed]
         body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
-        body = body_hook(kept, kept_results)
+        try:
+            body = body_hook(kept, kept_results)
+            problem = value_problem(body, "results")
+        except Exception as exc:  # the algorithm's results_body hook failed
+            ctx.post("worker_error", exc)
+            return False
+        if problem is not None:
+            # NaN, a non-JSON object, a lone surrogate...: the peer would refuse the line.
+            ctx.post("worker_error", ValueError(f"the results cannot be sent: {problem}"))
+            return False
         consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
         self.unsent.setdefault(batch, []).append(_Delivery(kept, items[allowed:]))
         ctx.send(
@@ -525,7 +537,12 @@ class WorkerBindings:
     async def do_send_abort(self, ctx: ActivityContext) -> None:
         abort = self.abort or _Abort(AbortReason.WORKER_ERROR, "aborted")
         exception_type, summary = _summary(abort.error)
-        body = TaskAbortBody(abort.message, abort.reason, exception_type, summary)
+        body = TaskAbortBody(
+            wire_text(abort.message),
+            abort.reason,
+            exception_type,
+            None if summary is None else wire_text(summary),
+        )
         ctx.send(self.message(MessageType.TASK_ABORT, body, Meta(reason=abort.reason.value)))
 
     # -------------------------------------------------------------- report
