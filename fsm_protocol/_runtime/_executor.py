@@ -61,6 +61,9 @@ class _Item:
     name: str
     data: Any
     origin: tuple[str, int] | None = None
+    # Set once the item was processed: a peer's next line is read only then, so each
+    # peer has at most one decoded message waiting (bounded memory per peer).
+    done: trio.Event | None = None
 
 
 @attrs.define
@@ -81,6 +84,10 @@ class Slot:
 
 _CALL = "__call__"
 
+# After an idle deadline, the longest wait for a line that may already have arrived: a
+# deadline can pass while this process is paused, with the peer's lines in the socket.
+_IDLE_GRACE_S = 1.0
+
 StepHook = Callable[[str, Step], None]
 MessageHook = Callable[[str, Message], None]
 
@@ -97,8 +104,10 @@ class Executor:
         on_step: StepHook | None = None,
         on_message: MessageHook | None = None,
         expected_task: str | None = None,
+        keep_trace: bool = True,
     ) -> None:
         self._options = dict(options)
+        self._keep_trace = keep_trace
         self._seq = first_seq
         self._on_step = on_step
         self._on_message = on_message
@@ -189,6 +198,8 @@ class Executor:
                     # send loop may already be gone).
                     await trio.lowlevel.checkpoint_if_cancelled()
                     self._process(item)
+                    if item.done is not None:
+                        item.done.set()
                 inner.cancel_scope.cancel()
             self._nursery = None
             for slot in self._slots.values():
@@ -226,12 +237,15 @@ class Executor:
                 if idle.cancelled_caught:
                     if slot.idle_ok is not None and slot.idle_ok(slot.machine):
                         continue  # silence is expected here: the peer waits on us
-                    self.post(
-                        slot.key,
-                        slot.eof_event,
-                        TransportError(f"{slot.key} sent nothing for {slot.idle_timeout:g} s"),
-                    )
-                    return
+                    with trio.move_on_after(_IDLE_GRACE_S) as grace:
+                        message = await transport.receive()
+                    if grace.cancelled_caught:
+                        self.post(
+                            slot.key,
+                            slot.eof_event,
+                            TransportError(f"{slot.key} sent nothing for {slot.idle_timeout:g} s"),
+                        )
+                        return
             except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
                 self.post(slot.key, slot.eof_event, None)
                 return
@@ -245,7 +259,11 @@ class Executor:
             if problem is not None:
                 self.post(slot.key, slot.bad_input_event, ProtocolViolation(problem))
                 continue
-            self.post(slot.key, f"recv:{message.type.value}", message)
+            done = trio.Event()
+            self._send.send_nowait(
+                _Item(slot.key, f"recv:{message.type.value}", message, None, done)
+            )
+            await done.wait()
 
     def _envelope_problem(self, slot: Slot, message: Message) -> str | None:
         if self._expected_task is not None and message.task_id != self._expected_task:
@@ -310,7 +328,8 @@ class Executor:
             self._activate(slot, state)
 
     def _record(self, slot: Slot, message: Message) -> None:
-        self.trace.append(message)
+        if self._keep_trace:
+            self.trace.append(message)
         if self._on_message is not None:
             self._on_message(slot.key, message)
 

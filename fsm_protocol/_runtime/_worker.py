@@ -28,6 +28,7 @@ from .._base._errors import ConfigError, DecodeError
 from .._core._engine import Event, Machine
 from .._core._shipped import shipped_chart
 from .._wire._messages import (
+    MAX_WAIT_S,
     MODELLER,
     AbortReason,
     JobRejectBody,
@@ -323,8 +324,15 @@ class WorkerBindings:
             value = job.options.get(name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"options.{name} must be a positive number, found {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value <= MAX_WAIT_S
+            ):
+                raise ConfigError(
+                    f"options.{name} must be a number above 0 and at most {MAX_WAIT_S:g}, "
+                    f"found {value!r}"
+                )
             self.executor.set_option(name, float(value))
 
     def _reject(self, ctx: ActivityContext, reason: RejectReason, details: list[str]) -> None:

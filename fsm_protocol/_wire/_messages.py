@@ -760,11 +760,11 @@ def encode(message: Message) -> bytes:
         return text.encode() + b"\n"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 # --- The value rule: what every JSON implementation can round-trip ------------------------
+
+MAX_WAIT_S: Final = 7 * 24 * 3600.0
+"""The longest timeout any option may set (a week): longer is surely a typo, and a wait
+that never ends is a hang."""
 
 MAX_SAFE_INTEGER: Final = 2**53
 """The largest integer magnitude on the wire: beyond it, a double (JavaScript) loses digits."""
@@ -892,7 +892,7 @@ def _value_problem(value: Any, path: str, depth: int) -> tuple[str, str] | None:
         if (at := _lone_surrogate_at(value)) != -1:
             return path, (
                 "expected text without lone UTF-16 surrogates (they have no UTF-8 form), "
-                f"found {ascii(value[at])} at offset {at}"
+                f"found {value[at]!a} at offset {at}"
             )
         return None
     if kind is int:
@@ -919,7 +919,7 @@ def _value_problem(value: Any, path: str, depth: int) -> tuple[str, str] | None:
         return None
     for key, item in value.items():
         if (at := _lone_surrogate_at(key)) != -1:
-            return path, f"expected keys without lone UTF-16 surrogates, found {ascii(key)}"
+            return path, f"expected keys without lone UTF-16 surrogates, found {key!a}"
         if kind is _Duplicates and key == value.duplicate:
             return path + _step(key), f"expected each key once per object, found {key!r} twice"
         if type(item) not in _ALWAYS_OK:
@@ -959,7 +959,7 @@ def _local_problem(value: Any, path: str, depth: int) -> tuple[str, str] | None:
             if type(key) is not str:
                 return path, f"expected string keys, found {type(key).__name__} {key!r:.40}"
             if _lone_surrogate_at(key) != -1:
-                return path, f"expected keys without lone UTF-16 surrogates, found {ascii(key)}"
+                return path, f"expected keys without lone UTF-16 surrogates, found {key!a}"
             found = _local_problem(item, path + _step(key), depth + 1)
             if found is not None:
                 return found
