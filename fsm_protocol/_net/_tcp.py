@@ -42,6 +42,9 @@ HELLO_VERSION: Final = 1
 HELLO_MAX_BYTES: Final = 4096
 """The longest hello or welcome line either side reads."""
 
+ALREADY_CONNECTED: Final = "is already connected"
+"""The words of the refusal a worker retries: its own earlier connection holds its slot."""
+
 _READ_CHUNK: Final = 65536
 _CLOSE_TIMEOUT_S: Final = 5.0
 
@@ -593,7 +596,14 @@ async def _dial(
                     ),
                     HandshakeError,
                 ) from exc
-            _parse_welcome(line, peer)
+            try:
+                _parse_welcome(line, peer)
+            except HandshakeError as exc:
+                if ALREADY_CONNECTED not in str(exc):
+                    raise
+                # Our earlier connection may still hold the slot; the modeller frees it
+                # once it sees that connection closed.
+                raise _Retryable(str(exc), HandshakeError) from None
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
         raise _Retryable(
@@ -680,7 +690,18 @@ class PodListener:
             for listener in self._listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
             with trio.move_on_after(timeout_s):
-                await self._all_in.wait()
+                while True:
+                    await self._all_in.wait()
+                    # A pod that gave up (or died) after its welcome frees its slot, so
+                    # that it can come back; wait on until every pod is in and alive.
+                    gone = [pod for pod, t in self._admitted.items() if _peer_gone(t)]
+                    if not gone:
+                        break
+                    for pod in gone:
+                        self._log(f"pod {pod} closed its connection before the task began")
+                        self._dropped.append(self._admitted.pop(pod))
+                        self._reserved.discard(pod)
+                    self._all_in = trio.Event()
             nursery.cancel_scope.cancel()
         for listener in self._listeners:
             await listener.aclose()
@@ -773,7 +794,7 @@ class PodListener:
         if pod_id in self._reserved:
             earlier = self._admitted.get(pod_id)
             if earlier is None or not _peer_gone(earlier):
-                raise HandshakeError(f"pod {pod_id!r} is already connected")
+                raise HandshakeError(f"pod {pod_id!r} {ALREADY_CONNECTED}")
         if self.requires_client_certificates:
             cert = probe.peer_certificate() or {}
             names = certificate_names(cert)
