@@ -489,7 +489,7 @@ _RESULTS = (
     [
         (b'{"name":"\\ud800"}', "$.body.name", "lone UTF-16 surrogate"),
         (b'["ok","\\udc00\\ud800"]', "$.body[1]", "lone UTF-16 surrogate"),
-        (b'[1e999]', "$.body[0]", "finite number"),
+        (b"[1e999]", "$.body[0]", "finite number"),
         (b'{"x":-1e400}', "$.body.x", "finite number"),
         (b"[9007199254740993]", "$.body[0]", "within ±2^53"),
         (b"[-9007199254740993]", "$.body[0]", "within ±2^53"),
