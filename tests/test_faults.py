@@ -277,6 +277,7 @@ def test_row_4_a_second_run_refuses_and_never_truncates(tmp_path: Path) -> None:
     assert (first.path / "results.ndjson").read_bytes() == before
     again = ResultsFolder(tmp_path, "t-42", resume=True)
     assert [(k.worker, k.batch_number) for k in again.kept] == [("a/p", 0)]
+    again.on_message("a/p", _result("a/p", 0))  # asked again: kept once
     again.on_message("a/p", _result("a/p", 1))
     again.close()
     assert [r.batch_number for r in read_results(first.path / "results.ndjson")] == [0, 1]

@@ -194,6 +194,7 @@ class ResultsFolder:
         self.failure: str | None = None
         """Why writing failed (disk full...), once it has; nothing more is written then."""
         self._dirty = False
+        self._earlier: set[tuple[str, int | None, int]] = set()
         self._results_fd: int | None = None
         self._trace_fd: int | None = None
         try:
@@ -202,6 +203,11 @@ class ResultsFolder:
             if existing and results.exists():
                 self.kept = list(read_results(results))
                 _drop_cut_line(results)
+            self._earlier = {
+                (r.worker, r.batch_number, r.algorithm_index)
+                for r in self.kept
+                if r.batch_number is not None
+            }
             self._results_fd = os.open(results, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             runs = 1 + sum(1 for _ in self.path.glob("trace*.ndjson*"))
             self.trace_path = self.path / ("trace.ndjson" if runs == 1 else f"trace-{runs}.ndjson")
@@ -262,6 +268,9 @@ class ResultsFolder:
             if message.sender != pod_id:
                 return
             if message.type is MessageType.EVALUATION_RESULTS:
+                slot = (pod_id, message.meta.batch_number, message.meta.algorithm_index)
+                if slot in self._earlier:
+                    return  # a resumed run: this result is already kept
                 line = {
                     "worker": pod_id,
                     "seq": message.seq,
