@@ -28,6 +28,7 @@ max_rss_mib=<int>``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import random
@@ -117,7 +118,7 @@ def fuzz(tally: Tally, folder: Path, target_inputs: int, budget_s: float) -> Non
     )
     def one(changes: list[Mutation], mirrored: bool) -> None:
         if tally.inputs >= target_inputs or time.monotonic() - started > budget_s:
-            return
+            raise _Done  # a BaseException: Hypothesis passes it on without reporting
         counter["n"] += 1
         n = counter["n"]
         by_index = {c.index: c for c in changes}
@@ -135,8 +136,12 @@ def fuzz(tally: Tally, folder: Path, target_inputs: int, budget_s: float) -> Non
             print(f"  {n} sessions, {tally.inputs} inputs, {time.monotonic() - started:.0f} s, "
                   f"max rss {max_rss_mib():.0f} MiB", flush=True)  # fmt: skip
 
-    while tally.inputs < target_inputs and time.monotonic() - started < budget_s:
+    with contextlib.suppress(_Done):
         one()
+
+
+class _Done(BaseException):
+    """The fuzzer's budget is spent."""
 
 
 # ---------------------------------------------------------------- fault set
@@ -264,7 +269,10 @@ def _in_process(job: Callable[[], Any]) -> dict[str, Any]:
     except trio.TooSlowError:
         return {"hung": True}
     except Exception as exc:
-        return {"crashed": f"{type(exc).__name__}: {exc}"}
+        leaf: BaseException = exc
+        while getattr(leaf, "exceptions", None):
+            leaf = leaf.exceptions[0]  # type: ignore[attr-defined]
+        return {"crashed": f"{type(leaf).__name__}: {leaf}"}
     if isinstance(result, SessionResult):
         return {"crashed": result.crashed, "hung": result.hung, "lost": result.lost}
     return {}

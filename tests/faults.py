@@ -359,8 +359,11 @@ async def tcp_session(
             nursery.start_soon(work, HOSTILE)
         hung = False
     lost = 0
-    if run is not None and not hung:
-        lost = check_folder(folder / task_id, _accepted(run))
+    if run is not None and not hung and outcome is not None:
+        # Results the modeller said it could not keep (a full disk) are reported, not lost.
+        declared = {(r["worker"], r["batch"], r["algorithm"]) for r in
+                    outcome.get("results_not_kept", [])}  # fmt: skip
+        lost = check_folder(folder / task_id, [k for k in _accepted(run) if k not in declared])
     inputs = sum(m.mutated for m in manglers)
     return SessionResult(
         inputs, crashed, hung, lost, None if outcome is None else outcome["status"]

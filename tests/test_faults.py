@@ -625,6 +625,10 @@ def test_disk_full_stops_the_task_and_says_so(
     outcome = strict_json((tmp_path / "fuzz" / "outcome.json").read_bytes())
     assert "No space left on device" in outcome["results_problem"]
     assert len(results_lines(tmp_path / "fuzz")) == 2
+    claimed = {(r["worker"], r["batch"]) for r in outcome["results"]}
+    written = {(r["worker"], r["batch_number"]) for r in results_lines(tmp_path / "fuzz")}
+    assert claimed == written  # results that could not be kept are listed as such
+    assert outcome["results_not_kept"]
 
 
 @pytest.mark.parametrize("pod", [HONEST, HOSTILE])

@@ -640,6 +640,18 @@ async def _serve(
         stopped_by=", ".join(stopped_by) or None,
         results_problem=None if folder is None else folder.failure,
     )
+    if folder is not None and folder.not_kept:
+        # Accepted on the wire, but the folder could not hold them: say so, never claim them.
+        missing = set(folder.not_kept)
+        outcome["results"] = [
+            entry
+            for entry in outcome["results"]
+            if (entry["worker"], entry["batch"], entry.get("algorithm", 0)) not in missing
+        ]
+        outcome["results_not_kept"] = [
+            {"worker": worker, "batch": batch, "algorithm": algorithm}
+            for worker, batch, algorithm in folder.not_kept
+        ]
     if folder is not None:
         _finish_folder(folder, outcome, log)
     return run, outcome

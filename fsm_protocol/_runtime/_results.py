@@ -193,6 +193,8 @@ class ResultsFolder:
         self.kept: list[KeptResult] = []
         self.failure: str | None = None
         """Why writing failed (disk full...), once it has; nothing more is written then."""
+        self.not_kept: list[tuple[str, int | None, int]] = []
+        """Results that arrived after writing failed: (worker, batch, algorithm index)."""
         self._dirty = False
         self._earlier: set[tuple[str, int | None, int]] = set()
         self._results_fd: int | None = None
@@ -261,6 +263,9 @@ class ResultsFolder:
     def on_message(self, pod_id: str, message: Message) -> None:
         """The executor's message hook: keep results, trace everything, sync per batch."""
         if self.failure is not None:
+            if message.type is MessageType.EVALUATION_RESULTS and message.sender == pod_id:
+                meta = message.meta
+                self.not_kept.append((pod_id, meta.batch_number, meta.algorithm_index))
             return
         try:
             if self._trace_fd is not None:
@@ -285,6 +290,9 @@ class ResultsFolder:
                 self.sync()
         except OSError as exc:
             self.failure = f"cannot write to {self.path}: {exc.strerror or exc}"
+            if message.type is MessageType.EVALUATION_RESULTS and message.sender == pod_id:
+                meta = message.meta
+                self.not_kept.append((pod_id, meta.batch_number, meta.algorithm_index))
 
     def sync(self) -> None:
         """Make the results appended so far durable (a batch boundary)."""
