@@ -51,7 +51,7 @@ from fsm_protocol._runtime._results import (
 from fsm_protocol._runtime._task import run_task
 from fsm_protocol._runtime._transport import memory_transport_pair
 from fsm_protocol._runtime._worker import run_worker
-from fsm_protocol._wire._messages import JobRequestBody, Message, MessageType
+from fsm_protocol._wire._messages import JobRequestBody, Message, MessageType, encode
 
 from .faults import (
     HONEST,
@@ -638,3 +638,33 @@ def test_a_session_without_faults_completes_and_keeps_everything(tmp_path: Path,
     assert len(results_lines(tmp_path / "fuzz")) == 6
     assert pod in {r["worker"] for r in results_lines(tmp_path / "fuzz")}
     assert TIMEOUTS.cancel_timeout_s == 2.0
+
+
+def test_replay_db_does_not_spend_a_task_id_on_a_job_it_rejects(tmp_path: Path) -> None:
+    from fsm_protocol._net._auth import FileSeenJobs, JobSigner
+
+    key = generate_key()
+    seen = FileSeenJobs(tmp_path / "seen.sqlite")
+    vet = require_signed_jobs([key.public_key()], pod_id="a/p", seen=seen)
+    job = JobRequestBody(protocol={"class_name": "nobody.Knows"}, pod_identifiers=("a/p",))
+    body = JobSigner(key).sign(job, task_id="t-1", sender="modeller", recipient="a/p")
+    request = Message.make(
+        MessageType.JOB_REQUEST,
+        task_id="t-1",
+        sender="modeller",
+        recipient="a/p",
+        seq=0,
+        body=body,
+    )
+
+    async def go() -> Any:
+        modeller_end, worker_end = memory_transport_pair()
+        await modeller_end.send_raw(encode(request))
+        report = await run_worker(Pod("a/p", vet=vet), worker_end)
+        answer = await modeller_end.receive()
+        return report, answer
+
+    report, answer = trio.run(go)
+    assert report.state == "rejected"
+    assert answer.type is MessageType.JOB_REJECT and "TASK_SETUP_ERROR" in answer.body
+    assert seen.remember("t-1", signed_at=time.time(), now=time.time())  # not used up

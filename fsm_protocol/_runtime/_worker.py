@@ -314,6 +314,9 @@ class WorkerBindings:
             if job.run_on_new_data_only and self.pod.results_dir is None:
                 raise ConfigError("run_on_new_data_only needs the pod to have a results folder")
         except ConfigError as exc:
+            forget = getattr(self.pod.vet, "forget", None)
+            if forget is not None:  # the vet remembered this task id; it was not used
+                forget(self.request.task_id)
             self._reject(ctx, RejectReason.TASK_SETUP_ERROR, [str(exc)])
             return
         self.usage = self.plan.usage_limit
