@@ -668,3 +668,36 @@ def test_replay_db_does_not_spend_a_task_id_on_a_job_it_rejects(tmp_path: Path) 
     assert report.state == "rejected"
     assert answer.type is MessageType.JOB_REJECT and "TASK_SETUP_ERROR" in answer.body
     assert seen.remember("t-1", signed_at=time.time(), now=time.time())  # not used up
+
+
+def test_kill_9_then_resume_ends_with_the_results_of_an_uninterrupted_run(
+    procs: Processes,
+) -> None:
+    folder = procs.folder
+    pods = ["a/p", "b/p"]
+    task = task_file(folder, pods, slow_job(20, 0.05))
+    args = ("--task", task, "--results-dir", "results", "--algorithm", SLOW_ECHO)
+    modeller, port = procs.modeller(*args)
+    workers = [procs.worker(port, p, "--algorithm", SLOW_ECHO, "--retry-for", "1") for p in pods]
+    path = folder / "results" / "t-cli" / "results.ndjson"
+    deadline = time.monotonic() + 20
+    while not (path.exists() and path.read_bytes().count(b"\n") >= 8):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    modeller.send_signal(signal.SIGKILL)
+    modeller.wait()
+    for worker in workers:
+        wait(worker)
+    before = len(list(read_results(path)))
+    assert 8 <= before < 40
+    modeller, port = procs.modeller(*args, "--resume")
+    workers = [procs.worker(port, p, "--algorithm", SLOW_ECHO) for p in pods]
+    assert wait(modeller) == 0, procs.output("modeller")
+    assert [wait(w) for w in workers] == [0, 0]
+    kept = [(r.worker, r.batch_number) for r in read_results(path)]
+    assert sorted(kept) == sorted((pod, batch) for pod in pods for batch in range(20))
+    assert len(kept) == len(set(kept))  # each result once
+    outcome = strict_json((folder / "results" / "t-cli" / "outcome.json").read_bytes())
+    assert outcome["status"] == "complete"
+    # Only the last kept batch of each pod was asked for again.
+    assert len(outcome["results"]) <= 40 - before + len(pods)

@@ -69,7 +69,7 @@ from .._net._tcp import (
 from .._runtime._modeller import ModellerRun, TaskStatus, TaskTimeouts, run_modeller
 from .._runtime._results import ResultsFolder, to_json_bytes
 from .._runtime._transport import Transport
-from .._runtime._worker import Pod, WorkerReport, run_worker
+from .._runtime._worker import RESUME_OPTION, Pod, WorkerReport, run_worker
 from .._wire._messages import (
     MAX_WAIT_S,
     MODELLER,
@@ -583,6 +583,8 @@ async def _serve(
     }
 
     jobs = dict(task.jobs)
+    if folder is not None and folder.kept:
+        jobs = _resumed_jobs(jobs, folder)
     if options.signer is not None:
         jobs = {
             pod: options.signer.sign(job, task_id=task_id, sender=MODELLER, recipient=pod)
@@ -655,6 +657,26 @@ async def _serve(
     if folder is not None:
         _finish_folder(folder, outcome, log)
     return run, outcome
+
+
+def _resumed_jobs(
+    jobs: dict[str, JobRequestBody], folder: ResultsFolder
+) -> dict[str, JobRequestBody]:
+    """Each pod's job, told to start at its last kept batch (run again, but not kept twice).
+
+    The last kept batch rather than the next one, since only the pod knows how many
+    batches it has: a pod whose every batch was kept then still has one to run.
+    """
+    resumed = {}
+    for pod, job in jobs.items():
+        kept = {r.batch_number for r in folder.kept if r.worker == pod}
+        first = 0
+        while first + 1 in kept:
+            first += 1
+        if job.batched_execution and 0 in kept:
+            job = attrs.evolve(job, options={**job.options, RESUME_OPTION: first})
+        resumed[pod] = job
+    return resumed
 
 
 def _finish_folder(

@@ -103,6 +103,17 @@ class _Abort:
     error: BaseException | None = None
 
 
+RESUME_OPTION = "resume_from_batch"
+"""``job.options`` key of a resumed task (``modeller serve --resume``): the first batch id."""
+
+
+def _resume_from(job: JobRequestBody) -> int:
+    value = job.options.get(RESUME_OPTION, 0)
+    if type(value) is not int or not 0 <= value <= 2**53:
+        raise ConfigError(f"options.{RESUME_OPTION} must be an int >= 0, found {value!r}")
+    return value
+
+
 def _summary(error: BaseException | None) -> tuple[str | None, str | None]:
     if error is None:
         return None, None
@@ -143,6 +154,7 @@ class WorkerBindings:
         self.abort: _Abort | None = None
         self.online_tokens = 0
         self.cache: ItemCache | None = None
+        self.resume_from = 0
 
     # ----------------------------------------------------------- messages
 
@@ -304,6 +316,7 @@ class WorkerBindings:
                 return
         try:
             self._apply_options(job)
+            self.resume_from = _resume_from(job)
             self.config = self.pod.registry.load(job.protocol)
             factory = self.pod.registry[job.protocol["class_name"]]
             self.plan = factory.worker(
@@ -396,6 +409,9 @@ class WorkerBindings:
             return
         size = self.plan.batch_size if self.job.batched_execution else len(self.items)
         self.batches = [self.items[i : i + size] for i in range(0, len(self.items), size)]
+        if self.job.batched_execution and self.resume_from:
+            # A resumed task: the modeller kept the batches before this one.
+            self.next_batch_id = min(self.resume_from, len(self.batches) - 1)
         ctx.post("prepared")
 
     async def do_check_online(self, ctx: ActivityContext) -> None:
@@ -424,7 +440,7 @@ class WorkerBindings:
         ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, -1))
 
     async def do_announce_first_batch(self, ctx: ActivityContext) -> None:
-        ctx.send(self.message(MessageType.CURRENT_BATCH_ID, 0))
+        ctx.send(self.message(MessageType.CURRENT_BATCH_ID, self.next_batch_id))
 
     async def do_send_task_start(self, ctx: ActivityContext) -> None:
         assert self.job is not None
