@@ -84,9 +84,9 @@ class Slot:
 
 _CALL = "__call__"
 
-# After an idle deadline, the longest wait for a line that may already have arrived: a
+# After an idle deadline, a last short wait for a line that may already have arrived: a
 # deadline can pass while this process is paused, with the peer's lines in the socket.
-_IDLE_GRACE_S = 1.0
+_IDLE_GRACE_S = 0.05
 
 StepHook = Callable[[str, Step], None]
 MessageHook = Callable[[str, Message], None]
