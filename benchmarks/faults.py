@@ -124,14 +124,20 @@ def fuzz(tally: Tally, folder: Path, target_inputs: int, budget_s: float) -> Non
         by_index = {c.index: c for c in changes}
         here = folder / f"s{n}"
         here.mkdir()
-        if n % 10 == 0 and not mirrored:
-            result = trio.run(lambda: tcp_session(here, by_index, task_id=f"f{n}"))
-            tally.add(result, f"tcp session {n} {changes}")
-        else:
-            result = trio.run(
-                lambda: memory_session(here, by_index, mangle_modeller=mirrored, task_id=f"f{n}")
-            )
-            tally.add(result, f"session {n} mirrored={mirrored} {changes}")
+        tcp = n % 10 == 0 and not mirrored
+        what = f"{'tcp ' if tcp else ''}session {n} mirrored={mirrored} {changes}"
+        try:
+            if tcp:
+                result = trio.run(lambda: tcp_session(here, by_index, task_id=f"f{n}"))
+            else:
+                result = trio.run(
+                    lambda: memory_session(
+                        here, by_index, mangle_modeller=mirrored, task_id=f"f{n}"
+                    )
+                )
+        except Exception as exc:  # the harness's own checks (a file that does not parse)
+            result = SessionResult(0, f"{type(exc).__name__}: {exc}", False, 0, None)
+        tally.add(result, what)
         if n % 500 == 0:
             print(f"  {n} sessions, {tally.inputs} inputs, {time.monotonic() - started:.0f} s, "
                   f"max rss {max_rss_mib():.0f} MiB", flush=True)  # fmt: skip

@@ -40,7 +40,7 @@ def wire_text(*, min_size: int = 0, max_size: int | None = None) -> st.SearchStr
     return st.text(st.characters(exclude_categories=["Cs"]), min_size=min_size, max_size=max_size)
 
 
-def wire_integers(*, min_value: int = -_LIMIT, max_value: int = _LIMIT) -> st.SearchStrategy[int]:
+def wire_integers(min_value: int = -_LIMIT, max_value: int = _LIMIT) -> st.SearchStrategy[int]:
     """Integers the wire can carry: within ±2^53, which a double holds exactly."""
     return st.integers(min_value=max(min_value, -_LIMIT), max_value=min(max_value, _LIMIT))
 

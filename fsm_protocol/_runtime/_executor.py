@@ -61,8 +61,8 @@ class _Item:
     name: str
     data: Any
     origin: tuple[str, int] | None = None
-    # Set once the item was processed: a peer's next line is read only then, so each
-    # peer has at most one decoded message waiting (bounded memory per peer).
+    # Set once the item was processed: a peer with MAX_QUEUED messages waiting has its
+    # next line read only then (bounded memory per peer).
     done: trio.Event | None = None
 
 
@@ -80,9 +80,13 @@ class Slot:
     idle_ok: Callable[[Machine], bool] | None = None
     outbox: trio.MemorySendChannel[Message] | None = None
     last_seq: int = -1
+    queued: int = 0
 
 
 _CALL = "__call__"
+
+MAX_QUEUED = 8
+"""Decoded messages of one peer that may wait for the chart; then reading from it pauses."""
 
 # After an idle deadline, a last short wait for a line that may already have arrived: a
 # deadline can pass while this process is paused, with the peer's lines in the socket.
@@ -199,6 +203,7 @@ class Executor:
                     await trio.lowlevel.checkpoint_if_cancelled()
                     self._process(item)
                     if item.done is not None:
+                        self._slots[item.key].queued -= 1
                         item.done.set()
                 inner.cancel_scope.cancel()
             self._nursery = None
@@ -260,10 +265,12 @@ class Executor:
                 self.post(slot.key, slot.bad_input_event, ProtocolViolation(problem))
                 continue
             done = trio.Event()
+            slot.queued += 1
             self._send.send_nowait(
                 _Item(slot.key, f"recv:{message.type.value}", message, None, done)
             )
-            await done.wait()
+            if slot.queued >= MAX_QUEUED:
+                await done.wait()
 
     def _envelope_problem(self, slot: Slot, message: Message) -> str | None:
         if self._expected_task is not None and message.task_id != self._expected_task:

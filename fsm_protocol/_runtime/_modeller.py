@@ -144,7 +144,8 @@ class LinkBindings:
         self.start_raised = False
         self.complete_raised = False
         self.current_batch: int | None = None
-        first = job.options.get("resume_from_batch", 0)  # a resumed task starts later
+        # A resumed task starts later (modeller serve --resume).
+        first = (getattr(job, "options", None) or {}).get("resume_from_batch", 0)
         self.next_batch_id = first if type(first) is int else 0
         self.estimate: int | None = None
         self.result_slots: set[tuple[int | None, int]] = set()
