@@ -285,10 +285,10 @@ def _in_process(job: Callable[[], Any]) -> dict[str, Any]:
 
 
 async def flood() -> None:
-    limits = Limits(handshake_timeout_s=0.5, max_pending_handshakes=8)
+    limits = Limits(handshake_timeout_s=0.5, max_pending_handshakes=4)
     with trio.fail_after(60):
         listener = await PodListener.open(LOCAL, 0, pods=["a/p"], limits=limits)
-        idle = [await trio.open_tcp_stream(LOCAL, listener.port) for _ in range(200)]
+        idle = [await trio.open_tcp_stream(LOCAL, listener.port) for _ in range(40)]
         admitted: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
 
@@ -356,7 +356,7 @@ async def disk_full(folder: Path) -> SessionResult:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=10_000, help="fuzz inputs (10000)")
-    parser.add_argument("--budget", type=float, default=900.0, help="fuzzer seconds at most")
+    parser.add_argument("--budget", type=float, default=1200.0, help="fuzzer seconds at most")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the process faults")
     parser.add_argument("--seed", type=int, default=14)
     args = parser.parse_args()

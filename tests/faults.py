@@ -39,12 +39,12 @@ HONEST, HOSTILE = "honest/pod", "hostile/pod"
 
 # Short waits, so that a hostile peer that stalls a chart costs seconds, not minutes.
 TIMEOUTS = TaskTimeouts(
-    response_timeout_s=5.0,
+    response_timeout_s=2.0,
     cancel_timeout_s=2.0,
-    worker_idle_timeout_s=5.0,
-    task_start_timeout_s=5.0,
-    soft_timeout_s=5.0,
-    hard_timeout_s=5.0,
+    worker_idle_timeout_s=2.0,
+    task_start_timeout_s=2.0,
+    soft_timeout_s=2.0,
+    hard_timeout_s=2.0,
 )
 SESSION_DEADLINE_S = 30.0
 _LIMITS = Limits(handshake_timeout_s=5.0)
@@ -197,7 +197,7 @@ class SessionResult:
 
 def echo_job(batches: int) -> JobRequestBody:
     items = [f"i{n}" for n in range(batches)]
-    options = {"task_start_timeout_s": 5.0, "soft_timeout_s": 5.0, "hard_timeout_s": 5.0}
+    options = {"task_start_timeout_s": 2.0, "soft_timeout_s": 2.0, "hard_timeout_s": 2.0}
     return JobRequestBody(
         protocol={"class_name": "conformance.Echo", "items": items, "batch_size": 1},
         pod_identifiers=(HONEST, HOSTILE),
