@@ -32,21 +32,33 @@ from fsm_protocol._wire._messages import (
 # Small collections keep examples readable and the suite fast.
 _SMALL = 4
 
+_LIMIT = 2**53
+
+
+def wire_text(*, min_size: int = 0, max_size: int | None = None) -> st.SearchStrategy[str]:
+    """Text the wire can carry: anything but lone UTF-16 surrogates (no UTF-8 form)."""
+    return st.text(st.characters(exclude_categories=["Cs"]), min_size=min_size, max_size=max_size)
+
+
+def wire_integers(min_value: int = -_LIMIT, max_value: int = _LIMIT) -> st.SearchStrategy[int]:
+    """Integers the wire can carry: within ±2^53, which a double holds exactly."""
+    return st.integers(min_value=max(min_value, -_LIMIT), max_value=min(max_value, _LIMIT))
+
 
 def json_values(*, max_leaves: int = 12) -> st.SearchStrategy[JSON]:
     """Any JSON value (no NaN or infinity, which JSON cannot carry)."""
     scalars = (
         st.none()
         | st.booleans()
-        | st.integers()
+        | wire_integers()
         | st.floats(allow_nan=False, allow_infinity=False)
-        | st.text()
+        | wire_text()
     )
     return st.recursive(
         scalars,
         lambda children: (
             st.lists(children, max_size=_SMALL)
-            | st.dictionaries(st.text(), children, max_size=_SMALL)
+            | st.dictionaries(wire_text(), children, max_size=_SMALL)
         ),
         max_leaves=max_leaves,
     )
@@ -54,20 +66,20 @@ def json_values(*, max_leaves: int = 12) -> st.SearchStrategy[JSON]:
 
 def json_objects() -> st.SearchStrategy[dict[str, JSON]]:
     """A JSON object with arbitrary values."""
-    return st.dictionaries(st.text(), json_values(max_leaves=6), max_size=_SMALL)
+    return st.dictionaries(wire_text(), json_values(max_leaves=6), max_size=_SMALL)
 
 
 def names() -> st.SearchStrategy[str]:
     """Task ids, pod ids and other names: any non-empty text."""
-    return st.text(min_size=1, max_size=20)
+    return wire_text(min_size=1, max_size=20)
 
 
 def resources_consumed() -> st.SearchStrategy[ResourceConsumed]:
     return st.builds(
         ResourceConsumed,
-        resource_type=st.text(max_size=10),
-        resource_identifier=st.text(max_size=10),
-        amount=st.integers(),
+        resource_type=wire_text(max_size=10),
+        resource_identifier=wire_text(max_size=10),
+        amount=wire_integers(),
     )
 
 
@@ -75,17 +87,17 @@ def metas() -> st.SearchStrategy[Meta]:
     """Any valid ``meta``, from empty to every key set."""
     return st.builds(
         Meta,
-        batch_number=st.none() | st.integers(min_value=0),
-        total_batches=st.none() | st.integers(),
-        algorithm_index=st.integers(min_value=0, max_value=100),
+        batch_number=st.none() | wire_integers(min_value=0),
+        total_batches=st.none() | wire_integers(),
+        algorithm_index=wire_integers(min_value=0, max_value=100),
         resources_consumed=st.lists(resources_consumed(), max_size=2).map(tuple),
-        reason=st.none() | st.text(max_size=20),
+        reason=st.none() | wire_text(max_size=20),
     )
 
 
 def job_request_bodies() -> st.SearchStrategy[JobRequestBody]:
     protocols = st.builds(
-        lambda extra, class_name: {**extra, "class_name": class_name}, json_objects(), st.text()
+        lambda extra, class_name: {**extra, "class_name": class_name}, json_objects(), wire_text()
     )
     return st.builds(
         JobRequestBody,
@@ -95,7 +107,7 @@ def job_request_bodies() -> st.SearchStrategy[JobRequestBody]:
         run_on_new_data_only=st.booleans(),
         force_rerun_failed_files=st.booleans(),
         test_run=st.booleans(),
-        project_id=st.none() | st.text(),
+        project_id=st.none() | wire_text(),
         options=json_objects(),
     )
 
@@ -120,32 +132,32 @@ _BODIES: dict[MessageType, Callable[[], st.SearchStrategy[Any]]] = {
     MessageType.JOB_REJECT: lambda: st.builds(
         JobRejectBody,
         reason=st.sampled_from(RejectReason),
-        details=st.lists(st.text(), max_size=_SMALL).map(tuple),
+        details=st.lists(wire_text(), max_size=_SMALL).map(tuple),
     ),
     MessageType.PREPARING_DATA: lambda: _NO_BODY,
     MessageType.CONFIGURING_TASK: lambda: _NO_BODY,
     MessageType.PREPARING_DATA_BATCHES: lambda: _NO_BODY,
     MessageType.ALGORITHM_EXCHANGE: json_objects,
-    MessageType.NUMBER_OF_BATCHES: lambda: st.just(-1) | st.integers(min_value=1),
-    MessageType.CURRENT_BATCH_ID: lambda: st.integers(min_value=0),
+    MessageType.NUMBER_OF_BATCHES: lambda: st.just(-1) | wire_integers(min_value=1),
+    MessageType.CURRENT_BATCH_ID: lambda: wire_integers(min_value=0),
     MessageType.TASK_START: lambda: _NO_BODY,
     MessageType.EVALUATION_RESULTS: json_values,
     MessageType.BATCHES_COMPLETE: lambda: st.sampled_from(["BATCHES_ONLY", "TASK_COMPLETE"]),
     MessageType.TASK_COMPLETE: lambda: _NO_BODY,
     MessageType.TASK_ABORT: lambda: st.builds(
         TaskAbortBody,
-        message=st.text(),
+        message=wire_text(),
         reason=st.sampled_from(AbortReason),
-        exception_type=st.none() | st.text(max_size=20),
-        traceback_summary=st.none() | st.text(),
+        exception_type=st.none() | wire_text(max_size=20),
+        traceback_summary=st.none() | wire_text(),
     ),
     MessageType.TASK_CANCEL: lambda: _NO_BODY,
-    MessageType.ONLINE_CHECK: st.text,
-    MessageType.ONLINE_RESPONSE: st.text,
+    MessageType.ONLINE_CHECK: wire_text,
+    MessageType.ONLINE_RESPONSE: wire_text,
     MessageType.LOG_MESSAGE: lambda: st.builds(
         LogMessageBody,
         level=st.sampled_from(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
-        message=st.text(),
+        message=wire_text(),
     ),
     MessageType.CONFORMANCE_SCENARIO: scenario_bodies,
 }
@@ -169,7 +181,7 @@ def messages(type: MessageType | None = None) -> st.SearchStrategy[Message]:
             task_id=names(),
             sender=names(),
             recipient=names(),
-            seq=st.integers(min_value=0),
+            seq=wire_integers(min_value=0),
             body=bodies(t),
             meta=metas(),
         )
@@ -274,8 +286,8 @@ class Scenario:
 
 def faults(*, response_timeout: int) -> st.SearchStrategy[Fault | None]:
     """No fault (half the time), a crash, silence, or an answer after the response timeout."""
-    at = st.integers(min_value=0, max_value=FAULT_WINDOW)
-    late = st.integers(response_timeout + 1, response_timeout + 200)
+    at = wire_integers(min_value=0, max_value=FAULT_WINDOW)
+    late = wire_integers(response_timeout + 1, response_timeout + 200)
     kinds: dict[str, st.SearchStrategy[Fault | None]] = {
         "none": st.none(),
         "crash": st.builds(Crash, at),
@@ -294,12 +306,12 @@ def pod_scenarios(
     with_faults: bool = True,
     response_timeout: int = 100,
 ) -> PodScenario:
-    count = draw(st.integers(min_value=0, max_value=max_items))
+    count = draw(wire_integers(min_value=0, max_value=max_items))
     items = tuple(f"i{n}" for n in range(count))
     some = st.lists(st.sampled_from(items), unique=True).map(tuple) if items else st.just(())
     # Limits near what the items use, so that usage often lands exactly on the limit.
-    used = st.integers(min_value=0, max_value=20)
-    headroom = st.integers(min_value=-3, max_value=count + 3)
+    used = wire_integers(min_value=0, max_value=20)
+    headroom = wire_integers(min_value=-3, max_value=count + 3)
     limit = draw(
         st.none()
         | st.builds(lambda u, h: UsageLimit(limit=max(0, u + h), total_usage=u), used, headroom)
@@ -307,15 +319,15 @@ def pod_scenarios(
     return PodScenario(
         pod_id=pod_id,
         items=items,
-        batch_size=draw(st.integers(min_value=1, max_value=12)),
+        batch_size=draw(wire_integers(min_value=1, max_value=12)),
         fail_in_batch=draw(some),
         fail_alone=draw(some),
         limit=limit,
         initial_setup=draw(st.booleans()),
         invalid=draw(st.sampled_from([None, None, None, None, None, "batch_size", "duplicate"])),
-        setup_delay=draw(st.integers(min_value=0, max_value=MAX_SETUP_DELAY)),
+        setup_delay=draw(wire_integers(min_value=0, max_value=MAX_SETUP_DELAY)),
         batch_delays=draw(
-            st.lists(st.integers(0, MAX_BATCH_DELAY), min_size=1, max_size=5).map(tuple)
+            st.lists(wire_integers(0, MAX_BATCH_DELAY), min_size=1, max_size=5).map(tuple)
         ),
         fault=draw(faults(response_timeout=response_timeout)) if with_faults else None,
     )
@@ -332,7 +344,7 @@ def scenarios(
     response_timeout: int = 100,
 ) -> Scenario:
     """Tasks of 1 to ``max_pods`` Echo workers, with faults and a cancel when asked."""
-    count = draw(st.integers(min_value=1, max_value=max_pods))
+    count = draw(wire_integers(min_value=1, max_value=max_pods))
     pods = tuple(
         draw(
             pod_scenarios(
@@ -344,12 +356,12 @@ def scenarios(
         )
         for n in range(count)
     )
-    cancel = st.none() | st.integers(min_value=0, max_value=FAULT_WINDOW)
+    cancel = st.none() | wire_integers(min_value=0, max_value=FAULT_WINDOW)
     return Scenario(
         pods=pods,
         batched=draw(st.booleans()),
         test_run=draw(st.booleans()),
         require_all_pods=draw(st.booleans()),
         cancel_at=draw(cancel) if with_cancel else None,
-        schedule_seed=draw(st.integers(min_value=0, max_value=2**32 - 1)),
+        schedule_seed=draw(wire_integers(min_value=0, max_value=2**32 - 1)),
     )

@@ -224,3 +224,14 @@ def test_design_doc_draws_the_same_order() -> None:
     documented = [name for _, name in sorted(rows, key=lambda row: int(row[0]))]
     assert documented == [*LAYERS[:-1], "public"], documented
     assert "tests/test_layers.py" in section
+
+
+def test_every_subpackage_ships_in_the_wheel() -> None:
+    """setup.cfg lists its packages by hand: a new layer left off it is missing once installed."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parent / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    on_disk = {f"fsm_protocol.{d.name}" for d in PACKAGE.iterdir() if (d / "__init__.py").exists()}
+    assert on_disk <= listed, sorted(on_disk - listed)

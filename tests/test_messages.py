@@ -139,8 +139,12 @@ def test_encode_escapes_a_lone_surrogate_rather_than_fail() -> None:
     message = Message.make(
         MessageType.ONLINE_CHECK, task_id="t", sender="p", recipient="m", seq=0, body="\ud800"
     )
-    assert b"\\ud800" in encode(message)
-    assert decode(encode(message)) == message
+    line = encode(message)
+    assert b"\\ud800" in line
+    # ...and a receiver refuses it: a lone surrogate has no UTF-8 form (the wire value rule).
+    with pytest.raises(DecodeError) as caught:
+        decode(line)
+    assert caught.value.field == "$.body"
 
 
 def test_typed_bodies_use_the_wire_shapes() -> None:
@@ -470,3 +474,69 @@ def test_evaluation_results_batch_number_may_be_null(batch_number: int | None) -
 )
 def test_ill_typed_meta(meta: Any, field: str) -> None:
     assert rejected(line(meta=meta)).field == field
+
+
+# --- The value rule: only what every JSON implementation round-trips ------------------------
+
+_RESULTS = (
+    b'{"v":1,"type":"EVALUATION_RESULTS","task_id":"t","sender":"p","recipient":"modeller",'
+    b'"seq":1,"meta":{"batch_number":0},"body":%s}\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b'{"name":"\\ud800"}', "$.body.name", "lone UTF-16 surrogate"),
+        (b'["ok","\\udc00\\ud800"]', "$.body[1]", "lone UTF-16 surrogate"),
+        (b"[1e999]", "$.body[0]", "finite number"),
+        (b'{"x":-1e400}', "$.body.x", "finite number"),
+        (b"[9007199254740993]", "$.body[0]", "within ±2^53"),
+        (b"[-9007199254740993]", "$.body[0]", "within ±2^53"),
+        (b'{"a":1,"b":2,"a":3}', "$.body.a", "once per object"),
+        (b"[" * 64 + b"]" * 64, "$.body", "levels"),
+    ],
+)
+def test_values_beyond_the_rule_are_refused_naming_the_field(
+    body: bytes, field: str, words: str
+) -> None:
+    error = rejected(_RESULTS % body)
+    assert error.field.startswith(field)
+    assert words in str(error)
+
+
+def test_values_inside_the_rule_pass() -> None:
+    body = b'["\\ud83d\\ude00", 9007199254740992, -9007199254740992, 1e308, 1e-999, "\\\\ud800"]'
+    message = decode(_RESULTS % body)
+    assert message.body == ["\U0001f600", 2**53, -(2**53), 1e308, 0.0, "\\ud800"]
+    deep = b"[" * 63 + b"]" * 63  # with the envelope, exactly MAX_NESTING levels
+    assert decode(_RESULTS % deep).body is not None
+
+
+def test_a_duplicate_envelope_key_is_refused() -> None:
+    error = rejected(b'{"v":1,"v":1,' + line()[1:])
+    assert error.field == "$.v"
+
+
+def test_a_line_of_too_many_arrays_is_refused_before_parsing() -> None:
+    from fsm_protocol._wire._messages import MAX_CONTAINERS
+
+    error = rejected(_RESULTS % (b"[" + b"[]," * MAX_CONTAINERS + b"[]]"))
+    assert error.field == "$"
+    assert "arrays and objects" in str(error)
+
+
+def test_a_lone_surrogate_in_a_decoded_str_line_is_refused() -> None:
+    text = (_RESULTS % b'"x"').decode().replace('"x"', '"\ud800"')
+    assert rejected(text).field == "$.body"
+
+
+def test_value_problem_names_what_cannot_be_sent() -> None:
+    from fsm_protocol._wire._messages import value_problem, wire_text
+
+    assert value_problem({"a": [1, float("nan")]}) == (
+        "field $.a[1]: expected a finite number, found NaN"
+    )
+    assert "Python object" in str(value_problem({"a": object()}))
+    assert value_problem({"a": (1, "\U0001f600")}) is None
+    assert wire_text("caf\udce9") == "caf\\udce9"

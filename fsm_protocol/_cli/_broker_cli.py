@@ -23,6 +23,7 @@ from .._algo._algorithms import ListDatasource
 from .._base._errors import ConfigError, TransportError
 from .._net._tcp import client_ssl_context
 from .._runtime._modeller import TaskStatus
+from .._runtime._results import ResultsFolder
 from .._runtime._worker import Pod, WorkerReport
 from .._wire._messages import MODELLER, Message
 from ._net_cli import (
@@ -30,16 +31,15 @@ from ._net_cli import (
     EXIT_NOT_COMPLETE,
     EXIT_OK,
     EXIT_UNUSABLE,
-    ResultsFolder,
     _auth,
     _config,
     _describe_report,
     _load_tls,
     _modeller_algorithm,
-    _positive,
     _print_outcome,
     _registry,
     _say,
+    _seconds,
     _Unusable,
     _WorkerWatch,
     load_task,
@@ -112,7 +112,7 @@ def add_broker_arguments(parser: argparse.ArgumentParser, *, modeller: bool) -> 
     )
     group.add_argument(
         "--ack-wait",
-        type=_positive,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="a delivery not acknowledged after S seconds is delivered again (default 30)",
@@ -127,7 +127,7 @@ def add_broker_arguments(parser: argparse.ArgumentParser, *, modeller: bool) -> 
         )
         group.add_argument(
             "--linger",
-            type=_positive,
+            type=_seconds,
             default=30.0,
             metavar="S",
             help="at the end, wait up to S seconds for the pods to end their side "
@@ -249,23 +249,27 @@ def run_modeller_serve_broker(args: argparse.Namespace) -> int:
         first = task.pods[0]
         algorithm = _modeller_algorithm(protocols, task.jobs[first], configs[first])
         folder = ResultsFolder(results_dir, task_id) if results_dir is not None else None
-        async with Broker.connect(options, log=log) as broker:
-            log(f"connected to the broker at {', '.join(options.servers)}")
-            started = trio.current_time()
-            run = await run_modeller_via_broker(
-                broker,
-                task_id=task_id,
-                jobs=jobs,
-                configs=configs,
-                algorithm=algorithm,
-                timeouts=task.timeouts,
-                require_all_pods=task.require_all_pods,
-                on_message=folder.on_message if folder is not None else None,
-                log=log,
-            )
-            task_s = trio.current_time() - started
-            stats = broker.stats()
-        return _finish(run, task_s, stats, folder, log)
+        try:
+            async with Broker.connect(options, log=log) as broker:
+                log(f"connected to the broker at {', '.join(options.servers)}")
+                started = trio.current_time()
+                run = await run_modeller_via_broker(
+                    broker,
+                    task_id=task_id,
+                    jobs=jobs,
+                    configs=configs,
+                    algorithm=algorithm,
+                    timeouts=task.timeouts,
+                    require_all_pods=task.require_all_pods,
+                    on_message=folder.on_message if folder is not None else None,
+                    log=log,
+                )
+                task_s = trio.current_time() - started
+                stats = broker.stats()
+            return _finish(run, task_s, stats, folder, log)
+        finally:
+            if folder is not None:
+                folder.close()
 
     try:
         outcome = _run(main)
@@ -306,7 +310,7 @@ def _finish(
     }
     outcome = outcome_json(run, stats, [])
     if folder is not None:
-        folder.finish(outcome, run.trace)
+        folder.finish(outcome)
         log(f"results written to {folder.path}")
     return outcome
 

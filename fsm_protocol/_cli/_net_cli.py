@@ -31,19 +31,19 @@ import difflib
 import importlib
 import json
 import os
-import re
 import resource
+import signal
 import sys
 import types
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
-from .._algo._algorithms import ListDatasource
+from .._algo._algorithms import ListDatasource, optional_hook
 from .._algo._protocols import ProtocolFactory, ProtocolRegistry, registry
 from .._base._errors import ConfigError, DecodeError, TransportError
 from .._net._tcp import (
@@ -55,9 +55,11 @@ from .._net._tcp import (
     server_ssl_context,
 )
 from .._runtime._modeller import ModellerRun, TaskStatus, TaskTimeouts, run_modeller
+from .._runtime._results import ResultsFolder, to_json_bytes
 from .._runtime._transport import Transport
-from .._runtime._worker import Pod, WorkerReport, run_worker
+from .._runtime._worker import RESUME_OPTION, Pod, WorkerReport, run_worker
 from .._wire._messages import (
+    MAX_WAIT_S,
     MODELLER,
     JobRejectBody,
     JobRequestBody,
@@ -65,6 +67,7 @@ from .._wire._messages import (
     MessageType,
     ScenarioBody,
     body_of,
+    value_problem,
 )
 
 if TYPE_CHECKING:
@@ -143,14 +146,30 @@ def _address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(text: str) -> float:
+def _number(text: str, *, low: float, high: float, zero_ok: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {text}")
+    above = "at least 0" if zero_ok else "above 0"
+    if not ((value >= low) if zero_ok else (value > low)) or not value <= high:
+        raise argparse.ArgumentTypeError(
+            f"expected a number {above} and at most {high:g}, found {text}"
+        )
     return value
+
+
+def _seconds(text: str) -> float:
+    """A timeout: above 0, at most a week (NaN and infinity are refused)."""
+    return _number(text, low=0.0, high=MAX_WAIT_S)
+
+
+def _seconds_or_zero(text: str) -> float:
+    return _number(text, low=0.0, high=MAX_WAIT_S, zero_ok=True)
+
+
+def _rate(text: str) -> float:
+    return _number(text, low=0.0, high=1e6)
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,22 +184,31 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-messages-per-second",
-        type=_positive,
+        type=_rate,
         default=defaults.max_messages_per_second,
         metavar="N",
         help=f"read at most N lines per second, with a burst of as many "
-        f"(default {defaults.max_messages_per_second:g}); faster peers are slowed down",
+        f"(default {defaults.max_messages_per_second:g}, at most 1e6); faster peers are "
+        "slowed down",
+    )
+    group.add_argument(
+        "--max-algorithm-index",
+        type=int,
+        default=defaults.max_algorithm_index,
+        metavar="N",
+        help="refuse results whose meta.algorithm_index is above N "
+        f"(default {defaults.max_algorithm_index})",
     )
     group.add_argument(
         "--handshake-timeout",
-        type=_positive,
+        type=_seconds,
         default=defaults.handshake_timeout_s,
         metavar="S",
         help=f"for TLS and the hello (default {defaults.handshake_timeout_s:g})",
     )
     group.add_argument(
         "--send-timeout",
-        type=_positive,
+        type=_seconds,
         default=defaults.send_timeout_s,
         metavar="S",
         help="a peer that reads nothing for S seconds is treated as gone "
@@ -189,14 +217,21 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
-    if args.max_line_bytes < 1024:
-        raise _Unusable(f"--max-line-bytes must be at least 1024, found {args.max_line_bytes}")
+    if not 1024 <= args.max_line_bytes <= 1 << 30:
+        raise _Unusable(
+            f"--max-line-bytes must be from 1024 to {1 << 30} (1 GiB), found {args.max_line_bytes}"
+        )
+    if not 0 <= args.max_algorithm_index <= 65535:
+        raise _Unusable(
+            f"--max-algorithm-index must be from 0 to 65535, found {args.max_algorithm_index}"
+        )
     return Limits(
         max_line_bytes=args.max_line_bytes,
         max_messages_per_second=args.max_messages_per_second,
         burst=max(1, int(args.max_messages_per_second)),
         handshake_timeout_s=args.handshake_timeout,
         send_timeout_s=args.send_timeout,
+        max_algorithm_index=args.max_algorithm_index,
     )
 
 
@@ -265,7 +300,7 @@ def load_task(path: str | Path, *, pods: Sequence[str] = ()) -> TaskFile:
         ConfigError: Every problem found, each with its JSON path.
     """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constant)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such task file (check the path)") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -274,6 +309,9 @@ def load_task(path: str | Path, *, pods: Sequence[str] = ()) -> TaskFile:
         raise ConfigError(f"{path}: not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    problem = value_problem(data)
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}")
     task_id = data.pop("task_id", None)
     if task_id is not None and (type(task_id) is not str or not task_id):
         raise ConfigError(
@@ -302,6 +340,11 @@ def load_task(path: str | Path, *, pods: Sequence[str] = ()) -> TaskFile:
         )
     except DecodeError as exc:
         raise ConfigError(f"{path}: {str(exc).replace('$.body', '$')}") from None
+    if not scenario.response_timeout_s <= MAX_WAIT_S:
+        raise ConfigError(
+            f"{path}: field $.response_timeout_s: expected at most {MAX_WAIT_S:g}, "
+            f"found {scenario.response_timeout_s!r}"
+        )
     if len(set(scenario.pods)) != len(scenario.pods):
         raise ConfigError(f"{path}: pod ids must be unique, found {list(scenario.pods)}")
     strangers = sorted(set(scenario.job_overrides) - set(scenario.pods))
@@ -325,6 +368,10 @@ def load_task(path: str | Path, *, pods: Sequence[str] = ()) -> TaskFile:
     )
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (write a number)")
+
+
 def _timeouts(path: str | Path, data: Any, response_timeout_s: Any) -> TaskTimeouts:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: field $.timeouts: expected an object, found {data!r}")
@@ -339,9 +386,14 @@ def _timeouts(path: str | Path, data: Any, response_timeout_s: Any) -> TaskTimeo
     for key, value in data.items():
         if value is None and key == "worker_idle_timeout_s":
             values[key] = None
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_WAIT_S
+        ):
             raise ConfigError(
-                f"{path}: field $.timeouts.{key}: expected a number > 0, found {value!r}"
+                f"{path}: field $.timeouts.{key}: expected a number > 0 and at most "
+                f"{MAX_WAIT_S:g}, found {value!r}"
             )
         else:
             values[key] = float(value)
@@ -351,50 +403,24 @@ def _timeouts(path: str | Path, data: Any, response_timeout_s: Any) -> TaskTimeo
 # ------------------------------------------------------- results folder
 
 
-@final
-class ResultsFolder:
-    """Writes a task's results as they arrive, and its outcome at the end.
-
-    ``<dir>/<task id>/results.ndjson`` gets one line per accepted
-    ``EVALUATION_RESULTS``, flushed at once, so results outlive a crash;
-    ``outcome.json`` and ``trace.ndjson`` are written when the task ends.
-    """
-
-    def __init__(self, root: Path, task_id: str) -> None:
-        # A task id is any string; its folder name must stay inside root.
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", task_id).lstrip(".") or "task"
-        self.path = root / name
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._results: IO[str] = (self.path / "results.ndjson").open("w", encoding="utf-8")
-
-    def on_message(self, pod_id: str, message: Message) -> None:
-        if message.type is MessageType.EVALUATION_RESULTS and message.sender == pod_id:
-            line = {
-                "worker": pod_id,
-                "seq": message.seq,
-                "batch_number": message.meta.batch_number,
-                "algorithm_index": message.meta.algorithm_index,
-                "body": message.body,
-            }
-            self._results.write(json.dumps(line, ensure_ascii=False) + "\n")
-            self._results.flush()
-
-    def finish(self, outcome: dict[str, Any], trace: Sequence[Message]) -> None:
-        self._results.close()
-        from .._wire._messages import encode
-
-        with (self.path / "trace.ndjson").open("wb") as out:
-            for message in trace:
-                out.write(encode(message))
-        text = json.dumps(outcome, indent=2, ensure_ascii=False, default=repr)
-        (self.path / "outcome.json").write_text(text + "\n", encoding="utf-8")
-
-
 def outcome_json(
-    run: ModellerRun, stats: dict[str, Any], never_connected: Sequence[str]
+    run: ModellerRun,
+    stats: dict[str, Any],
+    never_connected: Sequence[str],
+    *,
+    bodies: bool = True,
+    stopped_by: str | None = None,
+    results_problem: str | None = None,
 ) -> dict[str, Any]:
-    """The outcome as JSON, for ``outcome.json`` and ``--json``."""
+    """The outcome as JSON, for ``outcome.json`` and ``--json``.
+
+    With ``bodies`` False the results are listed without their bodies, which
+    are in ``results.ndjson`` (the modeller did not keep them in memory).
+    """
     workers: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for key in run.results:
+        counts[key.worker] = counts.get(key.worker, 0) + 1
     for pod, worker in run.workers.items():
         reject = worker.reject
         rejected = None
@@ -411,19 +437,26 @@ def outcome_json(
             "cancel_sent": worker.cancel_sent,
             "cancel_confirmed": worker.cancel_confirmed,
             "last_batch": worker.last_batch,
-            "results": sum(1 for key in run.results if key.worker == pod),
+            "results": counts.get(pod, 0),
             "connected": pod not in never_connected,
         }
+    results = []
+    for key, body in run.results.items():
+        entry = {"worker": key.worker, "batch": key.batch, "retry": key.retry}
+        if key.algorithm:
+            entry["algorithm"] = key.algorithm
+        if bodies:
+            entry["body"] = body
+        results.append(entry)
     return {
         "task_id": run.task_id,
         "status": run.status.value,
+        "stopped_by": stopped_by,
+        "results_problem": results_problem,
         "workers": workers,
         "never_connected": list(never_connected),
         "pods_missing": list(run.pods_missing),
-        "results": [
-            {"worker": key.worker, "batch": key.batch, "retry": key.retry, "body": body}
-            for key, body in run.results.items()
-        ],
+        "results": results,
         "violations": [attrs.asdict(v) for v in run.violations],
         "final_result": run.final_result,
         "stats": stats,
@@ -447,14 +480,61 @@ class ServeOptions:
     limits: Limits = attrs.field(factory=Limits)
     protocols: ProtocolRegistry = registry
     log: Callable[[str], None] = lambda text: None
+    resume: bool = False
+    stop_on_signals: bool = False
 
 
 async def serve_task(task: TaskFile, options: ServeOptions) -> tuple[ModellerRun, dict[str, Any]]:
     """Listen, wait for the task's pods, run the task, and write the results folder.
 
+    With ``options.stop_on_signals``, SIGINT or SIGTERM cancels the task (TASK_CANCEL
+    to every live pod, then the outcome and trace are written, ``stopped_by`` names
+    the signal); a second one stops at once.
+
     Returns:
         The modeller's run and its outcome as JSON (also in ``outcome.json``).
+
+    Raises:
+        ConfigError: It cannot listen, or the results folder is refused (it exists
+            from an earlier run and ``resume`` is not set).
     """
+    log = options.log
+    task_id = task.task_id or f"t-{uuid.uuid4().hex[:12]}"
+    folder = None
+    if options.results_dir is not None:
+        folder = ResultsFolder(options.results_dir, task_id, resume=options.resume)
+        if folder.kept:
+            log(f"task {task_id}: {len(folder.kept)} results kept by earlier runs in {folder.path}")
+    stop = trio.Event()
+    stopped_by: list[str] = []
+    try:
+        async with trio.open_nursery() as watchers:
+            hard_stop = trio.CancelScope()
+            if options.stop_on_signals:
+                watchers.start_soon(_watch_signals, stop, stopped_by, hard_stop, log)
+            with hard_stop:
+                run, outcome = await _serve(task, task_id, options, folder, stop, stopped_by)
+            watchers.cancel_scope.cancel()
+        if hard_stop.cancelled_caught:
+            run = _empty_run(task_id)
+            outcome = outcome_json(run, {}, [], stopped_by=", ".join(stopped_by))
+            outcome["status"] = TaskStatus.CANCELLED.value
+            if folder is not None:
+                _finish_folder(folder, outcome, log)
+        return run, outcome
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+async def _serve(
+    task: TaskFile,
+    task_id: str,
+    options: ServeOptions,
+    folder: ResultsFolder | None,
+    stop: trio.Event,
+    stopped_by: list[str],
+) -> tuple[ModellerRun, dict[str, Any]]:
     log = options.log
     try:
         listener = await PodListener.open(
@@ -479,11 +559,29 @@ async def serve_task(task: TaskFile, options: ServeOptions) -> tuple[ModellerRun
         partial.write_text(f"{listener.port}\n")
         partial.replace(options.port_file)
     started = trio.current_time()
+    admitted: dict[str, Any] = {}
     try:
-        admitted = await listener.wait_for_pods(options.connect_timeout_s)
+        async with trio.open_nursery() as waiting:
+
+            async def stop_waiting() -> None:
+                await stop.wait()
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(stop_waiting)
+            admitted = await listener.wait_for_pods(options.connect_timeout_s)
+            waiting.cancel_scope.cancel()
     except BaseException:
         await listener.aclose()
         raise
+    if stop.is_set():
+        # Stopped before the task began: no pod has a job yet, so nothing to cancel.
+        await listener.aclose()
+        run = _empty_run(task_id)
+        outcome = outcome_json(run, {}, [], stopped_by=", ".join(stopped_by) or None)
+        outcome["status"] = TaskStatus.CANCELLED.value
+        if folder is not None:
+            _finish_folder(folder, outcome, log)
+        return run, outcome
     connected = trio.current_time()
     never = [pod for pod in task.pods if pod not in admitted]
     if never:
@@ -493,8 +591,9 @@ async def serve_task(task: TaskFile, options: ServeOptions) -> tuple[ModellerRun
         for pod in task.pods
     }
 
-    task_id = task.task_id or f"t-{uuid.uuid4().hex[:12]}"
     jobs = dict(task.jobs)
+    if folder is not None and folder.kept:
+        jobs = _resumed_jobs(jobs, folder)
     if options.signer is not None:
         jobs = {
             pod: options.signer.sign(job, task_id=task_id, sender=MODELLER, recipient=pod)
@@ -503,7 +602,20 @@ async def serve_task(task: TaskFile, options: ServeOptions) -> tuple[ModellerRun
     configs = {pod: _config(options.protocols, job) for pod, job in task.jobs.items()}
     first = task.pods[0]
     algorithm = _modeller_algorithm(options.protocols, task.jobs[first], configs[first])
-    folder = ResultsFolder(options.results_dir, task_id) if options.results_dir else None
+    # Bodies stay in memory only when nothing else keeps them, or the algorithm's
+    # final step needs them all; otherwise memory does not grow with the task.
+    keep = folder is None or optional_hook(algorithm, "final_step") is not None
+    messages = 0
+
+    def on_message(pod_id: str, message: Message) -> None:
+        nonlocal messages
+        messages += 1
+        if folder is not None:
+            folder.on_message(pod_id, message)
+            if folder.failure is not None and not stop.is_set():
+                log(f"{folder.failure}; cancelling the task, as its results cannot be kept")
+                stop.set()
+
     log(
         f"task {task_id}: {len(admitted)} of {len(task.pods)} pods connected after "
         f"{connected - started:.2f} s; sending the job requests"
@@ -516,24 +628,105 @@ async def serve_task(task: TaskFile, options: ServeOptions) -> tuple[ModellerRun
         algorithm=algorithm,
         timeouts=task.timeouts,
         require_all_pods=task.require_all_pods,
-        on_message=folder.on_message if folder is not None else None,
+        cancel=stop,
+        on_message=on_message,
+        keep=keep,
     )
     ended = trio.current_time()
     task_s = ended - connected
     usage = resource.getrusage(resource.RUSAGE_SELF)
     stats = {
-        "messages": len(run.trace),
+        "messages": messages,
         "connect_s": round(connected - started, 3),
         "task_s": round(task_s, 3),
-        "messages_per_s": round(len(run.trace) / task_s, 1) if task_s > 0 else None,
+        "messages_per_s": round(messages / task_s, 1) if task_s > 0 else None,
         "peak_rss_kib": usage.ru_maxrss,
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
     }
-    outcome = outcome_json(run, stats, never)
+    outcome = outcome_json(
+        run,
+        stats,
+        never,
+        bodies=keep,
+        stopped_by=", ".join(stopped_by) or None,
+        results_problem=None if folder is None else folder.failure,
+    )
+    if folder is not None and folder.not_kept:
+        # Accepted on the wire, but the folder could not hold them: say so, never claim them.
+        missing = set(folder.not_kept)
+        outcome["results"] = [
+            entry
+            for entry in outcome["results"]
+            if (entry["worker"], entry["batch"], entry.get("algorithm", 0)) not in missing
+        ]
+        outcome["results_not_kept"] = [
+            {"worker": worker, "batch": batch, "algorithm": algorithm}
+            for worker, batch, algorithm in folder.not_kept
+        ]
     if folder is not None:
-        folder.finish(outcome, run.trace)
-        log(f"results written to {folder.path}")
+        _finish_folder(folder, outcome, log)
     return run, outcome
+
+
+def _resumed_jobs(
+    jobs: dict[str, JobRequestBody], folder: ResultsFolder
+) -> dict[str, JobRequestBody]:
+    """Each pod's job, told to start at its last kept batch (run again, but not kept twice).
+
+    The last kept batch rather than the next one, since only the pod knows how many
+    batches it has: a pod whose every batch was kept then still has one to run.
+    """
+    resumed = {}
+    for pod, job in jobs.items():
+        kept = {r.batch_number for r in folder.kept if r.worker == pod}
+        first = 0
+        while first + 1 in kept:
+            first += 1
+        if job.batched_execution and 0 in kept:
+            job = attrs.evolve(job, options={**job.options, RESUME_OPTION: first})
+        resumed[pod] = job
+    return resumed
+
+
+def _finish_folder(
+    folder: ResultsFolder, outcome: dict[str, Any], log: Callable[[str], None]
+) -> None:
+    try:
+        folder.finish(outcome)
+    except OSError as exc:
+        problem = f"cannot write to {folder.path}: {exc.strerror or exc}"
+        outcome["results_problem"] = outcome.get("results_problem") or problem
+        log(f"{problem}; the outcome is not in the results folder")
+    else:
+        log(f"results written to {folder.path}")
+
+
+def _empty_run(task_id: str) -> ModellerRun:
+    return ModellerRun(
+        task_id=task_id,
+        status=TaskStatus.CANCELLED,
+        workers={},
+        results={},
+        trace=(),
+        violations=(),
+        final_result=None,
+        pods_missing=(),
+    )
+
+
+async def _watch_signals(
+    stop: trio.Event, stopped_by: list[str], hard_stop: trio.CancelScope, log: Callable[[str], None]
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for number in signals:
+            name = signal.Signals(number).name
+            stopped_by.append(name)
+            if not stop.is_set():
+                log(f"{name}: cancelling the task; {name} again stops at once")
+                stop.set()
+            else:
+                log(f"{name} again: stopping at once")
+                hard_stop.cancel()
 
 
 def _config(protocols: ProtocolRegistry, job: JobRequestBody) -> object:
@@ -557,9 +750,13 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
     stats = outcome["stats"]
     print(
         f"task {outcome['task_id']}: {outcome['status']} ({len(workers)} workers, "
-        f"{len(outcome['results'])} results, {stats['messages']} messages, "
-        f"{stats['task_s']:.2f} s)"
+        f"{len(outcome['results'])} results, {stats.get('messages', 0)} messages, "
+        f"{stats.get('task_s', 0.0):.2f} s)"
     )
+    if outcome.get("stopped_by"):
+        print(f"  stopped by {outcome['stopped_by']}")
+    if outcome.get("results_problem"):
+        print(f"  results folder: {outcome['results_problem']}")
     width = max((len(pod) for pod in workers), default=0)
     for pod, worker in workers.items():
         detail = ""
@@ -625,11 +822,18 @@ def add_modeller(subparsers: Subparsers) -> None:
         "outcome.json and trace.ndjson at the end",
     )
     serve.add_argument(
+        "--resume",
+        action="store_true",
+        help="carry on with the task in its existing results folder: results kept there "
+        "are not asked for again (see docs/network.md); without it an existing folder "
+        "is refused, never overwritten",
+    )
+    serve.add_argument(
         "--port-file", metavar="FILE", help="write the port listened on to FILE once listening"
     )
     serve.add_argument(
         "--connect-timeout",
-        type=_positive,
+        type=_seconds,
         default=300.0,
         metavar="S",
         help="start without the pods that have not connected after S seconds (default 300)",
@@ -700,6 +904,8 @@ def run_modeller_serve(args: argparse.Namespace) -> int:
             limits=_limits(args),
             protocols=_registry(args.algorithm),
             log=log,
+            resume=args.resume,
+            stop_on_signals=True,
         )
     except (ConfigError, _Unusable) as exc:
         print(f"fsm-protocol modeller serve: {exc}", file=sys.stderr)
@@ -713,9 +919,11 @@ def run_modeller_serve(args: argparse.Namespace) -> int:
         print("fsm-protocol modeller serve: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(outcome, indent=2, ensure_ascii=False, default=repr))
+        print(to_json_bytes(outcome, indent=2).decode("utf-8"))
     else:
         _print_outcome(outcome)
+    if outcome.get("stopped_by"):
+        return EXIT_INTERRUPTED
     return EXIT_OK if outcome["status"] == TaskStatus.COMPLETE.value else EXIT_NOT_COMPLETE
 
 
@@ -781,7 +989,7 @@ def add_worker(subparsers: Subparsers) -> None:
     )
     auth.add_argument(
         "--max-age",
-        type=_positive,
+        type=_seconds,
         default=300.0,
         metavar="S",
         help="refuse job requests signed more than S seconds ago (default 300)",
@@ -804,14 +1012,15 @@ def add_worker(subparsers: Subparsers) -> None:
     )
     parser.add_argument(
         "--retry-for",
-        type=float,
+        type=_seconds_or_zero,
         default=30.0,
         metavar="S",
-        help="keep trying to connect for S seconds (default 30)",
+        help="keep trying to connect and finish the hello for S seconds, backing off "
+        "from 0.1 s to 2 s (default 30, at most a week)",
     )
     parser.add_argument(
         "--job-timeout",
-        type=_positive,
+        type=_seconds,
         default=600.0,
         metavar="S",
         help="give up when no job request came S seconds after the welcome (default 600)",

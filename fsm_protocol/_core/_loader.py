@@ -228,6 +228,10 @@ class _Located:
     values: dict[PathKey, Location] = attrs.field(factory=dict)
     keys: dict[PathKey, Location] = attrs.field(factory=dict)
     problems: list[Problem] = attrs.field(factory=list)
+    # Nodes already turned into data, and how many nodes were visited again through
+    # aliases: an alias bomb repeats a few nodes exponentially often.
+    seen: set[int] = attrs.field(factory=set)
+    alias_uses: int = 0
 
     def at(self, path: PathKey, *, key: bool = False) -> Location:
         """Best location for ``path``: its key or value, else the nearest parent."""
@@ -252,6 +256,12 @@ def _mark(file: str, node: yaml.Node) -> Location:
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+MAX_YAML_NESTING = 64
+"""The deepest nesting of mappings and lists a chart file may have."""
+
+MAX_YAML_ALIAS_NODES = 1000
+"""How many nodes a chart file may repeat through aliases (``*name``) in all."""
 
 
 class _Unreadable(Exception):
@@ -286,6 +296,22 @@ def _to_data(
             node, "recursive YAML alias", "an alias (*name) must not point into its own anchor"
         )
     loc.values[path] = _mark(loc.file, node)
+    if id(node) in loc.seen:
+        loc.alias_uses += 1
+        if loc.alias_uses > MAX_YAML_ALIAS_NODES:
+            raise _Unreadable(
+                node,
+                f"YAML aliases repeat more than {MAX_YAML_ALIAS_NODES} nodes",
+                "write the repeated parts out, or use fewer aliases (*name)",
+            )
+    else:
+        loc.seen.add(id(node))
+    if len(path) >= MAX_YAML_NESTING and isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        raise _Unreadable(
+            node,
+            f"nesting deeper than {MAX_YAML_NESTING} levels",
+            "a chart needs only a few levels: flatten the file",
+        )
     if isinstance(node, yaml.MappingNode):
         inner = open_ | {id(node)}
         result: dict[Any, Any] = {}
@@ -356,6 +382,17 @@ def _read_yaml(text: str, file: str) -> tuple[Any, _Located]:
         return None, located
     except yaml.YAMLError as exc:
         located.problems.append(Problem(file, 1, 1, f"YAML error: {exc}", "fix the YAML syntax"))
+        return None, located
+    except RecursionError:
+        located.problems.append(
+            Problem(
+                file,
+                1,
+                1,
+                f"nesting far deeper than {MAX_YAML_NESTING} levels",
+                "a chart needs only a few levels: flatten the file",
+            )
+        )
         return None, located
     if node is None:
         located.problems.append(

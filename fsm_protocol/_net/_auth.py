@@ -277,6 +277,10 @@ class SeenJobs(Protocol):
         """Record ``task_id``; False when it was recorded before (a replay)."""
         ...
 
+    def forget(self, task_id: str) -> None:
+        """Drop ``task_id`` again: the pod refused the job after all, so it may come back."""
+        ...
+
 
 @final
 class MemorySeenJobs:
@@ -295,6 +299,9 @@ class MemorySeenJobs:
             return False
         self._seen[task_id] = signed_at
         return True
+
+    def forget(self, task_id: str) -> None:
+        self._seen.pop(task_id, None)
 
 
 @final
@@ -338,6 +345,14 @@ class FileSeenJobs:
                     (task_id, signed_at),
                 )
                 return cursor.rowcount == 1
+        finally:
+            db.close()
+
+    def forget(self, task_id: str) -> None:
+        db = self._connect()
+        try:
+            with db:
+                db.execute("DELETE FROM seen_jobs WHERE task_id = ?", (task_id,))
         finally:
             db.close()
 
@@ -429,6 +444,9 @@ def require_signed_jobs(
             ]
         return None
 
+    # The worker calls this when it refuses a job that passed these checks (its protocol
+    # or parameters do not fit), so that a refused request does not use up its task id.
+    vet.forget = memory.forget  # type: ignore[attr-defined]
     return vet
 
 

@@ -42,6 +42,9 @@ HELLO_VERSION: Final = 1
 HELLO_MAX_BYTES: Final = 4096
 """The longest hello or welcome line either side reads."""
 
+ALREADY_CONNECTED: Final = "is already connected"
+"""The words of the refusal a worker retries: its own earlier connection holds its slot."""
+
 _READ_CHUNK: Final = 65536
 _CLOSE_TIMEOUT_S: Final = 5.0
 
@@ -69,6 +72,9 @@ class Limits:
             vanished is noticed even while neither side has anything to say.
         max_pending_handshakes: The modeller sets up at most this many new
             connections at once; further ones wait in the kernel's backlog.
+        max_algorithm_index: The highest ``meta.algorithm_index`` accepted; a
+            higher one is a malformed line (each index is a result slot the
+            modeller keeps per batch).
     """
 
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
@@ -79,6 +85,7 @@ class Limits:
     idle_timeout_s: float | None = None
     keepalive: bool = True
     max_pending_handshakes: int = 256
+    max_algorithm_index: int = 255
 
 
 @final
@@ -187,6 +194,16 @@ class TcpTransport:
         except DecodeError as exc:
             await self._refuse(exc)
             raise
+        if message.meta.algorithm_index > self.limits.max_algorithm_index:
+            too_high = DecodeError(
+                f"field $.meta.algorithm_index: expected an int from 0 to "
+                f"{self.limits.max_algorithm_index} (max_algorithm_index), "
+                f"found {message.meta.algorithm_index}",
+                field="$.meta.algorithm_index",
+                line=line[:200],
+            )
+            await self._refuse(too_high)
+            raise too_high
         if self.expect_sender is not None and message.sender != self.expect_sender:
             impostor = DecodeError(
                 f"field $.sender: expected {self.expect_sender!r} (the pod this connection "
@@ -312,6 +329,28 @@ def _cause(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _peer_gone(transport: TcpTransport) -> bool:
+    """Whether the peer of an idle connection has closed it (an EOF or reset is waiting).
+
+    Looks at the socket without reading: a peer that vanished without closing
+    (its machine lost) still looks alive.
+    """
+    stream: Any = transport._stream
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    try:
+        # A duplicate of the descriptor: trio's socket only offers an async recv.
+        with socket.fromfd(stream.socket.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+            data = dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset, or the descriptor is already closed
+    return data == b""
+
+
 def _set_keepalive(stream: trio.abc.Stream, limits: Limits) -> None:
     if not limits.keepalive or not isinstance(stream, trio.SocketStream):
         return
@@ -408,8 +447,9 @@ def parse_hello(line: bytes) -> str:
             'expected a hello line first, {"hello": "fsm-protocol", "v": 1, "pod_id": ...}, '
             f"found {_excerpt(line)}"
         )
-    if obj.get("v") != HELLO_VERSION:
-        raise HandshakeError(f"hello version {obj.get('v')!r} is not supported; expected 1")
+    version = obj.get("v")
+    if type(version) is not int or version != HELLO_VERSION:
+        raise HandshakeError(f"hello version {version!r} is not supported; expected 1")
     pod_id = obj.get("pod_id")
     if type(pod_id) is not str or not pod_id:
         raise HandshakeError(f"hello field pod_id: expected a non-empty string, found {pod_id!r}")
@@ -466,7 +506,10 @@ async def connect(
             ``host`` by default.
         limits: Limits on what the modeller sends.
         job_timeout_s: The longest wait for the job request after the welcome.
-        retry_for_s: Keep retrying a refused or unreachable connection this long.
+        retry_for_s: Keep retrying this long, backing off from 0.1 s to 2 s, while
+            the modeller is unreachable or a handshake does not finish (timed out,
+            or the connection closed during it). A refusal or a failed TLS
+            verification is not retried.
 
     Raises:
         BrokenTransportError: The modeller could not be reached.
@@ -477,16 +520,44 @@ async def connect(
     delay = 0.1
     while True:
         try:
-            raw: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-            break
-        except OSError as exc:
+            return await _dial(
+                host, port, peer, pod_id, ssl_context, server_hostname, limits, job_timeout_s
+            )
+        except _Retryable as exc:
+            # Unreachable, or a handshake that did not finish (a busy or flooded
+            # modeller, or one restarting): try again, backing off, within retry_for_s.
             if trio.current_time() + delay > deadline:
-                raise BrokenTransportError(
-                    f"cannot connect to {peer}: {exc.strerror or exc}"
-                    + (f" (retried for {retry_for_s:g} s)" if retry_for_s else "")
-                ) from exc
+                suffix = f" (retried for {retry_for_s:g} s)" if retry_for_s else ""
+                raise exc.error_type(f"{exc}{suffix}") from exc
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+class _Retryable(Exception):
+    """A failed attempt to dial that a later attempt may get past."""
+
+    def __init__(self, text: str, error_type: type[TransportError]) -> None:
+        super().__init__(text)
+        self.error_type = error_type
+
+
+async def _dial(
+    host: str,
+    port: int,
+    peer: str,
+    pod_id: str,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    limits: Limits,
+    job_timeout_s: float | None,
+) -> TcpTransport:
+    """One attempt: connect, TLS, hello. Raises :class:`_Retryable` for what may pass."""
+    try:
+        raw: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise _Retryable(
+            f"cannot connect to {peer}: {exc.strerror or exc}", BrokenTransportError
+        ) from exc
     _set_keepalive(raw, limits)
     stream = raw
     try:
@@ -506,23 +577,38 @@ async def connect(
             try:
                 line = await transport.receive_line(HELLO_MAX_BYTES)
             except trio.EndOfChannel:
-                raise HandshakeError(
-                    f"{peer} closed the connection instead of answering the hello"
+                raise _Retryable(
+                    f"{peer} closed the connection instead of answering the hello",
+                    HandshakeError,
                 ) from None
-            except TransportError as exc:
+            except DecodeError as exc:
                 raise HandshakeError(
+                    f"{peer} answered the hello with more than {HELLO_MAX_BYTES} bytes "
+                    "without a newline; is it an fsm-protocol modeller?"
+                ) from exc
+            except TransportError as exc:
+                raise _Retryable(
                     f"{peer} ended the connection during the hello: {exc}"
                     + (
                         " (it may require a client certificate: --tls-cert/--tls-key)"
                         if ssl_context is not None
                         else ""
-                    )
+                    ),
+                    HandshakeError,
                 ) from exc
-            _parse_welcome(line, peer)
+            try:
+                _parse_welcome(line, peer)
+            except HandshakeError as exc:
+                if ALREADY_CONNECTED not in str(exc):
+                    raise
+                # Our earlier connection may still hold the slot; the modeller frees it
+                # once it sees that connection closed.
+                raise _Retryable(str(exc), HandshakeError) from None
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
-        raise HandshakeError(
-            f"{peer} did not complete the handshake within {limits.handshake_timeout_s:g} s"
+        raise _Retryable(
+            f"{peer} did not complete the handshake within {limits.handshake_timeout_s:g} s",
+            HandshakeError,
         ) from None
     except BaseException:
         await trio.aclose_forcefully(stream)
@@ -558,6 +644,7 @@ class PodListener:
         self._log = log or (lambda text: None)
         self._admitted: dict[str, TcpTransport] = {}
         self._reserved: set[str] = set()
+        self._dropped: list[TcpTransport] = []
         self._all_in = trio.Event()
         self._pending = trio.Semaphore(limits.max_pending_handshakes)
         if not self._expected:
@@ -603,10 +690,23 @@ class PodListener:
             for listener in self._listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
             with trio.move_on_after(timeout_s):
-                await self._all_in.wait()
+                while True:
+                    await self._all_in.wait()
+                    # A pod that gave up (or died) after its welcome frees its slot, so
+                    # that it can come back; wait on until every pod is in and alive.
+                    gone = [pod for pod, t in self._admitted.items() if _peer_gone(t)]
+                    if not gone:
+                        break
+                    for pod in gone:
+                        self._log(f"pod {pod} closed its connection before the task began")
+                        self._dropped.append(self._admitted.pop(pod))
+                        self._reserved.discard(pod)
+                    self._all_in = trio.Event()
             nursery.cancel_scope.cancel()
         for listener in self._listeners:
             await listener.aclose()
+        for transport in self._dropped:
+            await transport.aclose()
         return dict(self._admitted)
 
     async def aclose(self) -> None:
@@ -692,7 +792,9 @@ class PodListener:
         if pod_id not in self._expected:
             raise HandshakeError(f"pod {pod_id!r} is not part of this task")
         if pod_id in self._reserved:
-            raise HandshakeError(f"pod {pod_id!r} is already connected")
+            earlier = self._admitted.get(pod_id)
+            if earlier is None or not _peer_gone(earlier):
+                raise HandshakeError(f"pod {pod_id!r} {ALREADY_CONNECTED}")
         if self.requires_client_certificates:
             cert = probe.peer_certificate() or {}
             names = certificate_names(cert)
@@ -702,6 +804,11 @@ class PodListener:
                     f"the client certificate is issued to {issued}, not to pod {pod_id!r}; "
                     "issue it with the pod id as its common name"
                 )
+        earlier = self._admitted.pop(pod_id, None)
+        if earlier is not None:
+            # The pod restarted before the task began: its new connection takes the slot.
+            self._log(f"pod {pod_id} reconnected; its earlier connection had closed")
+            self._dropped.append(earlier)
         self._reserved.add(pod_id)
         return pod_id
 

@@ -61,6 +61,9 @@ class _Item:
     name: str
     data: Any
     origin: tuple[str, int] | None = None
+    # Set once the item was processed: a peer with MAX_QUEUED messages waiting has its
+    # next line read only then (bounded memory per peer).
+    done: trio.Event | None = None
 
 
 @attrs.define
@@ -77,9 +80,17 @@ class Slot:
     idle_ok: Callable[[Machine], bool] | None = None
     outbox: trio.MemorySendChannel[Message] | None = None
     last_seq: int = -1
+    queued: int = 0
 
 
 _CALL = "__call__"
+
+MAX_QUEUED = 8
+"""Decoded messages of one peer that may wait for the chart; then reading from it pauses."""
+
+# After an idle deadline, a last short wait for a line that may already have arrived: a
+# deadline can pass while this process is paused, with the peer's lines in the socket.
+_IDLE_GRACE_S = 0.05
 
 StepHook = Callable[[str, Step], None]
 MessageHook = Callable[[str, Message], None]
@@ -97,8 +108,10 @@ class Executor:
         on_step: StepHook | None = None,
         on_message: MessageHook | None = None,
         expected_task: str | None = None,
+        keep_trace: bool = True,
     ) -> None:
         self._options = dict(options)
+        self._keep_trace = keep_trace
         self._seq = first_seq
         self._on_step = on_step
         self._on_message = on_message
@@ -196,6 +209,9 @@ class Executor:
                     self._process(item)
                     if item.name.startswith("recv:"):
                         self._applied(self._slots[item.key], item.data)
+                    if item.done is not None:
+                        self._slots[item.key].queued -= 1
+                        item.done.set()
                 inner.cancel_scope.cancel()
             self._nursery = None
             for slot in self._slots.values():
@@ -240,12 +256,15 @@ class Executor:
                 if idle.cancelled_caught:
                     if slot.idle_ok is not None and slot.idle_ok(slot.machine):
                         continue  # silence is expected here: the peer waits on us
-                    self.post(
-                        slot.key,
-                        slot.eof_event,
-                        TransportError(f"{slot.key} sent nothing for {slot.idle_timeout:g} s"),
-                    )
-                    return
+                    with trio.move_on_after(_IDLE_GRACE_S) as grace:
+                        message = await transport.receive()
+                    if grace.cancelled_caught:
+                        self.post(
+                            slot.key,
+                            slot.eof_event,
+                            TransportError(f"{slot.key} sent nothing for {slot.idle_timeout:g} s"),
+                        )
+                        return
             except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
                 self.post(slot.key, slot.eof_event, None)
                 return
@@ -259,7 +278,13 @@ class Executor:
             if problem is not None:
                 self.post(slot.key, slot.bad_input_event, ProtocolViolation(problem))
                 continue
-            self.post(slot.key, f"recv:{message.type.value}", message)
+            done = trio.Event()
+            slot.queued += 1
+            self._send.send_nowait(
+                _Item(slot.key, f"recv:{message.type.value}", message, None, done)
+            )
+            if slot.queued >= MAX_QUEUED:
+                await done.wait()
 
     def _envelope_problem(self, slot: Slot, message: Message) -> str | None:
         if self._expected_task is not None and message.task_id != self._expected_task:
@@ -324,7 +349,8 @@ class Executor:
             self._activate(slot, state)
 
     def _record(self, slot: Slot, message: Message) -> None:
-        self.trace.append(message)
+        if self._keep_trace:
+            self.trace.append(message)
         if self._on_message is not None:
             self._on_message(slot.key, message)
 

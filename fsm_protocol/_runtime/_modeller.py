@@ -148,7 +148,9 @@ class LinkBindings:
         self.start_raised = False
         self.complete_raised = False
         self.current_batch: int | None = None
-        self.next_batch_id = 0
+        # A resumed task starts later (modeller serve --resume).
+        first = (getattr(job, "options", None) or {}).get("resume_from_batch", 0)
+        self.next_batch_id = first if type(first) is int else 0
         self.estimate: int | None = None
         self.result_slots: set[tuple[int | None, int]] = set()
         self.retries = 0
@@ -344,6 +346,7 @@ class _Task:
     user_cancelled: bool = False
     pods_missing: list[str] = attrs.field(factory=list)
     last_progress: Progress | None = None
+    keep_bodies: bool = True
 
     def message(self, pod_id: str, type_: MessageType, body: Any = None) -> Message:
         return Message.make(
@@ -356,7 +359,7 @@ class _Task:
         return dict(values) if values is not None else {}
 
     def store_result(self, key: ResultKey, message: Message) -> None:
-        self.results[key] = message.body
+        self.results[key] = message.body if self.keep_bodies else None
         hook = optional_hook(self.algorithm, "on_results")
         if hook is not None:
             hook(key.worker, key.batch, message.body)
@@ -484,12 +487,16 @@ async def run_modeller(
     on_step: Callable[[str, Step], None] | None = None,
     on_message: Callable[[str, Message], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    keep: bool = True,
 ) -> ModellerRun:
     """Run the modeller side of one task over one transport per pod.
 
     ``jobs`` gives each pod its job request body (they differ only when a
     conformance scenario overrides one pod's protocol). ``cancel`` is an
-    optional :class:`trio.Event`; setting it cancels the task.
+    optional :class:`trio.Event`; setting it cancels the task. With ``keep``
+    False, result bodies and the trace are not held in memory (the caller's
+    ``on_message`` writes them out): the run's ``results`` map keys to None and
+    its ``trace`` is empty.
     """
     require_trio("run_modeller")
     import trio
@@ -497,9 +504,14 @@ async def run_modeller(
     chart = shipped_chart_for("modeller", BindingNames.from_class(LinkBindings))
     options = {**chart.options, "response_timeout_s": timeouts.response_timeout_s}
     executor = Executor(
-        options=options, on_step=on_step, on_message=on_message, expected_task=task_id
+        options=options,
+        on_step=on_step,
+        on_message=on_message,
+        expected_task=task_id,
+        keep_trace=keep,
     )
     task = _Task(task_id, sender, executor, timeouts, algorithm, require_all_pods, on_progress)
+    task.keep_bodies = keep
     for pod_id, transport in links.items():
         link = LinkBindings(task, pod_id, jobs[pod_id], configs[pod_id])
         link.machine = Machine.from_chart(chart, link)

@@ -31,6 +31,7 @@ from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine
 from .._core._shipped import shipped_chart_for
 from .._wire._messages import (
+    MAX_WAIT_S,
     MODELLER,
     AbortReason,
     JobRejectBody,
@@ -42,6 +43,8 @@ from .._wire._messages import (
     ResourceConsumed,
     TaskAbortBody,
     body_of,
+    value_problem,
+    wire_text,
 )
 from ._cache import ItemCache
 from ._executor import ActivityContext, Executor, Slot
@@ -110,6 +113,17 @@ class _Abort:
     error: BaseException | None = None
 
 
+RESUME_OPTION = "resume_from_batch"
+"""``job.options`` key of a resumed task (``modeller serve --resume``): the first batch id."""
+
+
+def _resume_from(job: JobRequestBody) -> int:
+    value = job.options.get(RESUME_OPTION, 0)
+    if type(value) is not int or not 0 <= value <= 2**53:
+        raise ConfigError(f"options.{RESUME_OPTION} must be an int >= 0, found {value!r}")
+    return value
+
+
 def _summary(error: BaseException | None) -> tuple[str | None, str | None]:
     if error is None:
         return None, None
@@ -150,6 +164,7 @@ class WorkerBindings:
         self.abort: _Abort | None = None
         self.online_tokens = 0
         self.cache: ItemCache | None = None
+        self.resume_from = 0
         self.errors: list[ErrorReport] = []
         self.last_error: BaseException | None = None
 
@@ -327,6 +342,7 @@ class WorkerBindings:
                 return
         try:
             self._apply_options(job)
+            self.resume_from = _resume_from(job)
             protocols = self.pod.registry if self.pod.registry is not None else registry
             self.config = protocols.load(job.protocol)
             factory = protocols[job.protocol["class_name"]]
@@ -338,6 +354,9 @@ class WorkerBindings:
             if job.run_on_new_data_only and self.pod.results_dir is None:
                 raise ConfigError("run_on_new_data_only needs the pod to have a results folder")
         except ConfigError as exc:
+            forget = getattr(self.pod.vet, "forget", None)
+            if forget is not None:  # the vet remembered this task id; it was not used
+                forget(self.request.task_id)
             self._reject(ctx, RejectReason.TASK_SETUP_ERROR, [str(exc)])
             return
         except Exception as exc:  # the protocol's worker factory (or its datasource) raised
@@ -353,11 +372,19 @@ class WorkerBindings:
             value = job.options.get(name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"options.{name} must be a positive number, found {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value <= MAX_WAIT_S
+            ):
+                raise ConfigError(
+                    f"options.{name} must be a number above 0 and at most {MAX_WAIT_S:g}, "
+                    f"found {value!r}"
+                )
             self.executor.set_option(name, float(value))
 
     def _reject(self, ctx: ActivityContext, reason: RejectReason, details: list[str]) -> None:
+        details = [wire_text(detail) for detail in details]
         ctx.send(self.message(MessageType.JOB_REJECT, JobRejectBody(reason, tuple(details))))
 
     async def do_prepare_data(self, ctx: ActivityContext) -> None:
@@ -416,6 +443,9 @@ class WorkerBindings:
             return
         size = self.plan.batch_size if self.job.batched_execution else len(self.items)
         self.batches = [self.items[i : i + size] for i in range(0, len(self.items), size)]
+        if self.job.batched_execution and self.resume_from:
+            # A resumed task: the modeller kept the batches before this one.
+            self.next_batch_id = min(self.resume_from, len(self.batches) - 1)
         ctx.post("prepared")
 
     async def do_check_online(self, ctx: ActivityContext) -> None:
@@ -445,7 +475,7 @@ class WorkerBindings:
         ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, -1))
 
     async def do_announce_first_batch(self, ctx: ActivityContext) -> None:
-        ctx.send(self.message(MessageType.CURRENT_BATCH_ID, 0))
+        ctx.send(self.message(MessageType.CURRENT_BATCH_ID, self.next_batch_id))
 
     async def do_send_task_start(self, ctx: ActivityContext) -> None:
         assert self.job is not None
@@ -477,7 +507,16 @@ class WorkerBindings:
                 over = True
         kept, kept_results = items[:allowed], list(results)[:allowed]
         body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
-        body = body_hook(kept, kept_results)
+        try:
+            body = body_hook(kept, kept_results)
+            problem = value_problem(body, "results")
+        except Exception as exc:  # the algorithm's results_body hook failed
+            ctx.post("worker_error", exc)
+            return False
+        if problem is not None:
+            # NaN, a non-JSON object, a lone surrogate...: the peer would refuse the line.
+            ctx.post("worker_error", ValueError(f"the results cannot be sent: {problem}"))
+            return False
         consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
         self.unsent.setdefault(batch, []).append(_Delivery(kept, items[allowed:]))
         ctx.send(
@@ -564,7 +603,12 @@ class WorkerBindings:
     async def do_send_abort(self, ctx: ActivityContext) -> None:
         abort = self.abort or _Abort(AbortReason.WORKER_ERROR, "aborted")
         exception_type, summary = _summary(abort.error)
-        body = TaskAbortBody(abort.message, abort.reason, exception_type, summary)
+        body = TaskAbortBody(
+            wire_text(abort.message),
+            abort.reason,
+            exception_type,
+            None if summary is None else wire_text(summary),
+        )
         ctx.send(self.message(MessageType.TASK_ABORT, body, Meta(reason=abort.reason.value)))
 
     # -------------------------------------------------------------- report

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import enum
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from types import UnionType
@@ -759,12 +760,239 @@ def encode(message: Message) -> bytes:
         return text.encode() + b"\n"
 
 
+# --- The value rule: what every JSON implementation can round-trip ------------------------
+
+MAX_WAIT_S: Final = 7 * 24 * 3600.0
+"""The longest timeout any option may set (a week): longer is surely a typo, and a wait
+that never ends is a hang."""
+
+MAX_SAFE_INTEGER: Final = 2**53
+"""The largest integer magnitude on the wire: beyond it, a double (JavaScript) loses digits."""
+
+MAX_NESTING: Final = 64
+"""The deepest nesting of arrays and objects in a message (the envelope is level 1)."""
+
+MAX_CONTAINERS: Final = 500_000
+"""The most arrays and objects one message may hold, so a line cannot swell tenfold in memory."""
+
+
+class _Flags:
+    """What the parser's hooks saw in the current line that needs a closer look.
+
+    Counters rather than booleans: decode() compares them before and after a parse,
+    so a parse in another thread can only cause a needless look, never a missed one.
+    """
+
+    duplicates = 0
+    big_numbers = 0
+
+
+class _Duplicates(dict[str, Any]):
+    """An object that repeated a key; the value walk reports it with its path."""
+
+    duplicate: str = ""
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    _Flags.duplicates += 1
+    seen: set[str] = set()
+    flagged = _Duplicates(pairs)
+    for key, _ in pairs:
+        if key in seen:
+            flagged.duplicate = key
+            break
+        seen.add(key)
+    return flagged
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > 15:  # 2^53 has 16 digits; shorter ones are always in range
+        _Flags.big_numbers += 1
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf - inf is nan; a finite number minus itself is 0
+        _Flags.big_numbers += 1
+    return value
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
 # One decoder, built once: NaN and Infinity are Python extensions, not JSON.
-_json_decoder: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_json_decoder: Final = json.JSONDecoder(
+    parse_constant=_reject_constant,
+    object_pairs_hook=_object_pairs,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+)
+
+# Every byte but the brackets, deleted by bytes.translate to leave a line's skeleton.
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_ONE_KIND: Final = bytes.maketrans(b"{}", b"[]")
+# A JSON string, for counting brackets outside strings.
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# An escaped high surrogate not followed by a low one, or a low one not after a high one.
+_MAYBE_LONE_SURROGATE: Final = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<![dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _check_size(raw: bytes, line: bytes | str) -> None:
+    """Refuse, before parsing, a line whose arrays and objects would swamp memory."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_CONTAINERS:
+        return
+    found = len(_JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)) // 2
+    if found > MAX_CONTAINERS:
+        raise DecodeError(
+            f"field $: expected at most {MAX_CONTAINERS} arrays and objects, found {found}",
+            line=line[:_LINE_EXCERPT],
+        )
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Whether the nesting may exceed MAX_NESTING (brackets inside strings can only add)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
+        return False
+    skeleton = raw.translate(_ONE_KIND, _NOT_BRACKETS)
+    # Each round removes the innermost pairs, one level, so the rounds needed are the depth.
+    for _ in range(MAX_NESTING):
+        if not skeleton:
+            return False
+        skeleton = skeleton.replace(b"[]", b"")
+    return bool(skeleton)
+
+
+def _lone_surrogate_at(text: str) -> int:
+    """The offset of a lone UTF-16 surrogate in ``text``, or -1."""
+    if text.isascii():
+        return -1
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return -1
+
+
+# Values that can never break the rule, skipped without a call.
+_ALWAYS_OK: Final = frozenset({bool, type(None)})
+
+
+def _value_problem(value: Any, path: str, depth: int) -> tuple[str, str] | None:
+    """The first value, in document order, that breaks the rule: (path, explanation)."""
+    kind = type(value)
+    if kind is str:
+        if (at := _lone_surrogate_at(value)) != -1:
+            return path, (
+                "expected text without lone UTF-16 surrogates (they have no UTF-8 form), "
+                f"found {value[at]!a} at offset {at}"
+            )
+        return None
+    if kind is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return None
+        digits = str(value)
+        shown = digits if len(digits) <= 24 else f"{digits[:20]}... ({len(digits)} digits)"
+        return path, f"expected an integer within ±2^53 ({MAX_SAFE_INTEGER}), found {shown}"
+    if kind is float:
+        if math.isfinite(value):
+            return None
+        shown = "NaN" if value != value else "a number too large for a double (infinity)"
+        return path, f"expected a finite number, found {shown}"
+    if kind is not list and kind is not dict and kind is not _Duplicates:
+        return None
+    if depth > MAX_NESTING:
+        return path, f"expected at most {MAX_NESTING} levels of arrays and objects, found more"
+    if kind is list:
+        for index, item in enumerate(value):
+            if type(item) not in _ALWAYS_OK:
+                found = _value_problem(item, f"{path}[{index}]", depth + 1)
+                if found is not None:
+                    return found
+        return None
+    for key, item in value.items():
+        if (at := _lone_surrogate_at(key)) != -1:
+            return path, f"expected keys without lone UTF-16 surrogates, found {key!a}"
+        if kind is _Duplicates and key == value.duplicate:
+            return path + _step(key), f"expected each key once per object, found {key!r} twice"
+        if type(item) not in _ALWAYS_OK:
+            found = _value_problem(item, path + _step(key), depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def value_problem(value: Any, path: str = "$") -> str | None:
+    """Why ``value`` cannot go on the wire, or None when it can.
+
+    For values built locally (an algorithm's results) before they are sent: the
+    same rule :func:`decode` holds peers to, plus "only JSON types" (tuples count
+    as lists). The answer names the first offending field under ``path``.
+    """
+    found = _local_problem(value, path, 1)
+    return None if found is None else f"field {found[0]}: {found[1]}"
+
+
+def _local_problem(value: Any, path: str, depth: int) -> tuple[str, str] | None:
+    kind = type(value)
+    if kind in (str, int, float, bool, type(None)):
+        return _value_problem(value, path, depth)
+    if kind is list or kind is tuple:
+        if depth > MAX_NESTING:
+            return path, f"expected at most {MAX_NESTING} levels of arrays and objects, found more"
+        for index, item in enumerate(value):
+            found = _local_problem(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+        return None
+    if kind is dict:
+        if depth > MAX_NESTING:
+            return path, f"expected at most {MAX_NESTING} levels of arrays and objects, found more"
+        for key, item in value.items():
+            if type(key) is not str:
+                return path, f"expected string keys, found {type(key).__name__} {key!r:.40}"
+            if _lone_surrogate_at(key) != -1:
+                return path, f"expected keys without lone UTF-16 surrogates, found {key!a}"
+            found = _local_problem(item, path + _step(key), depth + 1)
+            if found is not None:
+                return found
+        return None
+    return path, f"expected a JSON value, found a Python {type(value).__name__}"
+
+
+def wire_text(text: str) -> str:
+    """``text`` with any lone surrogate written as ``\\udXXX``, so it can go on the wire."""
+    if _lone_surrogate_at(text) == -1:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_values(obj: Any, raw: bytes, line: bytes | str, flagged: bool) -> None:
+    """Enforce the value rule on a parsed line.
+
+    The parser's hooks and byte scans at C speed decide whether the parsed value
+    needs a walk; for most lines none does. The walk names the first offending field.
+    """
+    if not (
+        flagged
+        or (b"\\u" in raw and _MAYBE_LONE_SURROGATE.search(raw))
+        or (type(line) is str and not line.isascii() and _lone_surrogate_at(line) != -1)
+        or _too_deep(raw)
+    ):
+        return
+    found = _value_problem(obj, "$", 1)
+    if found is not None:
+        where, what = found
+        if len(where) > 120:
+            where = where[:100] + "..." + where[-17:]
+        raise DecodeError(f"field {where}: {what}", field=where, line=line[:_LINE_EXCERPT])
 
 
 def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Message:
@@ -806,6 +1034,9 @@ def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
             f"field $: expected one line, found a newline at offset {newline}",
             line=line[:_LINE_EXCERPT],
         )
+    raw = line if isinstance(line, bytes) else text.encode(errors="surrogatepass")
+    _check_size(raw, line)
+    flags_before = _Flags.duplicates + _Flags.big_numbers
     try:
         obj = _json_decoder.decode(text)
     except RecursionError:
@@ -816,10 +1047,11 @@ def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
         raise DecodeError(
             f"field $: expected JSON, found invalid JSON ({exc})", line=line[:_LINE_EXCERPT]
         ) from None
-    if type(obj) is not dict:
+    if type(obj) is not dict and type(obj) is not _Duplicates:
         raise DecodeError(
             f"field $: expected a JSON object, found {_show(obj)}", line=line[:_LINE_EXCERPT]
         )
+    _check_values(obj, raw, line, _Flags.duplicates + _Flags.big_numbers != flags_before)
     try:
         message: Message = _structure_message(obj, Message)
     except Exception as exc:
