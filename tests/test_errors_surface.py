@@ -106,6 +106,66 @@ async def test_a_failing_hook_is_reported() -> None:
     assert outcome.abort_reasons == {"org/pod-1": fp.AbortReason.WORKER_ERROR}
 
 
+@attrs.frozen
+class Upper:
+    batch_size: int = 2
+
+
+class UpperWorker:
+    def run_batch(self, items: list[fp.Item], info: fp.BatchInfo) -> list[str]:
+        return [item.name.upper() for item in items]
+
+
+class FinalStepFails:
+    def final_step(self, results: object) -> None:
+        raise RuntimeError("cannot aggregate")
+
+
+def _upper_protocols() -> fp.ProtocolRegistry:
+    return fp.registry.with_protocol(
+        fp.ProtocolFactory(
+            "test.Upper",
+            Upper,
+            worker=lambda config, context: fp.WorkerPlan(
+                UpperWorker(), context.datasource.items(), config.batch_size
+            ),
+            modeller=lambda config: FinalStepFails(),
+        )
+    )
+
+
+async def test_a_failing_run_hook_is_kept_and_the_task_still_completes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="fsm_protocol")
+    calls: list[str] = []
+
+    def on_message(who: str, message: fp.Message) -> None:
+        calls.append(who)
+        if len(calls) == 3:
+            raise ValueError("the user's dashboard is down")
+
+    outcome = await fp.run_task(
+        Upper(),
+        _pods(),
+        protocols=_upper_protocols(),
+        batched_execution=True,
+        hooks=fp.Hooks(on_message=on_message),
+    )
+    # Every result still arrives; the hook's bug is kept, not raised.
+    assert outcome.status is fp.TaskStatus.COMPLETE
+    assert [k.batch for k in sorted(outcome.results)] == [0, 1]
+    hook_errors = [e for e in outcome.errors if e.where == "on_message"]
+    assert [(e.type, e.message) for e in hook_errors] == [
+        ("ValueError", "the user's dashboard is down")
+    ]
+    assert "raise ValueError" in hook_errors[0].traceback
+    assert "the user's dashboard is down" in caplog.text
+    final = [e for e in outcome.errors if e.where == "final_step"]
+    assert [(e.type, e.message) for e in final] == [("RuntimeError", "cannot aggregate")]
+    assert outcome.final_result is None
+
+
 def test_the_library_installs_no_log_handlers() -> None:
     import fsm_protocol._cli._main  # noqa: F401  (imports every layer)
 

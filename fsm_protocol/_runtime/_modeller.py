@@ -13,6 +13,7 @@ arrival position, so a failed batch cannot shift the results after it.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, final
 
@@ -21,6 +22,7 @@ import attrs
 from .._algo._algorithms import call_maybe_async, optional_hook
 from .._algo._protocols import has_initial_setup
 from .._base._errors import InternalError
+from .._base._reports import ErrorReport, log_error_report
 from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine, Step
 from .._core._shipped import shipped_chart, shipped_chart_for
@@ -36,6 +38,8 @@ from .._wire._messages import (
 from ._executor import Executor, Slot, Violation
 from ._transport import Transport
 from ._trio_only import require_trio
+
+_LOG = logging.getLogger("fsm_protocol.runtime")
 
 
 class TaskStatus(str, enum.Enum):
@@ -471,6 +475,7 @@ class ModellerRun:
     violations: tuple[Violation, ...]
     final_result: Any
     pods_missing: tuple[str, ...]
+    errors: tuple[ErrorReport, ...] = ()
 
 
 async def run_modeller(
@@ -543,10 +548,16 @@ async def run_modeller(
         nursery.cancel_scope.cancel()
 
     final_result = None
+    errors: list[ErrorReport] = []
     if task.status() is TaskStatus.COMPLETE:
         hook = optional_hook(algorithm, "final_step")
         if hook is not None:
-            final_result = await call_maybe_async(hook, dict(task.results))
+            try:
+                final_result = await call_maybe_async(hook, dict(task.results))
+            except Exception as exc:  # the user's code: kept in the outcome, not raised
+                report = ErrorReport.from_exception(exc, where="final_step")
+                errors.append(report)
+                log_error_report(_LOG, report, exc, level=logging.ERROR)
     for link in task.links.values():
         if link.machine is None:
             raise InternalError("a link has no machine")
@@ -559,6 +570,7 @@ async def run_modeller(
         violations=tuple(executor.violations),
         final_result=final_result,
         pods_missing=tuple(task.pods_missing),
+        errors=tuple(errors),
     )
 
 

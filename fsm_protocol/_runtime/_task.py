@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -13,7 +14,7 @@ import trio
 
 from .._algo._protocols import ProtocolRegistry, registry
 from .._base._errors import ConfigError, PodResponseError
-from .._base._reports import ErrorReport
+from .._base._reports import ErrorReport, log_error_report
 from .._core._engine import Step
 from .._wire._messages import AbortReason, JobRequestBody, Message
 from ._executor import Violation
@@ -30,10 +31,15 @@ from ._transport import memory_transport_pair
 from ._trio_only import require_trio
 from ._worker import Pod, WorkerReport, run_worker
 
+_LOG = logging.getLogger("fsm_protocol.runtime")
+
 
 @attrs.frozen
 class Hooks:
     """Callbacks into a run. Each is optional and must not block.
+
+    An exception from ``on_state_change``, ``on_message`` or ``on_progress`` does
+    not stop the run: it is logged and kept in :attr:`TaskOutcome.errors`.
 
     Args:
         on_state_change: ``(who, step)`` after every step of any machine;
@@ -77,9 +83,31 @@ class TaskOutcome:
         return {k: v for k, v in self.results.items() if k.worker == worker}
 
 
-def _hook(hooks: Hooks, prefix: str, pod: str) -> tuple[Any, Any]:
-    step = hooks.on_state_change
-    msg = hooks.on_message
+def _guarded(
+    hook: Callable[..., None] | None, where: str, errors: list[ErrorReport]
+) -> Callable[..., None] | None:
+    """``hook``, made safe to call from the runtime: what it raises is kept and logged.
+
+    A hook is the user's code watching the run; its bug must not break the
+    protocol for everyone, so the run goes on and the outcome says what happened.
+    """
+    if hook is None:
+        return None
+
+    def call(*args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception as exc:
+            report = ErrorReport.from_exception(exc, where=where)
+            errors.append(report)
+            log_error_report(_LOG, report, exc, level=logging.ERROR)
+
+    return call
+
+
+def _hook(hooks: Hooks, prefix: str, errors: list[ErrorReport]) -> tuple[Any, Any]:
+    step = _guarded(hooks.on_state_change, "on_state_change", errors)
+    msg = _guarded(hooks.on_message, "on_message", errors)
     on_step = (lambda key, s: step(f"{prefix}:{key}", s)) if step else None
     on_message = (lambda key, m: msg(f"{prefix}:{key}", m)) if msg else None
     return on_step, on_message
@@ -170,9 +198,10 @@ async def run_task(
     reports: dict[str, WorkerReport] = {}
     links = {}
     around = hooks.around_run or _nothing
+    hook_errors: list[ErrorReport] = []
 
     async def serve(pod: Pod, transport: Any) -> None:
-        on_step, on_message = _hook(hooks, "worker", pod.pod_id)
+        on_step, on_message = _hook(hooks, "worker", hook_errors)
         if pod.registry is None:
             pod = attrs.evolve(pod, registry=protocols)
         try:
@@ -183,7 +212,7 @@ async def run_task(
             # A worker that crashed must not leave the modeller waiting on it.
             await transport.aclose()
 
-    on_step, on_message = _hook(hooks, "modeller", "")
+    on_step, on_message = _hook(hooks, "modeller", hook_errors)
     async with around(task_id), trio.open_nursery() as nursery:
         for pod in pods:
             modeller_end, worker_end = memory_transport_pair()
@@ -200,7 +229,7 @@ async def run_task(
             cancel=cancel,
             on_step=on_step,
             on_message=on_message,
-            on_progress=hooks.on_progress,
+            on_progress=_guarded(hooks.on_progress, "on_progress", hook_errors),
         )
     outcome = TaskOutcome(
         task_id=task_id,
@@ -215,7 +244,11 @@ async def run_task(
         violations=run.violations,
         final_result=run.final_result,
         worker_reports=reports,
-        errors=tuple(e for pod_id in ids if pod_id in reports for e in reports[pod_id].errors),
+        errors=(
+            *(e for pod_id in ids if pod_id in reports for e in reports[pod_id].errors),
+            *run.errors,
+            *hook_errors,
+        ),
     )
     if run.pods_missing:
         raise PodResponseError(
