@@ -564,7 +564,10 @@ async def run_worker(
         The worker's own report: its final state, abort reason and item account.
     """
     chart = shipped_chart("worker")
-    executor = Executor(options=chart.options, on_step=on_step, on_message=on_message)
+    # Nobody reads a worker's trace (its report says how it ended): keep none.
+    executor = Executor(
+        options=chart.options, on_step=on_step, on_message=on_message, keep_trace=False
+    )
     bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
     machine = Machine.from_chart(chart, bindings)
     executor.add(Slot(pod.pod_id, machine, bindings, transport, eof_event="input_closed"))

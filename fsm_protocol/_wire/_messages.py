@@ -442,9 +442,15 @@ def _tuple_hook(cls: Any) -> Callable[[Any, Any], Any]:
     item_type = get_args(cls)[0]
     item_hook = _converter.get_structure_hook(item_type)
 
+    # A list of exact strs or ints (no bools) needs no per-item hook: check the types
+    # in one pass (a job request names every pod, so this list can be long).
+    fast = item_type in (str, int)
+
     def hook(value: Any, _: Any) -> Any:
         if type(value) is not list:
             raise _Mismatch(value)
+        if fast and set(map(type, value)) <= {item_type}:
+            return tuple(value)
         items = []
         errors: list[Exception] = []
         for index, item in enumerate(value):
