@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import math
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, final
@@ -20,6 +21,7 @@ import attrs
 import trio
 
 from .._base._errors import DecodeError, InternalError, ProtocolViolation, TransportError
+from .._core._chart import Chart
 from .._core._engine import Machine, Step
 from .._wire._messages import Message
 from ._transport import Transport
@@ -440,14 +442,7 @@ class Executor:
         chart = slot.machine.chart
         plans = self._plans.get(id(chart))
         if plans is None:
-            plans = self._plans[id(chart)] = {}
-        if state_name not in plans:
-            state = chart.state(state_name)
-            plans[state_name] = (
-                _Plan(state.do, tuple((t.seconds, t.event) for t in state.after))
-                if state.do is not None or state.after
-                else None
-            )
+            plans = self._plans[id(chart)] = _plans_of(chart)
         return plans[state_name]
 
     def _activate(self, slot: Slot, state_name: str) -> None:
@@ -480,6 +475,29 @@ class Executor:
         scope = slot.scopes.pop(state_name, None)
         if scope is not None:
             scope.cancel()
+
+
+def _plans_of(chart: Chart) -> dict[str, _Plan | None]:
+    """What entering each state of ``chart`` starts; computed once per chart."""
+    cached = _plan_cache.get(id(chart))
+    if cached is not None and cached[0]() is chart:
+        return cached[1]
+    plans = {
+        state.name: (
+            _Plan(state.do, tuple((t.seconds, t.event) for t in state.after))
+            if state.do is not None or state.after
+            else None
+        )
+        for state in chart.states
+    }
+    _plan_cache[id(chart)] = (weakref.ref(chart), plans)
+    weakref.finalize(chart, _plan_cache.pop, id(chart), None)
+    return plans
+
+
+# Charts are not hashable (frozen attrs with dict fields): key by id, and drop the
+# entry when the chart is collected.
+_plan_cache: dict[int, tuple[weakref.ref[Chart], dict[str, _Plan | None]]] = {}
 
 
 async def _run_activity(

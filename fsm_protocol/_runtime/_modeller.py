@@ -692,6 +692,7 @@ async def run_modeller(
         options=options, on_step=on_step, on_message=on_message, expected_task=task_id
     )
     task = _Task(task_id, sender, executor, timeouts, algorithm, require_all_pods, on_progress)
+    bodies: dict[int, Any] = {}
     for pod_id, transport in links.items():
         link = LinkBindings(task, pod_id, jobs[pod_id], configs[pod_id])
         link.machine = Machine.from_chart(chart, link)
@@ -708,8 +709,14 @@ async def run_modeller(
                 after_step=link.after_step,
             )
         )
+        # Pods given the same job share one wire body: it names every pod of the task.
+        body = bodies.get(id(jobs[pod_id]))
+        if body is None:
+            body = bodies[id(jobs[pod_id])] = task.message(
+                pod_id, MessageType.JOB_REQUEST, jobs[pod_id]
+            ).body
         executor.raise_event(
-            pod_id, "send:JOB_REQUEST", task.message(pod_id, MessageType.JOB_REQUEST, jobs[pod_id])
+            pod_id, "send:JOB_REQUEST", task.message(pod_id, MessageType.JOB_REQUEST, body)
         )
 
     async def watch_cancel() -> None:

@@ -299,6 +299,10 @@ class WorkerBindings:
             if verdict is not None:
                 self._reject(ctx, verdict[0], list(verdict[1]))
                 return
+        # Vetted: keep the envelope and the typed job, not the raw body. The job names
+        # every pod of the task, which a pod never reads again (a thousand names, here).
+        self.request = attrs.evolve(self.request, body=None)
+        self.job = attrs.evolve(job, pod_identifiers=())
         try:
             self._apply_options(job)
             self.config = self.pod.registry.load(job.protocol)
