@@ -17,8 +17,8 @@ the outcome and in the results folder.
 Phase 2 ("cut"): the same pods with a slow Echo (a pause per batch, so that
 the pods are mid-task). Once a quarter of the results are in, the worker
 processes holding ``--cut-fraction`` of the pods (10%: whole processes, so
-``--procs`` must divide evenly) are killed (SIGKILL), which cuts every one of
-their connections. The outcome must name exactly those pods as lost; the
+``--procs`` must divide evenly; those with the fewest results so far) are
+killed (SIGKILL), which cuts every one of their connections. The outcome must name exactly those pods as lost; the
 others are cancelled. Every result the modeller received must be kept (in
 the outcome and the folder), and every result a surviving pod says it
 delivered must have been received.
@@ -312,7 +312,14 @@ def run_cut(args: argparse.Namespace, keys: Path) -> dict[str, Any]:
             raise SystemExit("timed out waiting for results before the cut")
         time.sleep(0.02)
     count = max(1, round(args.procs * args.cut_fraction))
-    cut = sorted(random.Random(args.seed).sample(range(args.procs), count))
+    # Cut the processes furthest from done (pods do not all go at the same pace), so
+    # that their pods are surely mid-task; ties broken by the seed.
+    delivered_so_far = Counter(line["worker"] for line in lines)
+    shuffle = random.Random(args.seed).sample(range(args.procs), args.procs)
+    progress = {
+        index: sum(delivered_so_far[pod] for pod in phase.proc_pods(index)) for index in shuffle
+    }
+    cut = sorted(sorted(shuffle, key=lambda index: progress[index])[:count])
     for index in cut:  # every connection of these processes drops at once
         phase.workers[index].send_signal(signal.SIGKILL)
     cut_at = time.monotonic() - phase.started
