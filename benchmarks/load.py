@@ -18,10 +18,10 @@ Phase 2 ("cut"): the same pods with a slow Echo (a pause per batch, so that
 the pods are mid-task). Once a quarter of the results are in, the worker
 processes holding ``--cut-fraction`` of the pods (10%: whole processes, so
 ``--procs`` must divide evenly; those with the fewest results so far) are
-killed (SIGKILL), which cuts every one of their connections. The outcome must name exactly those pods as lost; the
-others are cancelled. Every result the modeller received must be kept (in
-the outcome and the folder), and every result a surviving pod says it
-delivered must have been received.
+killed (SIGKILL), which cuts every one of their connections. The outcome
+must name exactly those pods as lost; the others are cancelled. Every result
+the modeller received must be kept (in the outcome and the folder), and every
+result a surviving pod says it delivered must have been received.
 
 Everything is bounded: each phase is killed after ``--timeout`` seconds. The
 report goes to ``<out>/report.json``; the last line printed is always (one line)::
