@@ -568,17 +568,16 @@ class _Task:
         return self.counts[PENDING] == 0
 
     def all_ready(self) -> bool:
+        """Every answer is in, and every counted worker is ready (or was sent TASK_START)."""
         counted = self.counts[COUNTED]
-        return self.responses_in() and counted > 0 and self.counts[READY] == counted
+        every_one_ready = self.counts[READY] == counted
+        return self.responses_in() and counted > 0 and every_one_ready
 
     def all_done(self) -> bool:
+        """Not stopping, every answer is in, and every counted worker is done."""
         counted = self.counts[COUNTED]
-        return (
-            not self.stopping()
-            and self.responses_in()
-            and counted > 0
-            and self.counts[DONE] == counted
-        )
+        every_one_done = self.counts[DONE] == counted
+        return not self.stopping() and self.responses_in() and counted > 0 and every_one_done
 
     def stopping(self) -> bool:
         """Whether the whole task is being cancelled (own abort, user cancel, missing pod)."""

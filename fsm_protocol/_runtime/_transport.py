@@ -82,6 +82,16 @@ class MemoryTransport:
         line = await self._incoming.receive()  # EndOfChannel when the peer closed
         return decode(line, max_line_bytes=self._max_line_bytes)
 
+    def receive_nowait(self) -> Message:
+        """The next message if one is already here; raises :class:`trio.WouldBlock` if not.
+
+        Raises as :meth:`receive` does otherwise (``trio.EndOfChannel`` at the end).
+        """
+        if self._closed:
+            raise ClosedTransportError("this transport was closed; nothing more can be received")
+        line = self._incoming.receive_nowait()
+        return decode(line, max_line_bytes=self._max_line_bytes)
+
     async def aclose(self) -> None:
         """Stop sending; the peer sees the end of its input after what was sent."""
         if not self._closed:
