@@ -8,8 +8,9 @@ unbuffered channel each way, ``await send`` then ``await receive``: the cost
 of a trio hand-off with no protocol at all.
 
 Printed, one per line: messages/s at 10, 100 and 1,000 workers (100 batches
-each; the 1,000-worker run is the main one), the ping-pong, and the memory a
-worker costs. Usage::
+each; the 1,000-worker run is the main one), the main run again with the
+garbage collector tuned as ``fsm-protocol worker --pods`` tunes it (for
+information), the ping-pong, and the memory a worker costs. Usage::
 
     python benchmarks/runtime.py [--workers 1000] [--batches 100] [--profile N]
 
@@ -150,6 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     kept = rates[args.workers] / rates[smallest]
     print(f"messages/s at {args.workers} workers: {kept:.0%} of that at {smallest} "
           f"(must stay above 75%)", flush=True)  # fmt: skip
+
+    # The same run as a process that tunes its collector would make it (what
+    # `fsm-protocol worker --pods` does for itself); for information, not the last line.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, *thresholds[1:])
+    gc.freeze()
+    tuned, _ = timed_task(args.workers, args.batches)
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+    print(f"{args.workers:>5} workers × {args.batches} batches with gc.set_threshold(50000) and "
+          f"gc.freeze(): {tuned:.2f} s, {messages / tuned:,.0f} messages/s", flush=True)  # fmt: skip
 
     channels = timed_ping_pong(messages)
     print(f"bare trio memory-channel ping-pong: {messages} messages in {channels:.2f} s, "
