@@ -23,7 +23,9 @@ must name exactly those pods as lost; the others are cancelled. Every result
 the modeller received must be kept (in the outcome and the folder), and every
 result a surviving pod says it delivered must have been received.
 
-Everything is bounded: each phase is killed after ``--timeout`` seconds. The
+Everything is bounded: each phase is killed after ``--timeout`` seconds (the
+modeller waits a third of that for the pods to connect; a TLS handshake may
+take up to 120 s, since a thousand of them start at once). The
 report goes to ``<out>/report.json``; the last line printed is always (one line)::
 
     load: pods=<int> msgs_per_s=<int> modeller_rss_mib=<int>
@@ -61,6 +63,9 @@ from fsm_protocol import BatchInfo, Item, ListDatasource, ProtocolFactory, Worke
 
 HERE = Path(__file__).resolve().parent
 LOCAL = "127.0.0.1"
+# A thousand TLS handshakes at once on a small machine can take longer than the
+# default 10 s each; a pod that gives up on its handshake is one the task waits for.
+HANDSHAKE_S = 120.0
 
 
 # --------------------------------------------- the slow algorithm (phase 2)
@@ -171,7 +176,8 @@ class Phase:
                     "--tls-cert", str(keys / "server.pem"), "--tls-key", str(keys / "server.key"),
                     "--signing-key", str(keys / "modeller.key"),
                     "--results-dir", str(self.folder / "results"),
-                    "--connect-timeout", str(self.timeout_s), "--json", "-q", *self.algorithm,
+                    "--connect-timeout", str(self.timeout_s / 3), "--json", "-q",
+                    "--handshake-timeout", str(HANDSHAKE_S), *self.algorithm,
                 ),
                 stdout=out, stderr=err, env=env,
             )  # fmt: skip
@@ -185,7 +191,8 @@ class Phase:
                 "worker", "--connect", f"{LOCAL}:{port}", "--pod-id", f"load/p{index}",
                 "--pods", str(self.per_proc), "--ca", str(keys / "ca.pem"),
                 "--trust-key", str(keys / "modeller.pub"),
-                "--job-timeout", str(self.timeout_s), "-q", *self.algorithm,
+                "--job-timeout", str(self.timeout_s), "--handshake-timeout", str(HANDSHAKE_S),
+                "-q", *self.algorithm,
             )  # fmt: skip
             with (self.folder / f"workers-{index}.out").open("wb") as out:
                 self.workers.append(
