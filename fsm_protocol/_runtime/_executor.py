@@ -262,6 +262,10 @@ class Executor:
         internal = self._internal
         queue = self._queue
         burst = 0
+        # Over a network (a send loop per peer) every event gets its scheduler round, as
+        # it always had: the peers, the send loops and a user's cancel see the run at the
+        # pace they always did. In-memory runs take queued events in bursts.
+        longest = 1 if any(slot.outbox is not None for slot in self._slots.values()) else _BURST
         while self._live:
             if internal:
                 item = internal.popleft()
@@ -272,7 +276,7 @@ class Executor:
                     burst = 0
                     item = await queue.receive()
             burst += 1
-            if burst >= _BURST:
+            if burst >= longest:
                 burst = 0
                 await trio.lowlevel.checkpoint()
             # Killed while an event was on its way: act on nothing more (the
