@@ -11,6 +11,8 @@ trace, so the replay supplies it:
   trace must send it before any TASK_START or TASK_COMPLETE to that pod;
 - a pod's ``response_timeout`` fires only when needed: when the barrier or
   completion would otherwise wait for it;
+- after every step, the link's marks are refreshed, as the executor's
+  ``after_step`` hook does (the task-wide rules read them);
 - at the end, every pod must have answered, unless it is known to be faulty
   (crashed, silent, late) or to have been given up on (``unanswered_ok``);
   faulty pods lose their link, and ``task_ended`` runs for the ones left out.
@@ -79,6 +81,11 @@ class _Replay:
                 link.machine = Machine.from_chart(chart, link)
                 self.task.links[m.recipient] = link
 
+    def step_link(self, pod: str, event: str, data: Any = None) -> None:
+        """Fire ``event`` on ``pod``'s machine, then refresh its marks (the executor's hook)."""
+        self.machine(pod).fire(event, data)
+        self.task.links[pod].refresh()
+
     def machine(self, pod: str) -> Machine:
         link = self.task.links.get(pod)
         if link is None or link.machine is None:
@@ -94,7 +101,7 @@ class _Replay:
                 continue  # the trace says what was sent, and when
             machine = self.machine(key)
             if not machine.is_final and machine.accepts(name, data):
-                machine.fire(name, data)
+                self.step_link(key, name, data)
 
     def fire(self, pod: str, event: str, data: Any) -> None:
         machine = self.machine(pod)
@@ -103,7 +110,7 @@ class _Replay:
         if event in ("send:TASK_START", "send:TASK_COMPLETE") and pod in self.owed_cancel:
             raise _Refused(f"{event[5:]} to {pod}, which the chart had to cancel first")
         try:
-            machine.fire(event, data)
+            self.step_link(pod, event, data)
         except ProtocolViolation as exc:
             if event in ("send:TASK_START", "send:TASK_COMPLETE") and self.time_out_unanswered():
                 self.fire(pod, event, data)
@@ -121,7 +128,7 @@ class _Replay:
             if link.machine is not None and link.machine.state == "requested"
         ]
         for pod in waiting:
-            self.machine(pod).fire("response_timeout")
+            self.step_link(pod, "response_timeout")
             self.drain()
         return bool(waiting)
 
@@ -143,12 +150,12 @@ class _Replay:
             for event in ("cancel_unconfirmed", "link_lost"):
                 machine = self.machine(pod)
                 if not machine.is_final and machine.accepts(event):
-                    machine.fire(event)
+                    self.step_link(pod, event)
                     self.drain()
         for pod in self.task.links:
             machine = self.machine(pod)
             if machine.accepts("task_ended"):
-                machine.fire("task_ended")
+                self.step_link(pod, "task_ended")
                 self.drain()
         for pod in self.task.links:
             machine = self.machine(pod)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import shutil
 import subprocess
 import sys
@@ -36,23 +34,65 @@ def _pods(*names: str) -> list[fp.Pod]:
     return [fp.Pod(n, datasource=fp.ListDatasource.from_names(["a", "b", "c"])) for n in names]
 
 
+# An asyncio application is its own process: run each in a fresh interpreter, so that
+# nothing another test loaded (trio-asyncio, which the broker tests use, installs its own
+# event loop policy) changes what asyncio.run does.
+ASYNCIO_APP = """
+import asyncio, functools, sys
+import attrs, trio
+import fsm_protocol as fp
+
+@attrs.frozen
+class Upper:
+    batch_size: int = 2
+
+class UpperWorker:
+    def run_batch(self, items, info):
+        return [item.name.upper() for item in items]
+
+def plan(config, context):
+    return fp.WorkerPlan(UpperWorker(), context.datasource.items(), config.batch_size)
+
+protocols = fp.registry.with_protocol(fp.ProtocolFactory("test.Upper", Upper, worker=plan))
+pods = [fp.Pod("org/p1", datasource=fp.ListDatasource.from_names(["a", "b", "c"]))]
+task = functools.partial(fp.run_task, Upper(), pods, protocols=protocols)
+"""
+
+
+def _asyncio_app(body: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", ASYNCIO_APP + body],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_awaiting_from_asyncio_says_how_to_run_it() -> None:
-    with pytest.raises(fp.ConfigError) as info:
-        asyncio.run(fp.run_task(Upper(), _pods("org/p1"), protocols=PROTOCOLS))
-    message = str(info.value)
+    message = _asyncio_app(
+        """
+try:
+    asyncio.run(task())
+except fp.ConfigError as exc:
+    print(exc)
+"""
+    )
     assert "run_task runs on trio" in message
     assert "trio.run" in message and "asyncio.to_thread" in message and "trio-asyncio" in message
 
 
 def test_the_way_the_error_suggests_works_from_asyncio() -> None:
-    import trio
+    out = _asyncio_app(
+        """
+async def application():
+    return await asyncio.to_thread(trio.run, task)
 
-    async def application() -> fp.TaskOutcome:
-        task = functools.partial(fp.run_task, Upper(), _pods("org/p1"), protocols=PROTOCOLS)
-        return await asyncio.to_thread(trio.run, task)
-
-    outcome = asyncio.run(application())
-    assert outcome.status is fp.TaskStatus.COMPLETE
+print(asyncio.run(application()).status.value)
+"""
+    )
+    assert out.strip() == "complete"
 
 
 async def test_pods_run_the_tasks_protocols_unless_given_their_own() -> None:

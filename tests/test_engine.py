@@ -29,7 +29,7 @@ from fsm_protocol import (
     snapshot_from_dict,
     snapshot_to_dict,
 )
-from fsm_protocol._runtime._modeller import LinkBindings
+from fsm_protocol._runtime._modeller import LinkBindings, TaskTimeouts, _Task
 from fsm_protocol._runtime._worker import WorkerBindings
 
 
@@ -618,8 +618,9 @@ def test_shipped_worker_chart_builds_with_its_bindings() -> None:
 
 
 def test_shipped_modeller_chart_builds_with_its_bindings() -> None:
-    stand_in = cast(Any, None)  # the task, job and config are only stored
-    link = LinkBindings(stand_in, "pod-1", stand_in, stand_in)
+    stand_in = cast(Any, None)  # the executor, job and config are only stored
+    task = _Task("t-1", "modeller", stand_in, TaskTimeouts(), None, False)
+    link = LinkBindings(task, "pod-1", stand_in, stand_in)
     machine = Machine.from_chart(shipped_chart("modeller"), link)
     assert machine.state == "idle"
     assert machine.expected() == ("send:JOB_REQUEST",)

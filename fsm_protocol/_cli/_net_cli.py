@@ -1025,12 +1025,26 @@ def add_worker(subparsers: Subparsers) -> None:
         metavar="S",
         help="give up when no job request came S seconds after the welcome (default 600)",
     )
+    parser.add_argument(
+        "--pods",
+        type=_pods_count,
+        default=1,
+        metavar="N",
+        help="run N pods in this process, each with its own connection, as pods "
+        "ID-0 .. ID-<N-1> (default 1: one pod, as ID)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     _add_limit_arguments(parser)
     from ._broker_cli import add_broker_arguments
 
     add_broker_arguments(parser, modeller=False)
     parser.set_defaults(run=run_worker_command)
+
+
+def _pods_count(text: str) -> int:
+    from ._pods import pods_count
+
+    return pods_count(text)
 
 
 @attrs.define
@@ -1049,6 +1063,10 @@ def run_worker_command(args: argparse.Namespace) -> int:
         from ._broker_cli import run_worker_broker
 
         return run_worker_broker(args)
+    if args.pods != 1:
+        from ._pods import run_pods
+
+        return run_pods(args)
     log = (lambda text: None) if args.quiet else _say(f"fsm-protocol worker {args.pod_id}")
     try:
         if args.connect is None:

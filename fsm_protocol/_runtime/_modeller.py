@@ -6,6 +6,14 @@ others after an abort) are the guards ``all_ready``/``all_done`` and the
 actions ``check_progress``/``cancel_others`` the chart names; :class:`_Task`
 holds what they look across.
 
+Those rules never scan the workers. Each link keeps a few marks (counted,
+still to answer, ready, done, over, ...), recomputed by :meth:`LinkBindings.refresh`
+whenever its leaf or one of its flags changes; :class:`_Task` keeps how many
+links have each mark, and the links that have the marks it must act on, so a
+message costs the same with 10 workers or 10,000. Which leaves count as
+"ready" or "done" is read off the compiled chart (the leaves whose expected
+events hold ``send:TASK_START``, ``send:TASK_COMPLETE``, ...), never listed here.
+
 Results are stored under the batch id the worker put in ``meta``, never by
 arrival position, so a failed batch cannot shift the results after it.
 """
@@ -13,9 +21,10 @@ arrival position, so a failed batch cannot shift the results after it.
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, final
+from typing import Any, Generic, TypeVar, final, overload
 
 import attrs
 
@@ -24,6 +33,7 @@ from .._algo._protocols import has_initial_setup
 from .._base._errors import InternalError
 from .._base._reports import ErrorReport, log_error_report
 from .._core._bindings import BindingNames
+from .._core._compiled import CompiledChart
 from .._core._engine import Event, Machine, Step
 from .._core._shipped import shipped_chart, shipped_chart_for
 from .._wire._catalogue import BODY_GUARDS, result_slot
@@ -129,40 +139,180 @@ class TaskTimeouts:
 DEFAULT_TIMEOUTS = TaskTimeouts()
 
 
+# The marks a link has, as positions in its marks tuple. Each is a fact about one
+# link; _Task counts the links that have each one.
+COUNTED = 0  # accepted on time and not cancelled: the barrier and completion wait for it
+PENDING = 1  # the job request went out and no answer came yet
+READY = 2  # counted, and TASK_START was raised or its leaf expects send:TASK_START
+DONE = 3  # counted, and TASK_COMPLETE was raised or its leaf expects send:TASK_COMPLETE
+NOT_OVER = 4  # neither final nor waiting only for task_ended
+WAITS_START = 5  # counted, its leaf expects send:TASK_START, not raised yet
+WAITS_COMPLETE = 6  # counted, its leaf expects send:TASK_COMPLETE, not raised yet
+ENDS = 7  # its leaf expects task_ended
+CANCELLABLE = 8  # its leaf expects cancel_requested
+UNACCEPTED = 9  # it has not accepted (yet)
+_MARKS = 10
+_NO_MARKS = (False,) * _MARKS
+# The marks whose links _Task keeps by link index, to act on them in link order.
+_KEPT = (WAITS_START, WAITS_COMPLETE, ENDS, CANCELLABLE)
+
+
+@attrs.frozen
+class _Leaves:
+    """The leaves of the modeller chart that expect the events the task-wide rules raise."""
+
+    start: frozenset[str]
+    complete: frozenset[str]
+    task_ended: frozenset[str]
+    cancel: frozenset[str]
+    finals: frozenset[str]
+
+    @classmethod
+    def of(cls, compiled: CompiledChart) -> _Leaves:
+        def expecting(event: str) -> frozenset[str]:
+            return frozenset(leaf for leaf, events in compiled.expected.items() if event in events)
+
+        return cls(
+            start=expecting("send:TASK_START"),
+            complete=expecting("send:TASK_COMPLETE"),
+            task_ended=expecting("task_ended"),
+            cancel=expecting("cancel_requested"),
+            finals=compiled.finals,
+        )
+
+
+_T = TypeVar("_T")
+
+
+class _Tracked(Generic[_T]):
+    """A flag of a link that its marks depend on: setting it refreshes them."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.private = f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Tracked[_T]: ...
+
+    @overload
+    def __get__(self, obj: LinkBindings, owner: type) -> _T: ...
+
+    def __get__(self, obj: LinkBindings | None, owner: type) -> _T | _Tracked[_T]:
+        if obj is None:
+            return self
+        value: _T = obj.__dict__[self.private]
+        return value
+
+    def __set__(self, obj: LinkBindings, value: _T) -> None:
+        obj.__dict__[self.private] = value
+        obj.refresh()
+
+
 @final
 class LinkBindings:
-    """Guards and actions of the modeller chart for one worker."""
+    """Guards and actions of the modeller chart for one worker.
+
+    Building one registers it with ``task`` (its marks start counting there);
+    put it in ``task.links`` under its pod id.
+    """
+
+    # Setting any of these refreshes the link's marks (see refresh()).
+    accepted = _Tracked[bool]()
+    answered = _Tracked[bool]()
+    late = _Tracked[bool]()
+    cancel_sent = _Tracked[bool]()
+    start_raised = _Tracked[bool]()
+    complete_raised = _Tracked[bool]()
 
     def __init__(self, task: _Task, pod_id: str, job: JobRequestBody, config: object) -> None:
         self.task = task
         self.pod_id = pod_id
         self.job = job
         self.config = config
-        self.machine: Machine | None = None
-        self.accepted = False
-        self.answered = False
-        self.late = False
+        self.index = task.new_index()
+        self._machine: Machine | None = None
+        self._marks = _NO_MARKS
+        self._accepted = False
+        self._answered = False
+        self._late = False
+        self._cancel_sent = False
+        self._start_raised = False
+        self._complete_raised = False
+        self._current_batch: int | None = None
         self.reject: JobRejectBody | None = None
         self.abort_reason: AbortReason | None = None
         self.abort_message = ""
         self.problem = ""
-        self.cancel_sent = False
         self.cancel_raised = False
         self.setup_sent = False
-        self.start_raised = False
-        self.complete_raised = False
-        self.current_batch: int | None = None
         # A resumed task starts later (modeller serve --resume).
         first = (getattr(job, "options", None) or {}).get("resume_from_batch", 0)
         self.next_batch_id = first if type(first) is int else 0
         self.estimate: int | None = None
         self.result_slots: set[tuple[int | None, int]] = set()
         self.retries = 0
+        self.refresh()
+
+    @property
+    def machine(self) -> Machine | None:
+        return self._machine
+
+    @machine.setter
+    def machine(self, machine: Machine | None) -> None:
+        self._machine = machine
+        self.refresh()
+
+    @property
+    def current_batch(self) -> int | None:
+        return self._current_batch
+
+    @current_batch.setter
+    def current_batch(self, batch: int | None) -> None:
+        self._current_batch = batch
+        if batch is not None and self._marks[COUNTED]:
+            self.task.note_running(self)
 
     @property
     def state(self) -> str:
-        assert self.machine is not None
-        return self.machine.state
+        assert self._machine is not None
+        return self._machine.state
+
+    def refresh(self) -> None:
+        """Recompute this link's marks from its leaf and flags; the task adjusts its counts.
+
+        Called after every step of the link's machine, and whenever a flag it
+        reads is set. Constant work: a few set lookups.
+        """
+        counted = self._accepted and not self._late and not self._cancel_sent
+        machine = self._machine
+        if machine is None:
+            marks = (counted, False, False, False, True, False, False, False, False, True)
+        else:
+            leaf = machine.state
+            leaves = self.task.leaves(machine.compiled)
+            starts = leaf in leaves.start
+            completes = leaf in leaves.complete
+            ends = leaf in leaves.task_ended
+            marks = (
+                counted,
+                not self._answered and leaf == "requested",
+                counted and (self._start_raised or starts),
+                counted and (self._complete_raised or completes),
+                not (ends or leaf in leaves.finals),
+                counted and starts and not self._start_raised,
+                counted and completes and not self._complete_raised,
+                ends,
+                leaf in leaves.cancel,
+                not self._accepted,
+            )
+        old = self._marks
+        if marks != old:
+            self._marks = marks
+            self.task.moved(self, old, marks)
+
+    def after_step(self, step: Step) -> None:
+        """The executor's hook after each step of this link's machine."""
+        if step.target != step.source:
+            self.refresh()
 
     def expects(self, event: str) -> bool:
         assert self.machine is not None
@@ -228,9 +378,11 @@ class LinkBindings:
         return BODY_GUARDS["is_task_complete"](event.data.body)
 
     def guard_all_ready(self, event: Event) -> bool:
+        self.refresh()
         return self.task.all_ready()
 
     def guard_all_done(self, event: Event) -> bool:
+        self.refresh()
         return self.task.all_done()
 
     # ------------------------------------------------------------- actions
@@ -311,6 +463,7 @@ class LinkBindings:
         self.task.store_result(key, message)
 
     def action_check_progress(self, event: Event) -> None:
+        self.refresh()  # its leaf changed in this very step
         self.task.check_progress()
 
     def outcome(self) -> WorkerOutcome:
@@ -335,7 +488,12 @@ class LinkBindings:
 
 @attrs.define
 class _Task:
-    """What the modeller-wide rules look across: every link of one task."""
+    """What the modeller-wide rules look across: every link of one task.
+
+    ``counts[mark]`` is how many links have ``mark``; ``kept[mark]`` holds,
+    by link index, the links with each mark in ``_KEPT``. Links keep both up to
+    date through :meth:`moved`, so no rule here visits every link.
+    """
 
     task_id: str
     sender: str
@@ -351,6 +509,44 @@ class _Task:
     pods_missing: list[str] = attrs.field(factory=list)
     last_progress: Progress | None = None
     keep_bodies: bool = True
+    counts: list[int] = attrs.field(factory=lambda: [0] * _MARKS)
+    kept: dict[int, dict[int, LinkBindings]] = attrs.field(
+        factory=lambda: {mark: {} for mark in _KEPT}
+    )
+    # (batch, link index, link) of running links, smallest first; stale entries are
+    # dropped when they come to the top.
+    running: list[tuple[int, int, LinkBindings]] = attrs.field(factory=list)
+    _indices: int = 0
+    _leaves: tuple[CompiledChart, _Leaves] | None = None
+
+    def new_index(self) -> int:
+        self._indices += 1
+        return self._indices - 1
+
+    def leaves(self, compiled: CompiledChart) -> _Leaves:
+        if self._leaves is None or self._leaves[0] is not compiled:
+            self._leaves = (compiled, _Leaves.of(compiled))
+        return self._leaves[1]
+
+    def moved(self, link: LinkBindings, old: tuple[bool, ...], new: tuple[bool, ...]) -> None:
+        """Adjust the counts and kept links after ``link``'s marks changed from old to new."""
+        counts = self.counts
+        for mark in range(_MARKS):
+            if old[mark] is new[mark]:
+                continue
+            counts[mark] += 1 if new[mark] else -1
+            if mark in self.kept:
+                if new[mark]:
+                    self.kept[mark][link.index] = link
+                else:
+                    del self.kept[mark][link.index]
+        if new[COUNTED] and not old[COUNTED] and link.current_batch is not None:
+            self.note_running(link)
+
+    def in_order(self, mark: int) -> list[LinkBindings]:
+        """The links that have ``mark`` (one of ``_KEPT``), in the order they were added."""
+        kept = self.kept[mark]
+        return [kept[index] for index in sorted(kept)]
 
     def message(self, pod_id: str, type_: MessageType, body: Any = None) -> Message:
         return Message.make(
@@ -369,7 +565,10 @@ class _Task:
             hook(key.worker, key.batch, message.body)
 
     def counted(self) -> list[LinkBindings]:
-        """Workers the barrier and completion wait for: accepted on time, not cancelled."""
+        """Workers the barrier and completion wait for: accepted on time, not cancelled.
+
+        Visits every link: for the end of the task, not for each message.
+        """
         return [
             link
             for link in self.links.values()
@@ -377,28 +576,19 @@ class _Task:
         ]
 
     def responses_in(self) -> bool:
-        return all(
-            link.answered or link.state != "requested"
-            for link in self.links.values()
-            if link.machine
-        )
+        return self.counts[PENDING] == 0
 
     def all_ready(self) -> bool:
-        counted = self.counted()
-        return (
-            self.responses_in()
-            and bool(counted)
-            and all(link.start_raised or link.expects("send:TASK_START") for link in counted)
-        )
+        """Every answer is in, and every counted worker is ready (or was sent TASK_START)."""
+        counted = self.counts[COUNTED]
+        every_one_ready = self.counts[READY] == counted
+        return self.responses_in() and counted > 0 and every_one_ready
 
     def all_done(self) -> bool:
-        counted = self.counted()
-        return (
-            not self.stopping()
-            and self.responses_in()
-            and bool(counted)
-            and all(link.complete_raised or link.expects("send:TASK_COMPLETE") for link in counted)
-        )
+        """Not stopping, every answer is in, and every counted worker is done."""
+        counted = self.counts[COUNTED]
+        every_one_done = self.counts[DONE] == counted
+        return not self.stopping() and self.responses_in() and counted > 0 and every_one_done
 
     def stopping(self) -> bool:
         """Whether the whole task is being cancelled (own abort, user cancel, missing pod)."""
@@ -406,44 +596,50 @@ class _Task:
 
     def check_progress(self) -> None:
         """Apply the modeller-wide rules after any link changed."""
-        if self.require_all_pods and self.responses_in() and not self.pods_missing:
-            missing = [pod for pod, link in self.links.items() if not link.accepted]
-            if missing:
-                self.pods_missing = missing
-                self.cancel_all()
+        if (
+            self.require_all_pods
+            and self.responses_in()
+            and not self.pods_missing
+            and self.counts[UNACCEPTED]
+        ):
+            self.pods_missing = [pod for pod, link in self.links.items() if not link.accepted]
+            self.cancel_all()
         # Once the task is being cancelled the barrier stays shut, even for links whose
         # TASK_CANCEL is still queued (they are counted until it goes out).
         if not self.stopping() and self.all_ready():
-            for link in self.counted():
-                if not link.start_raised and link.expects("send:TASK_START"):
-                    link.start_raised = True
-                    link.send(MessageType.TASK_START)
+            for link in self.in_order(WAITS_START):
+                link.start_raised = True
+                link.send(MessageType.TASK_START)
         if self.all_done():
-            for link in self.counted():
-                if not link.complete_raised and link.expects("send:TASK_COMPLETE"):
-                    link.complete_raised = True
-                    link.send(MessageType.TASK_COMPLETE)
-        others_over = all(
-            link.machine is not None and (link.machine.is_final or link.expects("task_ended"))
-            for link in self.links.values()
-        )
-        if others_over:
-            for pod_id, link in self.links.items():
-                if link.expects("task_ended"):
-                    self.executor.raise_event(pod_id, "task_ended")
+            for link in self.in_order(WAITS_COMPLETE):
+                link.complete_raised = True
+                link.send(MessageType.TASK_COMPLETE)
+        if self.counts[NOT_OVER] == 0:
+            for link in self.in_order(ENDS):
+                self.executor.raise_event(link.pod_id, "task_ended")
 
     def cancel_all(self, *, except_pod: str | None = None) -> None:
-        for pod_id, link in self.links.items():
-            if pod_id != except_pod and link.expects("cancel_requested"):
-                self.executor.raise_event(pod_id, "cancel_requested")
+        for link in self.in_order(CANCELLABLE):
+            if link.pod_id != except_pod:
+                self.executor.raise_event(link.pod_id, "cancel_requested")
+
+    def note_running(self, link: LinkBindings) -> None:
+        """``link`` is counted and at a batch: a candidate for the slowest worker."""
+        if self.on_progress is not None and link.current_batch is not None:
+            heapq.heappush(self.running, (link.current_batch, link.index, link))
 
     def report_progress(self) -> None:
-        running = [link for link in self.counted() if link.current_batch is not None]
-        if not running or self.on_progress is None:
+        if self.on_progress is None:
             return
-        slowest = min(running, key=lambda link: link.current_batch or 0)
-        assert slowest.current_batch is not None
-        progress = Progress(slowest.current_batch, slowest.estimate, slowest.pod_id)
+        running = self.running
+        while running:
+            batch, _, slowest = running[0]
+            if slowest._marks[COUNTED] and slowest.current_batch == batch:
+                break
+            heapq.heappop(running)
+        else:
+            return
+        progress = Progress(batch, slowest.estimate, slowest.pod_id)
         if progress != self.last_progress:
             self.last_progress = progress
             self.on_progress(progress)
@@ -517,6 +713,7 @@ async def run_modeller(
     )
     task = _Task(task_id, sender, executor, timeouts, algorithm, require_all_pods, on_progress)
     task.keep_bodies = keep
+    bodies: dict[int, Any] = {}
     for pod_id, transport in links.items():
         link = LinkBindings(task, pod_id, jobs[pod_id], configs[pod_id])
         link.machine = Machine.from_chart(chart, link)
@@ -530,10 +727,17 @@ async def run_modeller(
                 eof_event="link_lost",
                 idle_timeout=timeouts.worker_idle_timeout_s,
                 idle_ok=_waiting_on_modeller,
+                after_step=link.after_step,
             )
         )
+        # Pods given the same job share one wire body: it names every pod of the task.
+        body = bodies.get(id(jobs[pod_id]))
+        if body is None:
+            body = bodies[id(jobs[pod_id])] = task.message(
+                pod_id, MessageType.JOB_REQUEST, jobs[pod_id]
+            ).body
         executor.raise_event(
-            pod_id, "send:JOB_REQUEST", task.message(pod_id, MessageType.JOB_REQUEST, jobs[pod_id])
+            pod_id, "send:JOB_REQUEST", task.message(pod_id, MessageType.JOB_REQUEST, body)
         )
 
     async def watch_cancel() -> None:

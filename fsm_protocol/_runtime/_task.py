@@ -175,16 +175,18 @@ async def run_task(
     base = protocols.dump(protocol)
     jobs: dict[str, JobRequestBody] = {}
     configs: dict[str, object] = {}
-    for pod_id in ids:
-        spec = {**base, **(overrides or {}).get(pod_id, {})}
+    everyone = tuple(ids)
+    shared: tuple[object, JobRequestBody] | None = None  # for the pods without overrides
+
+    def job_for(spec: dict[str, Any]) -> tuple[object, JobRequestBody]:
         try:
-            configs[pod_id] = protocols.load(spec)
+            config = protocols.load(spec)
         except ConfigError:
             # A deliberately bad override is the pod's to refuse (JOB_REJECT).
-            configs[pod_id] = protocol
-        jobs[pod_id] = JobRequestBody(
+            config = protocol
+        return config, JobRequestBody(
             protocol=spec,
-            pod_identifiers=tuple(ids),
+            pod_identifiers=everyone,
             batched_execution=batched_execution,
             run_on_new_data_only=run_on_new_data_only,
             force_rerun_failed_files=force_rerun_failed_files,
@@ -192,6 +194,15 @@ async def run_task(
             project_id=project_id,
             options=dict(timeouts.worker_options()),
         )
+
+    for pod_id in ids:
+        override = (overrides or {}).get(pod_id)
+        if override is not None:
+            configs[pod_id], jobs[pod_id] = job_for({**base, **override})
+            continue
+        if shared is None:  # one job value for them all: a task of 1,000 pods holds one
+            shared = job_for(dict(base))
+        configs[pod_id], jobs[pod_id] = shared
     if modeller_algorithm is None and factory.modeller is not None:
         modeller_algorithm = factory.modeller(protocol)
 

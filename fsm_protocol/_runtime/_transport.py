@@ -55,6 +55,18 @@ class MemoryTransport:
     async def send(self, message: Message) -> None:
         await self.send_raw(encode(message))
 
+    def send_nowait(self, message: Message) -> None:
+        """Send without waiting: the buffer is unbounded, so a send never blocks.
+
+        The executor uses this when a transport has it, instead of a send task.
+        """
+        if self._closed:
+            raise ClosedTransportError("this transport was closed; no more messages can be sent")
+        try:
+            self._outgoing.send_nowait(encode(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise BrokenTransportError("the peer closed its end of the conversation") from exc
+
     async def send_raw(self, line: bytes) -> None:
         """Send bytes as they are: for tests that feed a peer malformed input."""
         if self._closed:
@@ -68,6 +80,16 @@ class MemoryTransport:
         if self._closed:
             raise ClosedTransportError("this transport was closed; nothing more can be received")
         line = await self._incoming.receive()  # EndOfChannel when the peer closed
+        return decode(line, max_line_bytes=self._max_line_bytes)
+
+    def receive_nowait(self) -> Message:
+        """The next message if one is already here; raises :class:`trio.WouldBlock` if not.
+
+        Raises as :meth:`receive` does otherwise (``trio.EndOfChannel`` at the end).
+        """
+        if self._closed:
+            raise ClosedTransportError("this transport was closed; nothing more can be received")
+        line = self._incoming.receive_nowait()
         return decode(line, max_line_bytes=self._max_line_bytes)
 
     async def aclose(self) -> None:

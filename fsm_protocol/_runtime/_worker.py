@@ -340,6 +340,10 @@ class WorkerBindings:
             if verdict is not None:
                 self._reject(ctx, verdict[0], list(verdict[1]))
                 return
+        # Vetted: keep the envelope and the typed job, not the raw body. The job names
+        # every pod of the task, which a pod never reads again (a thousand names, here).
+        self.request = attrs.evolve(self.request, body=None)
+        self.job = attrs.evolve(job, pod_identifiers=())
         try:
             self._apply_options(job)
             self.resume_from = _resume_from(job)
@@ -649,7 +653,10 @@ async def run_worker(
     """
     require_trio("run_worker")
     chart = shipped_chart_for("worker", BindingNames.from_class(WorkerBindings))
-    executor = Executor(options=chart.options, on_step=on_step, on_message=on_message)
+    # Nobody reads a worker's trace (its report says how it ended): keep none.
+    executor = Executor(
+        options=chart.options, on_step=on_step, on_message=on_message, keep_trace=False
+    )
     bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
     machine = Machine.from_chart(chart, bindings)
     executor.add(Slot(pod.pod_id, machine, bindings, transport, eof_event="input_closed"))

@@ -443,9 +443,15 @@ def _tuple_hook(cls: Any) -> Callable[[Any, Any], Any]:
     item_type = get_args(cls)[0]
     item_hook = _converter.get_structure_hook(item_type)
 
+    # A list of exact strs or ints (no bools) needs no per-item hook: check the types
+    # in one pass (a job request names every pod, so this list can be long).
+    fast = item_type in (str, int)
+
     def hook(value: Any, _: Any) -> Any:
         if type(value) is not list:
             raise _Mismatch(value)
+        if fast and set(map(type, value)) <= {item_type}:
+            return tuple(value)
         items = []
         errors: list[Exception] = []
         for index, item in enumerate(value):
@@ -613,6 +619,124 @@ _structure_message: Final = _converter.get_structure_hook(Message)
 _unstructure_message: Final = _converter.get_unstructure_hook(Message)
 
 
+# --- Fast paths ----------------------------------------------------------------------------
+#
+# Most lines are well formed and simple. These build the same Message (or wire dict) as the
+# converter does, but only for a shape they check completely; anything else (an error, an
+# unusual meta) goes the converter's way, which also says what is wrong. tests/test_messages.py
+# holds them equal to the converter on generated messages.
+
+_ENVELOPE_KEYS: Final = frozenset({"v", "type", "task_id", "sender", "recipient", "seq", "body"})
+_MESSAGE_KEYS: Final = _ENVELOPE_KEYS | {"meta"}
+_TYPES_BY_VALUE: Final = {member.value: member for member in MessageType}
+_RESOURCE_KEYS: Final = frozenset({"resource_type", "resource_identifier", "amount"})
+
+
+def _fast_meta(meta: Any) -> Meta | None:
+    """Meta from a dict of the common keys with plainly valid values; None for anything else."""
+    if type(meta) is not dict:
+        return None
+    if not meta:
+        return _EMPTY_META
+    batch = meta.get("batch_number")
+    index = meta.get("algorithm_index", 0)
+    resources = meta.get("resources_consumed", ())
+    if (
+        not meta.keys() <= {"batch_number", "algorithm_index", "resources_consumed"}
+        or not (batch is None or (type(batch) is int and batch >= 0))
+        or type(index) is not int
+        or index < 0
+    ):
+        return None
+    consumed = []
+    if resources != ():
+        if type(resources) is not list:
+            return None
+        for entry in resources:
+            if type(entry) is not dict or entry.keys() != _RESOURCE_KEYS:
+                return None
+            kind, name, amount = (
+                entry["resource_type"],
+                entry["resource_identifier"],
+                entry["amount"],
+            )
+            if type(kind) is not str or type(name) is not str or type(amount) is not int:
+                return None
+            consumed.append(ResourceConsumed(kind, name, amount))
+    return Meta(batch_number=batch, algorithm_index=index, resources_consumed=tuple(consumed))
+
+
+def _fast_message(obj: dict[str, Any]) -> Message | None:
+    """The Message the converter would build from ``obj``, or None to let it decide."""
+    keys = obj.keys()
+    if not _ENVELOPE_KEYS <= keys <= _MESSAGE_KEYS:
+        return None
+    v, kind, task_id, sender, recipient, seq = (
+        obj["v"],
+        obj["type"],
+        obj["task_id"],
+        obj["sender"],
+        obj["recipient"],
+        obj["seq"],
+    )
+    if (
+        type(v) is not int
+        or v != 1
+        or type(kind) is not str
+        or type(task_id) is not str
+        or type(sender) is not str
+        or type(recipient) is not str
+        or type(seq) is not int
+        or seq < 0
+    ):
+        return None
+    type_ = _TYPES_BY_VALUE.get(kind)
+    meta = _fast_meta(obj["meta"]) if "meta" in obj else _EMPTY_META
+    if type_ is None or meta is None:
+        return None
+    return Message(
+        v=1,
+        type=type_,
+        task_id=task_id,
+        sender=sender,
+        recipient=recipient,
+        seq=seq,
+        body=obj["body"],
+        meta=meta,
+    )
+
+
+def _fast_wire(message: Message) -> dict[str, Any] | None:
+    """The converter's wire dict for ``message`` when its meta is the common kind, else None."""
+    meta = message.meta
+    if meta.total_batches is not None or meta.reason is not None:
+        return None
+    wire_meta: dict[str, Any] = {}
+    if meta.batch_number is not None:
+        wire_meta["batch_number"] = meta.batch_number
+    if meta.algorithm_index != 0:
+        wire_meta["algorithm_index"] = meta.algorithm_index
+    if meta.resources_consumed != ():
+        wire_meta["resources_consumed"] = [
+            {
+                "resource_type": r.resource_type,
+                "resource_identifier": r.resource_identifier,
+                "amount": r.amount,
+            }
+            for r in meta.resources_consumed
+        ]
+    return {
+        "v": message.v,
+        "type": message.type.value,
+        "task_id": message.task_id,
+        "sender": message.sender,
+        "recipient": message.recipient,
+        "seq": message.seq,
+        "body": message.body,
+        "meta": wire_meta,
+    }
+
+
 # --- Error reporting -----------------------------------------------------------------------
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -747,7 +871,9 @@ def encode(message: Message) -> bytes:
         ValueError: The body holds a value JSON cannot carry (NaN, infinity).
         TypeError: The body holds a non-JSON Python object.
     """
-    wire = _unstructure_message(message)
+    wire = _fast_wire(message) if type(message.type) is MessageType else None
+    if wire is None:
+        wire = _unstructure_message(message)
     if message.type is MessageType.EVALUATION_RESULTS:
         # The spec requires the key here even when null; omit_if_default would drop it.
         wire["meta"].setdefault("batch_number", None)
@@ -1052,10 +1178,14 @@ def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
             f"field $: expected a JSON object, found {_show(obj)}", line=line[:_LINE_EXCERPT]
         )
     _check_values(obj, raw, line, _Flags.duplicates + _Flags.big_numbers != flags_before)
-    try:
-        message: Message = _structure_message(obj, Message)
-    except Exception as exc:
-        raise _decode_error(exc, "$", Message, line[:_LINE_EXCERPT]) from None
+    fast = _fast_message(obj)
+    if fast is not None:
+        message = fast
+    else:
+        try:
+            message = _structure_message(obj, Message)
+        except Exception as exc:
+            raise _decode_error(exc, "$", Message, line[:_LINE_EXCERPT]) from None
     body_type = _BODY_TYPES[message.type]
     if body_type is not JSON:
         try:
