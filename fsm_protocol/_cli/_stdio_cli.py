@@ -23,7 +23,9 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
@@ -176,8 +178,6 @@ class _PodLink:
 
 def _std_streams() -> tuple[trio.lowlevel.FdStream, trio.lowlevel.FdStream]:
     # Duplicates, so that closing them never closes the process's own descriptors.
-    import os
-
     return (
         trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())),
         trio.lowlevel.FdStream(os.dup(sys.stdout.fileno())),
@@ -311,7 +311,7 @@ async def run_modeller_stdio_task(
     stdout: trio.abc.SendStream,
     *,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> ModellerRun:
     """Read the control line from ``stdin``, run its task, and return how it ended.
 
