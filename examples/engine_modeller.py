@@ -10,6 +10,9 @@ It reads the CONFORMANCE_SCENARIO line (spec section 6), runs the task with
 however the task ended. Every pod's messages share stdin, so they are routed
 by ``sender``; a line that cannot be read belongs to nobody, so every running
 worker is cancelled (spec section 1).
+
+To run our implementation as a peer, use ``fsm-protocol modeller --stdio``:
+the same, with the CLI's options, defaults and one-line errors (docs/conformance.md).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ The reference the conformance kit is checked against:
 It shows the whole of a stdio transport: a ``Transport`` is three methods.
 The pod's name is the ``recipient`` of the first line, so that line is read
 before the worker starts, and handed to it first.
+
+To run our implementation as a peer, use ``fsm-protocol worker --stdio --pod-id ID``:
+the same, with the CLI's options, defaults and one-line errors (docs/conformance.md).
 """
 
 from __future__ import annotations

@@ -111,6 +111,14 @@ _JOB_DEFAULTS: Final[dict[str, Any]] = {
 }
 
 
+# The optional fields of TASK.json and of the control line (wire spec section 6), one place.
+TASK_DEFAULTS: Final[dict[str, Any]] = {
+    "response_timeout_s": TaskTimeouts().response_timeout_s,
+    "require_all_pods": False,
+    "job_overrides": {},
+}
+
+
 class _Unusable(Exception):
     """The command cannot start; the message says what to fix."""
 
@@ -309,6 +317,18 @@ def load_task(path: str | Path, *, pods: Sequence[str] = ()) -> TaskFile:
         raise ConfigError(f"{path}: not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return task_from_json(data, str(path), pods=pods)
+
+
+def task_from_json(data: dict[str, Any], where: str, *, pods: Sequence[str] = ()) -> TaskFile:
+    """Check a task given as JSON (TASK.json, or the body of a control line).
+
+    ``where`` starts every error message. Optional fields take :data:`TASK_DEFAULTS`.
+
+    Raises:
+        ConfigError: Every problem found, each with its JSON path.
+    """
+    path = where
     problem = value_problem(data)
     if problem is not None:
         raise ConfigError(f"{path}: {problem}")
@@ -317,13 +337,13 @@ def load_task(path: str | Path, *, pods: Sequence[str] = ()) -> TaskFile:
         raise ConfigError(
             f"{path}: field $.task_id: expected a non-empty string, found {task_id!r}"
         )
-    timeouts = _timeouts(path, data.pop("timeouts", {}), data.get("response_timeout_s", 300.0))
+    timeouts = _timeouts(path, data.pop("timeouts", {}))
     if pods:
         data["pods"] = list(pods)
     if not data.get("pods"):
         raise ConfigError(f"{path}: no pods: list them in $.pods or with --pods")
-    data.setdefault("response_timeout_s", 300.0)
-    data.setdefault("require_all_pods", False)
+    for key, value in TASK_DEFAULTS.items():
+        data.setdefault(key, value)
     job = data.get("job")
     if isinstance(job, dict):
         data["job"] = {**_JOB_DEFAULTS, "pod_identifiers": data.get("pods", []), **job}
@@ -372,7 +392,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (write a number)")
 
 
-def _timeouts(path: str | Path, data: Any, response_timeout_s: Any) -> TaskTimeouts:
+def _timeouts(path: str | Path, data: Any) -> TaskTimeouts:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: field $.timeouts: expected an object, found {data!r}")
     allowed = {"cancel_timeout_s", "worker_idle_timeout_s"}
@@ -776,7 +796,10 @@ def add_modeller(subparsers: Subparsers) -> None:
         help="the modeller side of a task across machines",
         description="The modeller side of a task across machines. See docs/network.md.",
     )
-    commands = parser.add_subparsers(dest="modeller_command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="modeller_command", metavar="COMMAND")
+    from ._stdio_cli import add_stdio_to_modeller
+
+    add_stdio_to_modeller(parser)
     serve = commands.add_parser(
         "serve",
         help="listen for workers, run one task, print the outcome",
@@ -1038,6 +1061,9 @@ def add_worker(subparsers: Subparsers) -> None:
     from ._broker_cli import add_broker_arguments
 
     add_broker_arguments(parser, modeller=False)
+    from ._stdio_cli import add_stdio_to_worker
+
+    add_stdio_to_worker(parser)
     parser.set_defaults(run=run_worker_command)
 
 
@@ -1059,6 +1085,10 @@ class _WorkerWatch:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
+    if args.stdio:
+        from ._stdio_cli import run_worker_stdio
+
+        return run_worker_stdio(args)
     if args.broker:
         from ._broker_cli import run_worker_broker
 
