@@ -92,7 +92,7 @@ MUTANTS = [
     Mutant(
         "dropped-result",
         "fsm_protocol/_runtime/_modeller.py",
-        "self.results[key] = message.body",
+        "self.results[key] = message.body if self.keep_bodies else None",
         "pass",
         "store_result does not store",
     ),
