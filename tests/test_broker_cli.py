@@ -8,14 +8,14 @@ means killing its process.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import nats
 import pytest
 import trustme
 
@@ -264,14 +264,19 @@ def test_resumed_without_the_stream_the_pods_start_again_from_their_last_kept_ba
     before = len(results(folder))
     assert 8 <= before < 40
 
-    async def remove_stream() -> None:
-        client = await nats.connect(nats_server.url)
-        try:
-            await client.jetstream().delete_stream("FSMP_t-cli")
-        finally:
-            await client.close()
-
-    asyncio.run(remove_stream())
+    # In a process of its own: asyncio.run here would run on the event loop policy
+    # that trio-asyncio installs in this process, and upset the tests after it.
+    remove = (
+        "import asyncio, sys, nats\n"
+        "async def remove():\n"
+        "    client = await nats.connect(sys.argv[1])\n"
+        "    try:\n"
+        "        await client.jetstream().delete_stream('FSMP_t-cli')\n"
+        "    finally:\n"
+        "        await client.close()\n"
+        "asyncio.run(remove())\n"
+    )
+    subprocess.run([sys.executable, "-c", remove, nats_server.url], check=True, timeout=30)
     for pod in pods:
         worker(procs, nats_server.url, pod, "--ack-wait", "1")
     modeller(procs, nats_server.url, "--resume", name="modeller-resumed")
