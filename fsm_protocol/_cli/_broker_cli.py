@@ -38,6 +38,7 @@ from ._net_cli import (
     _modeller_algorithm,
     _print_outcome,
     _registry,
+    _resumed_jobs,
     _say,
     _seconds,
     _Unusable,
@@ -231,27 +232,40 @@ def run_modeller_serve_broker(args: argparse.Namespace) -> int:
                     f"--results-dir {results_dir}: cannot create it: {exc.strerror or exc}"
                 ) from None
         protocols = _registry(args.algorithm)
+        task_id = task.task_id or f"t-{uuid.uuid4().hex[:12]}"
+        # Made (or, with --resume, opened) before connecting: an existing folder is
+        # refused without --resume, as over direct TCP.
+        folder = (
+            ResultsFolder(results_dir, task_id, resume=args.resume)
+            if results_dir is not None
+            else None
+        )
     except (ConfigError, _Unusable) as exc:
         print(f"fsm-protocol modeller serve: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    if folder is not None and folder.kept:
+        log(f"task {task_id}: {len(folder.kept)} results kept by earlier runs in {folder.path}")
 
     async def main() -> dict[str, Any]:
         from .._net._broker import Broker, run_modeller_via_broker
 
-        task_id = task.task_id or f"t-{uuid.uuid4().hex[:12]}"
-        jobs = dict(task.jobs)
-        if signer is not None:
-            jobs = {
-                pod: signer.sign(job, task_id=task_id, sender=MODELLER, recipient=pod)
-                for pod, job in jobs.items()
-            }
         configs = {pod: _config(protocols, job) for pod, job in task.jobs.items()}
         first = task.pods[0]
         algorithm = _modeller_algorithm(protocols, task.jobs[first], configs[first])
-        folder = ResultsFolder(results_dir, task_id) if results_dir is not None else None
         try:
             async with Broker.connect(options, log=log) as broker:
                 log(f"connected to the broker at {', '.join(options.servers)}")
+                jobs = dict(task.jobs)
+                if folder is not None and folder.kept and not await broker.task_exists(task_id):
+                    # The task's stream is gone: the pods start again, as over direct
+                    # TCP, from each one's last kept batch. (With the stream there, the
+                    # modeller replays its inbox instead and the pods carry on.)
+                    jobs = _resumed_jobs(jobs, folder)
+                if signer is not None:
+                    jobs = {
+                        pod: signer.sign(job, task_id=task_id, sender=MODELLER, recipient=pod)
+                        for pod, job in jobs.items()
+                    }
                 started = trio.current_time()
                 run = await run_modeller_via_broker(
                     broker,
@@ -262,6 +276,7 @@ def run_modeller_serve_broker(args: argparse.Namespace) -> int:
                     timeouts=task.timeouts,
                     require_all_pods=task.require_all_pods,
                     on_message=folder.on_message if folder is not None else None,
+                    rejoin=args.resume,
                     log=log,
                 )
                 task_s = trio.current_time() - started

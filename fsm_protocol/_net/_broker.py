@@ -48,6 +48,7 @@ import math
 import re
 import ssl
 import sys
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
@@ -714,21 +715,59 @@ class Broker:
             )
         )
         for recipient in recipients:
-            await self._js.add_consumer(
-                layout.stream,
-                api.ConsumerConfig(
-                    name=layout.consumer(recipient),
-                    durable_name=layout.consumer(recipient),
-                    filter_subject=layout.subject(recipient),
-                    deliver_subject=layout.deliver_subject(recipient),
-                    ack_policy=api.AckPolicy.EXPLICIT,
-                    ack_wait=options.ack_wait_s,
-                    max_deliver=-1,
-                    max_ack_pending=options.max_unacked,
-                    deliver_policy=api.DeliverPolicy.ALL,
-                    num_replicas=options.replicas,
-                ),
-            )
+            await self._add_consumer(layout, recipient)
+
+    async def _add_consumer(self, layout: TaskLayout, recipient: str) -> None:
+        from nats.js import api
+
+        options = self.options
+        await self._js.add_consumer(
+            layout.stream,
+            api.ConsumerConfig(
+                name=layout.consumer(recipient),
+                durable_name=layout.consumer(recipient),
+                filter_subject=layout.subject(recipient),
+                deliver_subject=layout.deliver_subject(recipient),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=options.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=options.max_unacked,
+                deliver_policy=api.DeliverPolicy.ALL,
+                num_replicas=options.replicas,
+            ),
+        )
+
+    async def rejoin_task(self, task_id: str, me: str) -> TaskLayout | None:
+        """Take up a task whose stream exists (a resumed modeller): ``me``'s durable
+        consumer is made again from the stream's start, so ``me`` replays its whole
+        inbox (the stream keeps acknowledged messages until it is removed).
+
+        Returns:
+            The task's layout, or None when it has no stream (never made, or removed).
+
+        Raises:
+            BrokenTransportError: The broker did not remake the consumer in time.
+        """
+        import nats.js.errors
+
+        layout = TaskLayout(task_id)
+        if await self._task_gone(layout):
+            return None
+        last: Exception | None = None
+        with trio.move_on_after(self.options.connect_for_s):
+            while True:
+                try:
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await _aio(self._js.delete_consumer)(layout.stream, layout.consumer(me))
+                    await _aio(self._add_consumer)(layout, me)
+                    return layout
+                except Exception as exc:
+                    last = exc
+                await trio.sleep(0.5)
+        raise BrokenTransportError(
+            f"the broker did not remake the consumer {layout.consumer(me)} of the task's "
+            f"stream {layout.stream}: {last or 'timed out'}"
+        )
 
     async def remove_task(self, layout: TaskLayout, me: str, pods: Sequence[str]) -> list[str]:
         """Remove the task's stream once every pod that took part has ended its side
@@ -821,20 +860,26 @@ class Broker:
 
     # ------------------------------------------------------------- offers
 
-    async def offer_all(self, layout: TaskLayout, pods: Sequence[str], modeller: str) -> None:
+    async def offer_all(
+        self, layout: TaskLayout, pods: Sequence[str], modeller: str, *, again: bool = False
+    ) -> None:
         """Offer the task to every pod on the control stream (kept until each acks).
+
+        An offer's message id is ``offer:<task>:<pod>``, so offering twice offers once;
+        ``again`` adds a fresh suffix, for a task whose stream was made anew.
 
         Raises:
             BrokenTransportError: An offer was not confirmed within ``give_up_s``.
         """
         await _aio(self._ensure_control)()
+        suffix = f":{uuid.uuid4().hex}" if again else ""
         outs = []
         for pod_id in pods:
             body = json.dumps({"task_id": layout.task_id, "modeller": modeller, "pod": pod_id})
             out = _Out(
                 control_subject(pod_id),
                 body.encode(),
-                {MSG_ID_HEADER: f"offer:{layout.task_id}:{pod_id}"},
+                {MSG_ID_HEADER: f"offer:{layout.task_id}:{pod_id}{suffix}"},
                 CONTROL_STREAM,
                 None,
                 trio.current_time(),
@@ -924,9 +969,11 @@ class Broker:
         self._acks.append((offer_msg, b"+WPI"))
         self._acks_waiting.set()
 
-    async def done_with(self, offer: Offer, offer_msg: Any) -> None:
-        """Ack a job offer: this pod's part of the task is over."""
-        self._ran.add((offer.pod_id, offer.task_id))
+    async def done_with(self, offer: Offer, offer_msg: Any, *, ran: bool = True) -> None:
+        """Ack a job offer: this pod's part of the task is over (``ran``), or the
+        offer was dropped unrun, so a later offer of the task is taken."""
+        if ran:
+            self._ran.add((offer.pod_id, offer.task_id))
         self._queue_ack(offer_msg)
         await self._flush_acks()
 
@@ -1229,11 +1276,24 @@ async def run_modeller_via_broker(
     require_all_pods: bool = False,
     on_message: Callable[[str, Message], None] | None = None,
     ack_when: AckWhen = "applied",
+    rejoin: bool = False,
     log: Callable[[str], None] = lambda text: None,
 ) -> ModellerRun:
-    """Make the task's stream, offer the task to its pods, run it, remove the stream."""
+    """Make the task's stream, offer the task to its pods, run it, remove the stream.
+
+    With ``rejoin`` (a resumed modeller) and the task's stream still there, the
+    modeller takes the task up again instead: it replays its inbox from the
+    stream's start (see :meth:`Broker.rejoin_task`), so its chart reaches the
+    state the killed modeller had; what it sends again carries the same
+    ``Fsmp-Seq`` and is dropped by the pods, which carry on where they were.
+    """
     pods = list(jobs)
-    layout = await broker.create_task(task_id, [*pods, MODELLER])
+    layout = await broker.rejoin_task(task_id, MODELLER) if rejoin else None
+    again = rejoin and layout is None
+    if layout is not None:
+        log(f"task {task_id}: stream {layout.stream} found; replaying the modeller's inbox")
+    else:
+        layout = await broker.create_task(task_id, [*pods, MODELLER])
 
     def seen(key: str, message: Message) -> None:
         if message.sender == MODELLER:
@@ -1244,8 +1304,10 @@ async def run_modeller_via_broker(
     links: dict[str, Transport] = {
         pod: broker.transport(layout, me=MODELLER, peer=pod, ack_when=ack_when) for pod in pods
     }
-    await broker.offer_all(layout, pods, MODELLER)
-    log(f"task {task_id}: stream {layout.stream} made; offered to {len(pods)} pods")
+    # A task made again (its stream was gone) is offered under new ids: the broker
+    # still remembers the earlier offers' ids and would drop them as repeats.
+    await broker.offer_all(layout, pods, MODELLER, again=again)
+    log(f"task {task_id}: stream {layout.stream} ready; offered to {len(pods)} pods")
     run = await run_modeller(
         task_id=task_id,
         jobs=jobs,
@@ -1298,7 +1360,7 @@ async def serve_offers(
         offer, offer_msg = taken
         if not await broker.task_exists(offer.task_id):
             log(f"offer of task {offer.task_id} dropped: its stream is gone (the task ended)")
-            await broker.done_with(offer, offer_msg)
+            await broker.done_with(offer, offer_msg, ran=False)
             continue
         log(f"task {offer.task_id}: offered; running it")
         layout = TaskLayout(offer.task_id)
