@@ -56,7 +56,6 @@ MODELLER_MULTI_POD_CASES = (
     "initial-setup",
     "silent-pod",
 )
-_SEQ_BUG = "runtime stamps modeller seq before write"
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +103,6 @@ def test_the_stdio_modeller_passes_the_kit_with_one_pod(
     assert [case.name for case in report.cases] == list(MODELLER_CASES)
 
 
-def _only_the_seq_bug(report: Report) -> None:
-    """Pass, or fail (AssertionError) for the seq order alone; anything else is an error."""
-    others = [
-        f"{case.name}: {case.reason}"
-        for case in report.cases
-        if not case.passed and "[E-2.6]" not in case.reason
-    ]
-    if others:
-        raise RuntimeError("failed for another reason than the seq order: " + "; ".join(others))
-    report.assert_passed()
-
-
 def test_the_stdio_modeller_passes_the_kit_with_several_pods(
     reports: dict[str, Report],
 ) -> None:
@@ -130,9 +117,8 @@ def test_the_stdio_worker_passes_the_whole_catalogue() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_SEQ_BUG)
 def test_the_stdio_modeller_passes_the_whole_catalogue() -> None:
-    _only_the_seq_bug(run_conformance(role="modeller", command=MODELLER, seed=SEED, generated=10))
+    run_conformance(role="modeller", command=MODELLER, seed=SEED, generated=10).assert_passed()
 
 
 # ------------------------------------------------------------ control line
