@@ -228,20 +228,26 @@ def copy_repo(into: Path) -> Path:
         ".git", "__pycache__", ".hypothesis", "*.egg-info", "build", "site", ".mypy_cache",
         ".ruff_cache", ".pytest_cache",
     )  # fmt: skip
-    shutil.copytree(ROOT, root, ignore=ignore)
+    # symlinks=True: fsm_protocol/statecharts is a link to statecharts/, and a mutant of a
+    # chart must reach the package the copy imports, not a second copy of the charts.
+    shutil.copytree(ROOT, root, ignore=ignore, symlinks=True)
     return root
 
 
 # Run pytest in the copy as a source checkout: without the editable install's
 # import hook, which would map fsm_protocol.statecharts back to the working tree.
 RUNNER = """
+import pathlib
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 import fsm_protocol, pytest
 from fsm_protocol._base._resources import shipped_chart_path
 root = sys.argv[1]
-for where in (fsm_protocol.__file__, str(shipped_chart_path("worker"))):
-    assert where.startswith(root), f"not the copy under test: {where}"
+assert fsm_protocol.__file__.startswith(root), f"not the copy under test: {fsm_protocol.__file__}"
+# The chart the package loads must be the file a chart mutant edits, not another copy of it.
+chart = shipped_chart_path("worker").resolve()
+edited = (pathlib.Path(root) / "statecharts" / "worker.yaml").resolve()
+assert chart == edited, f"the package loads {chart}, mutants edit {edited}"
 sys.exit(pytest.main(sys.argv[2:]))
 """
 
