@@ -1084,6 +1084,25 @@ class _WorkerWatch:
             self.reject = body_of(message)
 
 
+def worker_tls(args: argparse.Namespace, log: Callable[[str], None]) -> ssl.SSLContext | None:
+    """The worker's TLS context from its options, or None (plain TCP, with a warning).
+
+    Raises:
+        _Unusable: --tls-cert without --tls-key, or the other way round.
+    """
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise _Unusable("--tls-cert and --tls-key go together")
+    if args.tls or args.ca or args.tls_cert:
+        return _load_tls(
+            lambda: client_ssl_context(ca=args.ca, cert=args.tls_cert, key=args.tls_key)
+        )
+    log(
+        "warning: plain TCP; use --ca (or --tls) so that only the real modeller "
+        "is talked to, and nobody can read the task"
+    )
+    return None
+
+
 def run_worker_command(args: argparse.Namespace) -> int:
     if args.stdio:
         from ._stdio_cli import run_worker_stdio
@@ -1105,18 +1124,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
             raise _Unusable("--serve needs --broker (over direct TCP a worker serves one task)")
         host, port = args.connect
         protocols = _registry(args.algorithm)
-        if (args.tls_cert is None) != (args.tls_key is None):
-            raise _Unusable("--tls-cert and --tls-key go together")
-        context = None
-        if args.tls or args.ca or args.tls_cert:
-            context = _load_tls(
-                lambda: client_ssl_context(ca=args.ca, cert=args.tls_cert, key=args.tls_key)
-            )
-        else:
-            log(
-                "warning: plain TCP; use --ca (or --tls) so that only the real modeller "
-                "is talked to, and nobody can read the task"
-            )
+        context = worker_tls(args, log)
         vet = None
         if args.trust_key:
             keys = [_auth().load_public_key(path) for path in args.trust_key]

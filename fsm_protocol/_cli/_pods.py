@@ -21,7 +21,7 @@ import trio
 from .._algo._algorithms import ListDatasource
 from .._base._errors import ConfigError, TransportError
 from .._net._auth import FileSeenJobs, SeenJobs, load_public_key, require_signed_jobs
-from .._net._tcp import client_ssl_context, connect
+from .._net._tcp import connect
 from .._runtime._worker import Pod, WorkerReport, run_worker
 from ._net_cli import (
     EXIT_INTERRUPTED,
@@ -30,11 +30,11 @@ from ._net_cli import (
     EXIT_UNUSABLE,
     _describe_report,
     _limits,
-    _load_tls,
     _registry,
     _say,
     _Unusable,
     _WorkerWatch,
+    worker_tls,
 )
 
 MAX_PODS = 100_000
@@ -97,15 +97,7 @@ def run_pods(args: argparse.Namespace) -> int:
     try:
         host, port = args.connect
         protocols = _registry(args.algorithm)
-        if (args.tls_cert is None) != (args.tls_key is None):
-            raise _Unusable("--tls-cert and --tls-key go together")
-        context = None
-        if args.tls or args.ca or args.tls_cert:
-            context = _load_tls(
-                lambda: client_ssl_context(ca=args.ca, cert=args.tls_cert, key=args.tls_key)
-            )
-        else:
-            log("warning: plain TCP; use --ca (or --tls) so that only the real modeller is reached")
+        context = worker_tls(args, log)
         keys = [load_public_key(path) for path in args.trust_key]
         if not keys:
             log("warning: no --trust-key; jobs from any modeller these pods reach are run")
