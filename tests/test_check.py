@@ -348,6 +348,54 @@ def test_the_modellers_seq_rises_by_one_in_write_order_whatever_the_recipient() 
     assert finding.message.startswith("seq 3 from the modeller in task 't'; expected 2")
 
 
+def _interleaved(lines: list[str]) -> Any:
+    checker = TraceChecker(interleaved=True)
+    checker.feed_lines(lines)
+    return checker.finish().finding
+
+
+def test_an_observer_of_several_streams_accepts_the_modellers_seq_read_out_of_order() -> None:
+    """The kit over TCP reads each pod's connection on its own: write order across them is lost."""
+    trace = _Trace().opening("a", "b")
+    trace.m("TASK_START", "a").m("TASK_START", "b")
+    trace.lines[-2:] = [trace.lines[-1], trace.lines[-2]]  # seq 3 read before seq 2
+    assert TraceChecker().feed_lines(trace.lines) is not None  # one stream: the exact order
+    assert TraceChecker(interleaved=True).feed_lines(trace.lines) is None
+
+
+def test_an_observer_of_several_streams_still_catches_a_repeated_modeller_seq() -> None:
+    trace = _Trace().opening("a", "b")
+    trace.seq["modeller"] -= 1
+    trace.m("TASK_START", "a")
+    finding = _interleaved(trace.lines)
+    assert finding is not None and finding.rule == "E-2.6"
+    assert "was used before; expected 2" in finding.message
+
+
+def test_an_observer_of_several_streams_catches_a_number_never_written() -> None:
+    trace = _Trace().opening("a", "b")
+    trace.seq["modeller"] += 1  # seq 2 is skipped
+    trace.m("TASK_START", "a").m("TASK_START", "b")
+    finding = _interleaved(trace.lines)
+    assert finding is not None and finding.rule == "E-2.6"
+    assert "seq 2 in task 't' never arrived on any stream, though seq 4 did" in finding.message
+
+
+def test_an_observer_of_several_streams_catches_a_seq_falling_on_one_stream() -> None:
+    trace = _Trace().opening("a", "b")
+    trace.m("TASK_START", "a").m("TASK_START", "b")
+    lines = [json.loads(line) for line in trace.lines]
+    # Stream a gets seq 2 and then seq 0; every number is used once.
+    (request_a,) = [m for m in lines if m["type"] == "JOB_REQUEST" and m["recipient"] == "a"]
+    (start_a,) = [m for m in lines if m["type"] == "TASK_START" and m["recipient"] == "a"]
+    request_a["seq"], start_a["seq"] = start_a["seq"], request_a["seq"]
+    finding = _interleaved([json.dumps(m) for m in lines])
+    assert finding is not None and finding.rule == "E-2.6"
+    assert "seq 0 from the modeller to a in task 't' after seq 2 on the same stream" in (
+        finding.message
+    )
+
+
 def test_a_modeller_seq_gap_is_reported_where_it_happens() -> None:
     trace = _Trace().opening("a")
     trace.seq["modeller"] += 1  # skips one number

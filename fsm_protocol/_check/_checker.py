@@ -458,10 +458,12 @@ class _Task:
     __slots__ = (
         "barrier_open",
         "checker",
+        "last_in",
         "links",
         "modeller",
         "next_seq",
         "own_abort",
+        "seq_ahead",
         "task_id",
     )
 
@@ -471,6 +473,10 @@ class _Task:
         self.modeller = modeller
         self.links: dict[str, _Link] = {}
         self.next_seq = 0
+        # Only when the trace interleaves streams: the modeller's numbers seen above
+        # next_seq (they were read before a lower one written to another stream).
+        self.seq_ahead: set[int] | None = None
+        self.last_in: dict[str, int] | None = None  # the last such number per stream
         self.barrier_open = False
         self.own_abort: str | None = None
 
@@ -1182,6 +1188,12 @@ class TraceChecker:
         require_echo_accept: Also require a worker to accept a valid
             ``conformance.Echo`` job (the kit's expectation W-5.1; the spec lets
             any pod refuse any job, so a trace alone does not).
+        interleaved: The lines come from several streams (one TCP connection
+            per pod) in the order an observer read them, which need not be the
+            order they were written. The modeller's seq (E-2.6) is then checked
+            as such an observer can: rising on each stream, each number once,
+            and none missing below the highest seen. Without it (a trace file,
+            one stdout) the exact +1 is checked in line order.
     """
 
     def __init__(
@@ -1192,8 +1204,10 @@ class TraceChecker:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         chart: Chart | None = None,
         require_echo_accept: bool = False,
+        interleaved: bool = False,
     ) -> None:
         self.chart = chart or shipped_chart("modeller")
+        self.interleaved = interleaved
         self.table = _table(self.chart)
         self.echo = echo
         self.unanswered_ok = frozenset(unanswered_ok)
@@ -1378,9 +1392,12 @@ class TraceChecker:
                     f"the modeller ({sender}) sent {typ}, which only workers send",
                     "M-3.1",
                 )
-            if seq != task.next_seq:
-                self._bad_seq(sender, seq, task.next_seq, task, task.links.get(recipient))
-            task.next_seq = seq + 1
+            if seq != task.next_seq or task.seq_ahead:
+                if not self.interleaved:
+                    self._bad_seq(sender, seq, task.next_seq, task, task.links.get(recipient))
+                self._seq_across_streams(task, seq, recipient)
+            else:
+                task.next_seq = seq + 1
             link = task.links.get(recipient)
             if link is None:
                 if typ != "JOB_REQUEST":
@@ -1491,6 +1508,47 @@ class TraceChecker:
             f"seq {seq} from {who} in task {task.task_id!r}; {found} (each sender's seq goes up"
             " by exactly 1 with every message it writes, whoever receives it)",
             "E-2.6",
+        )
+
+    def _seq_across_streams(self, task: _Task, seq: int, recipient: str) -> None:
+        """E-2.6 as an observer of interleaved streams sees it: each number once, rising per stream.
+
+        None missing is checked when the task is dropped or the trace ends.
+        """
+        link = task.links.get(recipient)
+        if seq < task.next_seq or (task.seq_ahead is not None and seq in task.seq_ahead):
+            self._bad_seq(task.modeller, seq, task.next_seq, task, link)
+        last_in = task.last_in
+        if last_in is None:
+            last_in = task.last_in = {}
+        last = last_in.get(recipient, -1)
+        if seq < last:
+            self.violate(
+                link,
+                f"seq {seq} from the modeller to {recipient} in task {task.task_id!r} after seq"
+                f" {last} on the same stream; each sender's seq rises in the order it writes",
+                "E-2.6",
+            )
+        last_in[recipient] = seq
+        ahead = task.seq_ahead
+        if ahead is None:
+            ahead = task.seq_ahead = set()
+        ahead.add(seq)
+        while task.next_seq in ahead:
+            ahead.remove(task.next_seq)
+            task.next_seq += 1
+
+    def _seq_gap(self, task: _Task) -> Finding | None:
+        """The modeller's first number never seen, when later ones were (interleaved streams)."""
+        if not task.seq_ahead:
+            return None
+        return self._finding(
+            None,
+            f"the modeller's seq {task.next_seq} in task {task.task_id!r} never arrived on any"
+            f" stream, though seq {max(task.seq_ahead)} did (each sender's seq goes up by exactly"
+            " 1 with every message it writes, whoever receives it)",
+            "E-2.6",
+            at_end=True,
         )
 
     def _new_task(self, obj: Mapping[str, Any]) -> _Task:
@@ -1615,6 +1673,9 @@ class TraceChecker:
                 self._drop(old)
 
     def _drop(self, task: _Task) -> None:
+        gap = self._seq_gap(task)
+        if gap is not None:
+            raise _Stop(gap)
         del self.tasks[task.task_id]
         self.dropped += 1
         if self._last_task is task:
@@ -1768,6 +1829,10 @@ class TraceChecker:
                     rule="E-4.27",
                 )
             )
+        for task in self.tasks.values():
+            gap = self._seq_gap(task)
+            if gap is not None:
+                raise _Stop(gap)
         waiting: list[tuple[_Link, str]] = []
         for task in self.tasks.values():
             for link in task.links.values():

@@ -151,7 +151,11 @@ RULES: Final[tuple[Rule, ...]] = (
         "modeller:two-pods",
         reading="Strict: a trace checker sees everything, so it checks the exact +1 in the"
         " order the lines were written, the modeller's messages to different pods included"
-        " (a modeller must stamp seq when it writes, not when it decides to send).",
+        " (a modeller must stamp seq when it writes, not when it decides to send). Over TCP"
+        " each pod has its own connection and the kit reads them concurrently, so it cannot"
+        " see the order of writes across them: it checks what such an observer can"
+        " (TraceChecker(interleaved=True)): rising on each connection, each number once,"
+        " none missing below the highest seen.",
     ),
     _r(
         "E-2.7",

@@ -62,7 +62,9 @@ class ModellerEndpoint(Protocol):
     """One modeller under test, as the kit's pods reach it.
 
     :meth:`run` reads the modeller's messages until it stops writing and
-    hands each to its pod's ``transport(pod)``.
+    hands each to its pod's ``transport(pod)``. An endpoint that reads several
+    streams concurrently (one connection per pod) sets ``interleaved = True``:
+    its lines are then not in the order the modeller wrote them.
     """
 
     def transport(self, pod: str) -> Transport: ...
@@ -435,6 +437,9 @@ class _TcpModeller:
     ) -> None:
         self.peer = peer
         self.conns = conns
+        # Each pod's connection is read on its own: lines written to two of them may be
+        # read in either order, so the trace cannot show the order they were written.
+        self.interleaved = len(conns) > 1
         self.folder = folder
         self._on_line = on_line
         self._on_problem = on_problem

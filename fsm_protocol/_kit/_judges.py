@@ -33,10 +33,13 @@ def _check_entries(
     *,
     silent: Iterable[str] = (),
     worker_under_test: bool = False,
+    interleaved: bool = False,
 ) -> Finding | None:
     # A worker under test must accept the kit's valid Echo jobs: the spec lets a
     # pod refuse any job, but a worker that refuses everything proves nothing.
-    checker = TraceChecker(unanswered_ok=silent, require_echo_accept=worker_under_test)
+    checker = TraceChecker(
+        unanswered_ok=silent, require_echo_accept=worker_under_test, interleaved=interleaved
+    )
     for entry in entries:
         if isinstance(entry, Marker):
             checker.internal(task_id, entry.pod, entry.event, excuse=entry.excuse)
@@ -288,7 +291,9 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
         text, raw = recorder.problems[0]
         quoted = raw.decode(errors="replace").rstrip("\n")[:200]
         return _Judgement(Verdict.FAIL, f"{text}; the line: {quoted}", stderr)
-    finding = _check_entries(recorder.entries, task_id, silent=scenario.silent)
+    finding = _check_entries(
+        recorder.entries, task_id, silent=scenario.silent, interleaved=recorder.interleaved
+    )
     details = tuple(finding.render("trace").splitlines()) if finding else ()
     if finding is not None and finding.text is not None:
         return _Judgement(Verdict.FAIL, finding.message, details, finding)
@@ -369,7 +374,12 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
 
 def judge_deadline(scenario: Scenario, recorder: Recorder, timeout: float) -> _Judgement:
     """Why a case ran out of time: the partial trace, and where each side was waiting."""
-    finding = _check_entries(recorder.entries, f"conform-{scenario.name}", silent=scenario.silent)
+    finding = _check_entries(
+        recorder.entries,
+        f"conform-{scenario.name}",
+        silent=scenario.silent,
+        interleaved=recorder.interleaved,
+    )
     waiting = ", ".join(
         f"{pod} in {state}"
         for pod, state in recorder.states.items()

@@ -172,6 +172,7 @@ async def run_modeller_case(
                 case.start_error = f"cannot start {' '.join(command)!r}: {exc}"
                 return case
             case.clean_exits = clean_exit_statuses([endpoint])
+            recorder.interleaved = getattr(endpoint, "interleaved", False)
             reader_done = trio.Event()
 
             async def read() -> None:

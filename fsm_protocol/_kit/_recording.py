@@ -50,6 +50,9 @@ class Recorder:
         self.lost_at: dict[str, int] = {}
         self.requested_at: dict[str, float] = {}
         self.latency = 0.0
+        # The lines come from several streams read concurrently (one TCP connection per
+        # pod), not from one stream in the order written: see TraceChecker(interleaved=...).
+        self.interleaved = False
 
     @property
     def line_count(self) -> int:
