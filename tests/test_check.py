@@ -657,3 +657,34 @@ def test_an_invalid_line_cites_the_envelope_rule_of_its_field(
     checker.feed_lines(lines[:3])
     finding = checker.feed(json.dumps(obj))
     assert finding is not None and finding.rule == rule, finding
+
+
+def _resumed(first: int, resume_option: object) -> list[str]:
+    """The rule book's two-batch streaming trace, its batches numbered from ``first``."""
+    lines = [
+        json.loads(line)
+        for line in (TRACES / "rules" / "W-4.5.jsonl").read_text().split("\n")
+        if line
+    ]
+    batch = first - 1
+    for message in lines:
+        if message["type"] == "JOB_REQUEST" and resume_option is not None:
+            message["body"]["options"]["resume_from_batch"] = resume_option
+        if message["type"] == "CURRENT_BATCH_ID":
+            batch += 1
+            message["body"] = batch
+        if message["type"] == "EVALUATION_RESULTS":
+            message["meta"]["batch_number"] = batch
+    return [json.dumps(message) for message in lines]
+
+
+def test_a_resumed_task_starts_at_the_batch_its_job_names() -> None:
+    """``modeller serve --resume`` asks its pods to start at a later batch (docs/network.md)."""
+    assert check_trace(_resumed(0, None)).ok
+    assert check_trace(_resumed(3, 3)).ok
+    finding = check_trace(_resumed(0, 3)).finding
+    assert finding is not None and finding.rule == "W-4.5"
+    assert "with body 3 (the next batch id)" in " ".join(finding.expected)
+    # Not a resumed task: a value that is not a batch id is no resume.
+    assert check_trace(_resumed(0, "3")).ok
+    assert check_trace(_resumed(0, -1)).ok

@@ -701,3 +701,8 @@ def test_kill_9_then_resume_ends_with_the_results_of_an_uninterrupted_run(
     assert outcome["status"] == "complete"
     # Only the last kept batch of each pod was asked for again.
     assert len(outcome["results"]) <= 40 - before + len(pods)
+    # The killed run left its trace as .partial; the resumed run's trace, whose pods start
+    # at later batches, passes check.
+    task_folder = folder / "results" / "t-cli"
+    assert (task_folder / "trace.ndjson.partial").exists()
+    assert main(["check", str(task_folder / "trace-2.ndjson")]) == 0

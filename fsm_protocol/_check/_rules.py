@@ -353,6 +353,10 @@ RULES: Final[tuple[Rule, ...]] = (
         " batch id is the previous one + 1.",
         "chart guard is_next_batch_id; counting allows only recv:CURRENT_BATCH_ID",
         "worker:batches",
+        reading="Extension: a job whose options.resume_from_batch is an int N >= 0 (a task"
+        " resumed by modeller serve --resume, docs/network.md) starts at batch N instead of 0;"
+        " the item account of such a pod is not checked, since an earlier run delivered the"
+        " batches before N.",
     ),
     _r(
         "W-4.6",

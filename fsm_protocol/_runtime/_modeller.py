@@ -36,7 +36,7 @@ from .._core._bindings import BindingNames
 from .._core._compiled import CompiledChart
 from .._core._engine import Event, Machine, Step
 from .._core._shipped import shipped_chart, shipped_chart_for
-from .._wire._catalogue import BODY_GUARDS, result_slot
+from .._wire._catalogue import BODY_GUARDS, first_batch_id, result_slot
 from .._wire._messages import (
     AbortReason,
     JobRejectBody,
@@ -245,8 +245,7 @@ class LinkBindings:
         self.cancel_raised = False
         self.setup_sent = False
         # A resumed task starts later (modeller serve --resume).
-        first = (getattr(job, "options", None) or {}).get("resume_from_batch", 0)
-        self.next_batch_id = first if type(first) is int else 0
+        self.next_batch_id = first_batch_id(getattr(job, "options", None))
         self.estimate: int | None = None
         self.result_slots: set[tuple[int | None, int]] = set()
         self.retries = 0

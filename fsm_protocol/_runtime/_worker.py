@@ -30,6 +30,7 @@ from .._base._reports import ErrorReport, log_error_report
 from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine
 from .._core._shipped import shipped_chart_for
+from .._wire._catalogue import RESUME_OPTION
 from .._wire._messages import (
     MAX_WAIT_S,
     MODELLER,
@@ -111,10 +112,6 @@ class _Abort:
     reason: AbortReason
     message: str
     error: BaseException | None = None
-
-
-RESUME_OPTION = "resume_from_batch"
-"""``job.options`` key of a resumed task (``modeller serve --resume``): the first batch id."""
 
 
 def _resume_from(job: JobRequestBody) -> int:
