@@ -34,6 +34,21 @@ BUGS = {
     "wrong-seq": "counts seq per pod instead of per task",
     "no-setup": "never sends ALGORITHM_EXCHANGE",
     "hang-at-end": "does not exit when the task is over",
+    # One bug for each rule of the rule book (docs/conformance.md) a modeller can break;
+    # tests/test_examples.py names the rule the kit must cite for each.
+    "send-worker-type": "sends a pod NUMBER_OF_BATCHES, a worker's message",
+    "bad-job-request": 'writes "batched_execution": "yes" in its JOB_REQUEST',
+    "string-setup": "sends a string as ALGORITHM_EXCHANGE's body",
+    "wrong-token": "answers ONLINE_CHECK with another token",
+    "bad-log-message": "sends a LOG_MESSAGE with a numeric level",
+    "request-twice": "sends each pod its JOB_REQUEST twice",
+    "start-twice": "sends each pod TASK_START twice",
+    "cancel-twice": "sends each cancelled pod TASK_CANCEL twice",
+    "no-response-timeout": "waits for every pod's answer forever",
+    "ignore-require-all": "runs the task though require_all_pods and a pod rejected",
+    "say-nothing": "reads the scenario and exits without a word",
+    "ignore-overrides": "sends every pod the same job, without its job_overrides",
+    "require-overrides": "fails on a scenario line without job_overrides",
 }
 
 CANCEL_WAIT = 5.0  # how long a cancelled pod has to confirm with TASK_ABORT
@@ -98,6 +113,8 @@ class Modeller:
         if pod.running and pod.cancelled_at is None:
             pod.cancelled_at = time.monotonic()
             self.send(pod.name, "TASK_CANCEL")
+            if self.bug == "cancel-twice":
+                self.send(pod.name, "TASK_CANCEL")
 
     def cancel_others(self, but: Pod | None = None) -> None:
         for pod in self.pods.values():
@@ -123,6 +140,8 @@ class Modeller:
             if pod.running:
                 pod.started = True
                 self.send(pod.name, "TASK_START")
+                if self.bug == "start-twice":
+                    self.send(pod.name, "TASK_START")
         if self.own_abort:
             return
         if self.bug == "early-complete":
@@ -157,11 +176,15 @@ class Modeller:
             if self.bug == "lose-quick-start":
                 self.pending_accepts[pod.name] = time.monotonic()
             if pod.protocol.get("initial_setup") and self.bug != "no-setup":
-                self.send(pod.name, "ALGORITHM_EXCHANGE", {"echo": True})
-            self.send(pod.name, "LOG_MESSAGE", {"level": "INFO", "message": "welcome"})
+                setup = "echo" if self.bug == "string-setup" else {"echo": True}
+                self.send(pod.name, "ALGORITHM_EXCHANGE", setup)
+            level = 20 if self.bug == "bad-log-message" else "INFO"
+            self.send(pod.name, "LOG_MESSAGE", {"level": level, "message": "welcome"})
+            if self.bug == "send-worker-type":
+                self.send(pod.name, "NUMBER_OF_BATCHES", 1)
         elif kind == "JOB_REJECT":
             pod.state = "ended"
-            if self.require_all:
+            if self.require_all and self.bug != "ignore-require-all":
                 self.cancel_others(but=pod)
         elif kind == "TASK_START":
             if pod.name in self.pending_accepts:
@@ -173,7 +196,10 @@ class Modeller:
             pod.done = True
         elif kind == "ONLINE_CHECK":
             if self.bug != "no-online-response":
-                self.send(pod.name, "ONLINE_RESPONSE", message.get("body"))
+                token = message.get("body")
+                if self.bug == "wrong-token":
+                    token = f"{token}-not"
+                self.send(pod.name, "ONLINE_RESPONSE", token)
         elif kind == "TASK_ABORT":
             was_cancelled = pod.cancelled_at is not None
             pod.state = "ended"
@@ -193,13 +219,27 @@ class Modeller:
         self.task_id = scenario["task_id"]
         body = scenario["body"]
         job = body["job"]
-        overrides = body.get("job_overrides") or {}
+        if self.bug == "require-overrides":
+            overrides = dict(body["job_overrides"])  # KeyError: the field is optional
+        else:
+            overrides = body.get("job_overrides") or {}
+        if self.bug == "ignore-overrides":
+            overrides = {}
+        if self.bug == "say-nothing":
+            return
         self.require_all = bool(body.get("require_all_pods"))
         answer_by = time.monotonic() + float(body["response_timeout_s"])
+        if self.bug == "no-response-timeout":
+            answer_by = float("inf")
         for name in body["pods"]:
             protocol = {**job["protocol"], **overrides.get(name, {})}
             self.pods[name] = Pod(name, protocol)
-            self.send(name, "JOB_REQUEST", {**job, "protocol": protocol})
+            request = {**job, "protocol": protocol}
+            if self.bug == "bad-job-request":
+                request["batched_execution"] = "yes"
+            self.send(name, "JOB_REQUEST", request)
+            if self.bug == "request-twice":
+                self.send(name, "JOB_REQUEST", request)
         while not self.over():
             now = time.monotonic()
             if now >= answer_by and not self.answers_in():

@@ -305,6 +305,8 @@ RULES: Final[tuple[Rule, ...]] = (
         ANY,
         "LOG_MESSAGE's body is {level: str, message: str}.",
         "decode(): field $.body of LOG_MESSAGE",
+        "worker:single-run",
+        "modeller:single-run",
     ),
     # --- 4. Order, per worker -------------------------------------------------------------
     _r(
@@ -397,6 +399,7 @@ RULES: Final[tuple[Rule, ...]] = (
         "A positive NUMBER_OF_BATCHES (an estimate) is sent at most once, after"
         " CURRENT_BATCH_ID(0) and before BATCHES_ONLY.",
         "chart guards is_estimate, estimate_seen; only batches allows it",
+        "worker:batches",
     ),
     _r(
         "W-4.11",
@@ -568,6 +571,7 @@ RULES: Final[tuple[Rule, ...]] = (
         "The worker waits for the modeller's TASK_START for task_start_timeout_s, measured from"
         " its own TASK_START, and then aborts with MODELLER_TIMEOUT.",
         "kit: the trace has no clock",
+        "worker:start-timeout",
         by=KIT,
     ),
     _r(
@@ -596,10 +600,11 @@ RULES: Final[tuple[Rule, ...]] = (
         WORKER,
         "A worker that wants to be tested supports conformance.Echo: it accepts a valid Echo job.",
         "kit: TraceChecker(require_echo_accept=True); not a trace rule",
+        "worker:single-run",
         reading="Permissive for traces: the spec never requires a pod to accept a job (any"
         " JOB_REJECT reason is a valid answer), so `fsm-protocol check` does not flag a"
-        " rejection. Only the kit, which needs the worker to run the job, may expect it, by"
-        " checking its traces with require_echo_accept=True (it does not yet).",
+        " rejection. Only the kit, which needs the worker to run the job, expects it: it"
+        " checks the traces of a worker under test with require_echo_accept=True.",
         by=KIT,
     ),
     _r(
@@ -715,6 +720,7 @@ RULES: Final[tuple[Rule, ...]] = (
         MODELLER,
         "job_overrides is optional in the control line.",
         "kit: the control line is not part of a task's trace",
+        "modeller:no-job-overrides",
         reading="Permissive: a control line without job_overrides is the same as {}.",
         by=KIT,
     ),

@@ -50,6 +50,9 @@ class Recorder:
         self.lost_at: dict[str, int] = {}
         self.requested_at: dict[str, float] = {}
         self.latency = 0.0
+        # Per pod: the set-up-dependent messages it wrote before the kit wrote its
+        # ALGORITHM_EXCHANGE (which a fault held back), so it cannot have waited for it.
+        self.before_setup: dict[str, list[str]] = {}
 
     @property
     def line_count(self) -> int:
