@@ -19,10 +19,38 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 Message = dict[str, Any]  # one decoded JSON line
 Lines = queue.Queue[bytes | None]  # stdin's lines, None at its end
+
+# bug -> (the type of the one message it spoils, what it does, the spoiled message or line)
+SPOILED: dict[str, tuple[str, str, Callable[[Message], Message | str]]] = {
+    "not-json": ("TASK_START", "writes TASK_START as a bare word", lambda m: m["type"]),
+    "huge-line": (
+        "LOG_MESSAGE",
+        "writes a LOG_MESSAGE longer than 16 MiB",
+        lambda m: {**m, "body": {"level": "INFO", "message": "x" * (16 * 1024 * 1024)}},
+    ),
+    "extra-field": ("TASK_START", "adds a field to the envelope", lambda m: {**m, "pod": "you"}),
+    "float-v": ("TASK_START", 'writes "v": 1.0', lambda m: {**m, "v": 1.0}),
+    "unknown-type": ("TASK_START", "writes TASK_START as START", lambda m: {**m, "type": "START"}),
+    "int-task-id": ("TASK_START", "writes the task id as a number", lambda m: {**m, "task_id": 7}),
+    "string-seq": ("TASK_START", "writes seq as a string", lambda m: {**m, "seq": str(m["seq"])}),
+    "no-body": (
+        "TASK_START",
+        "leaves the body out of a message without one",
+        lambda m: {k: v for k, v in m.items() if k != "body"},
+    ),
+    "null-meta": ("TASK_START", 'writes "meta": null', lambda m: {**m, "meta": None}),
+    "negative-algorithm-index": (
+        "TASK_START",
+        "writes meta.algorithm_index -1",
+        lambda m: {**m, "meta": {"algorithm_index": -1}},
+    ),
+    "body-on-marker": ("TASK_START", "gives TASK_START a body", lambda m: {**m, "body": {}}),
+}
 
 BUGS = {
     "no-barrier": "sends TASK_START to each pod as soon as that pod is ready",
@@ -49,6 +77,9 @@ BUGS = {
     "say-nothing": "reads the scenario and exits without a word",
     "ignore-overrides": "sends every pod the same job, without its job_overrides",
     "require-overrides": "fails on a scenario line without job_overrides",
+    "log-before-answer": "sends a LOG_MESSAGE to a pod that has not answered yet",
+    "log-after-end": "sends a LOG_MESSAGE after TASK_COMPLETE",
+    **{bug: what for bug, (_, what, _) in SPOILED.items()},
 }
 
 CANCEL_WAIT = 5.0  # how long a cancelled pod has to confirm with TASK_ABORT
@@ -89,6 +120,7 @@ class Modeller:
         self.require_all = False
         self.pending_accepts: dict[str, float] = {}
         self.last_record = time.monotonic()
+        self.spoiled = False
 
     def send(self, pod: str, kind: str, body: object = None) -> None:
         if self.bug == "wrong-seq":
@@ -106,7 +138,11 @@ class Modeller:
             "body": body,
             "meta": {},
         }
-        sys.stdout.write(json.dumps(message) + "\n")
+        line: Message | str = message
+        if self.bug in SPOILED and SPOILED[self.bug][0] == kind and not self.spoiled:
+            self.spoiled = True
+            line = SPOILED[self.bug][2](message)
+        sys.stdout.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
         sys.stdout.flush()
 
     def cancel(self, pod: Pod) -> None:
@@ -153,6 +189,8 @@ class Modeller:
         for pod in finished:
             self.send(pod.name, "TASK_COMPLETE")
             pod.state = "ended"
+            if self.bug == "log-after-end":
+                self.send(pod.name, "LOG_MESSAGE", {"level": "INFO", "message": "goodbye"})
 
     def over(self) -> bool:
         return all(pod.state in ("ended", "left_out") for pod in self.pods.values())
@@ -240,6 +278,8 @@ class Modeller:
             self.send(name, "JOB_REQUEST", request)
             if self.bug == "request-twice":
                 self.send(name, "JOB_REQUEST", request)
+            if self.bug == "log-before-answer":
+                self.send(name, "LOG_MESSAGE", {"level": "INFO", "message": "hello"})
         while not self.over():
             now = time.monotonic()
             if now >= answer_by and not self.answers_in():

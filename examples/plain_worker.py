@@ -39,6 +39,11 @@ SPOILED: dict[str, tuple[str, str, Callable[[Message], Message | str]]] = {
         "writes CONFIGURING_TASK as CONFIGURING",
         lambda m: {**m, "type": "CONFIGURING"},
     ),
+    "other-task": (
+        "CONFIGURING_TASK",
+        "writes CONFIGURING_TASK for another task",
+        lambda m: {**m, "task_id": "another-task"},
+    ),
     "int-task-id": (
         "CONFIGURING_TASK",
         "writes the task id as a number",

@@ -564,6 +564,8 @@ RULES: Final[tuple[Rule, ...]] = (
         "An empty trace is a violation.",
         "the checker's end of trace",
         "modeller:single-run",
+        reading="Only a modeller under test can break it live: a worker's trace starts with the"
+        " kit's JOB_REQUEST.",
     ),
     _r(
         "W-4.28",
