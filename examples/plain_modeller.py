@@ -73,6 +73,7 @@ BUGS = {
     "start-twice": "sends each pod TASK_START twice",
     "cancel-twice": "sends each cancelled pod TASK_CANCEL twice",
     "no-response-timeout": "waits for every pod's answer forever",
+    "short-response-wait": "waits a tenth of a second for the pods' answers",
     "ignore-require-all": "runs the task though require_all_pods and a pod rejected",
     "say-nothing": "reads the scenario and exits without a word",
     "ignore-overrides": "sends every pod the same job, without its job_overrides",
@@ -269,6 +270,8 @@ class Modeller:
         answer_by = time.monotonic() + float(body["response_timeout_s"])
         if self.bug == "no-response-timeout":
             answer_by = float("inf")
+        if self.bug == "short-response-wait":
+            answer_by = time.monotonic() + 0.1
         for name in body["pods"]:
             protocol = {**job["protocol"], **overrides.get(name, {})}
             self.pods[name] = Pod(name, protocol)

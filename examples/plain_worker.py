@@ -142,6 +142,7 @@ BUGS = {
     "abort-as-cancelled": "aborts with CANCELLED_BY_MODELLER though nobody cancelled",
     "log-before-answer": "sends a LOG_MESSAGE before its JOB_ACCEPT",
     "ignore-start-timeout": "waits for the modeller's TASK_START forever",
+    "soft-start-wait": "waits for TASK_START with its soft and hard timeouts",
     "reject-valid": "rejects every job",
     "run-without-items": "runs a job without items instead of aborting with NO_DATA",
     "reverse-items": "sends a batch's results in reverse order",
@@ -217,6 +218,8 @@ class Worker:
 
     def wait_for(self, wanted: str, *, start: bool = False) -> Message:
         """Wait for one message type, answering the modeller's silence with ONLINE_CHECK."""
+        if self.bug == "soft-start-wait":
+            start = False
         quiet = self.start_wait if start else self.soft
         checking = False
         while True:

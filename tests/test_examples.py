@@ -244,7 +244,13 @@ WORKER_BUGS: dict[str, Broken] = {
     "ignore-start-timeout": (
         "start-timeout",
         Verdict.FAIL,
-        ("ended complete; expected aborted:MODELLER_TIMEOUT", "past task_start_timeout_s"),
+        ("ended complete; expected aborted:MODELLER_TIMEOUT", "task_start_timeout_s was 0.3 s"),
+        "W-4.28",
+    ),
+    "soft-start-wait": (
+        "slow-start",
+        Verdict.FAIL,
+        ("ended aborted:MODELLER_TIMEOUT; expected complete", "task_start_timeout_s was 4 s"),
         "W-4.28",
     ),
     "reject-valid": (
@@ -394,6 +400,12 @@ MODELLER_BUGS: dict[str, Broken] = {
         "silent-pod",
         Verdict.TIMEOUT,
         ("never stopped waiting for kit/pod-c",),
+        "M-4.18",
+    ),
+    "short-response-wait": (
+        "slow-answer",
+        Verdict.TIMEOUT,
+        ("pod kit/pod-b gave up waiting", "within the response timeout, 4 s"),
         "M-4.18",
     ),
     "ignore-require-all": (

@@ -474,6 +474,7 @@ RULES: Final[tuple[Rule, ...]] = (
         "kit: the trace has no clock; the checker reads the modeller's first TASK_START as the"
         " end of the wait (chart event response_timeout)",
         "modeller:silent-pod",
+        "modeller:slow-answer",
         "modeller:late-accept",
         by=KIT,
     ),
@@ -574,6 +575,7 @@ RULES: Final[tuple[Rule, ...]] = (
         " its own TASK_START, and then aborts with MODELLER_TIMEOUT.",
         "kit: the trace has no clock",
         "worker:start-timeout",
+        "worker:slow-start",
         by=KIT,
     ),
     _r(

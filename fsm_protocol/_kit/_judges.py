@@ -235,8 +235,8 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
                 Verdict.FAIL,
                 f"pod {pod} ended {found}; expected {' or '.join(sorted(_allowed(text)))}"
                 + (
-                    f" (the kit held its TASK_START back past task_start_timeout_s,"
-                    f" {scenario.task_start_timeout_s * scale:g} s)"
+                    f" (the kit held its TASK_START back {_held(scenario, pod, scale):g} s;"
+                    f" task_start_timeout_s was {scenario.task_start_timeout_s * scale:g} s)"
                     if held
                     else ""
                 ),
@@ -267,6 +267,30 @@ def _problem_rule(raw: bytes) -> str | None:
     except DecodeError as exc:
         return decode_rule(exc, raw)
     return "E-4.1"  # a readable message for no pod of the task
+
+
+def _held(scenario: Scenario, pod: str, scale: float) -> float:
+    """How long the kit held back its TASK_START to ``pod``."""
+    return scale * max(
+        (
+            f.seconds
+            for f in scenario.faults
+            if f.pod == pod and f.kind is FaultKind.DELAY_SEND and "TASK_START" in f.on
+        ),
+        default=0.0,
+    )
+
+
+def _delay(scenario: Scenario, pod: str, scale: float) -> float:
+    """How long the kit held back ``pod``'s answer to its JOB_REQUEST."""
+    return scale * max(
+        (
+            f.seconds
+            for f in scenario.faults
+            if f.pod == pod and f.kind is FaultKind.DELAY_SEND and "JOB_ACCEPT" in f.on
+        ),
+        default=0.0,
+    )
 
 
 def _allowed(text: str) -> set[str]:
@@ -388,6 +412,20 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
         if found in allowed:
             continue
         waiting = recorder.states.get(pod, "?")
+        # A pod the kit made answer late, but within the response timeout, is owed the task.
+        slow = any(
+            f.pod == pod
+            and f.kind is FaultKind.DELAY_SEND
+            and {"JOB_ACCEPT", "JOB_REJECT"} & set(f.on)
+            and f.seconds < scenario.response_timeout_s
+            for f in scenario.faults
+        )
+        in_time = (
+            f" (its answer came {_delay(scenario, pod, scale):g} s after the JOB_REQUEST, within"
+            f" the response timeout, {scenario.response_timeout_s * scale:g} s)"
+            if slow
+            else ""
+        )
         if found == "aborted:MODELLER_TIMEOUT":
             hint = ""
             if "aborted:CANCELLED_BY_MODELLER" in allowed and first_abort:
@@ -395,11 +433,11 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             return _Judgement(
                 Verdict.TIMEOUT,
                 f"pod {pod} gave up waiting for the modeller in state {waiting}:"
-                f" {report.abort_message}{hint}",
+                f" {report.abort_message}{hint}{in_time}",
                 details,
                 finding,
                 # In a *_checking state the pod's ONLINE_CHECK went unanswered.
-                rule="M-4.30" if waiting.endswith("_checking") else None,
+                rule="M-4.18" if slow else "M-4.30" if waiting.endswith("_checking") else None,
             )
         if found == "closed":
             return _Judgement(
@@ -412,9 +450,10 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             return _Judgement(
                 Verdict.FAIL,
                 f"the modeller cancelled pod {pod}, which should have ended"
-                f" {' or '.join(sorted(allowed))}",
+                f" {' or '.join(sorted(allowed))}{in_time}",
                 details,
                 finding,
+                rule="M-4.18" if slow else None,
             )
         cancelled = allowed == {"aborted:CANCELLED_BY_MODELLER"}
         return _Judgement(

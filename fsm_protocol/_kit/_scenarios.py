@@ -780,6 +780,18 @@ def _worker_rule_cases() -> tuple[Scenario, ...]:
             faults=(Fault(_A, FaultKind.DELAY_SEND, ("TASK_START",), seconds=1.2),),
             expect={_A: "aborted:MODELLER_TIMEOUT"},
         ),
+        Scenario(
+            name="slow-start",
+            role=_W,
+            description="W-4.28: TASK_START comes late but within task_start_timeout_s: the"
+            " worker waits for it, whatever its soft and hard timeouts",
+            echo=Echo(items=_items(4), batch_size=2),
+            task_start_timeout_s=4.0,
+            soft_timeout_s=0.1,
+            hard_timeout_s=0.2,
+            faults=(Fault(_A, FaultKind.DELAY_SEND, ("TASK_START",), seconds=0.8),),
+            expect={_A: "complete"},
+        ),
     )
 
 
@@ -792,6 +804,16 @@ def _modeller_rule_cases() -> tuple[Scenario, ...]:
             description="M-6.2: a control line without job_overrides (it is optional)",
             echo=Echo(items=_items(3), batch_size=2),
             omit_job_overrides=True,
+        ),
+        Scenario(
+            name="slow-answer",
+            role=_M,
+            description="M-4.18: a pod answers late but within the response timeout: the"
+            " modeller waits for it, and it runs",
+            echo=Echo(items=_items(4), batch_size=2),
+            pods=(_A, _B),
+            response_timeout_s=4.0,
+            faults=(Fault(_B, FaultKind.DELAY_SEND, ("JOB_ACCEPT",), seconds=0.8),),
         ),
     )
 
