@@ -489,9 +489,10 @@ MODELLER_BUGS: dict[str, Broken] = {
         "E-3.6",
     ),
     "log-before-answer": (
-        "single-run",
+        # pod-b answers late, so the LOG_MESSAGE surely comes before its answer.
+        "slow-answer",
         Verdict.FAIL,
-        ("sent LOG_MESSAGE to pod kit/pod-a in state requested",),
+        ("sent LOG_MESSAGE to pod kit/pod-", "in state requested"),
         "E-4.17",
     ),
     "log-after-end": (
@@ -510,19 +511,24 @@ _DEADLINE = 6.0
 def reports() -> dict[str, Report]:
     """Every run of this module, all at once."""
     results: dict[str, Report] = {}
-    limiter = trio.CapacityLimiter(8)
+    # The two whole-catalogue runs set the pace; the short variant runs share a few slots
+    # beside them, so that a loaded machine is not flooded with processes.
+    limiter = trio.CapacityLimiter(6)
 
     async def run(key: str, **kwargs: object) -> None:
         async with limiter:
             results[key] = await conform(seed=SEED, **kwargs)  # type: ignore[arg-type]
 
+    async def run_all(key: str, **kwargs: object) -> None:
+        results[key] = await conform(seed=SEED, **kwargs)  # type: ignore[arg-type]
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                lambda: run("worker", role="worker", command=PLAIN_WORKER, generated=10)
+                lambda: run_all("worker", role="worker", command=PLAIN_WORKER, generated=10)
             )
             nursery.start_soon(
-                lambda: run("modeller", role="modeller", command=PLAIN_MODELLER, generated=10)
+                lambda: run_all("modeller", role="modeller", command=PLAIN_MODELLER, generated=10)
             )
             for role, base, bugs in (
                 ("worker", PLAIN_WORKER, WORKER_BUGS),
