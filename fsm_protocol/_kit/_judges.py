@@ -242,7 +242,7 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
                 ),
                 details,
                 finding,
-                rule="W-4.28" if held else "W-4.29",
+                rule="W-4.28" if held else None,
             )
     unexplained = [
         v
@@ -287,7 +287,9 @@ def _delay(scenario: Scenario, pod: str, scale: float) -> float:
         (
             f.seconds
             for f in scenario.faults
-            if f.pod == pod and f.kind is FaultKind.DELAY_SEND and "JOB_ACCEPT" in f.on
+            if f.pod == pod
+            and f.kind is FaultKind.DELAY_SEND
+            and {"JOB_ACCEPT", "JOB_REJECT"} & set(f.on)
         ),
         default=0.0,
     )
