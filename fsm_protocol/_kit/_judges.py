@@ -15,6 +15,7 @@ from .._algo._echo_model import predict_echo
 from .._algo._protocols import registry
 from .._base._errors import ConfigError, DecodeError
 from .._check._checker import Finding, TraceChecker, describe_message
+from .._check._checker import _decode_rule as decode_rule
 from .._core._chart import Role
 from .._core._shipped import shipped_chart
 from .._runtime._worker import WorkerReport
@@ -66,6 +67,8 @@ class _Judgement:
     reason: str
     details: tuple[str, ...] = ()
     finding: Finding | None = None
+    # The rule the kit itself saw broken; None defers to the finding's, "" cites none.
+    rule: str | None = None
 
 
 def _pass() -> _Judgement:
@@ -116,7 +119,17 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
     details = tuple(finding.render("trace").splitlines()) if finding else ()
 
     if recorder.problems and (finding is None or finding.text is None):
-        return _Judgement(Verdict.FAIL, recorder.problems[0][0], details, finding)
+        # The kit's own bound, not a rule: the finding is only context.
+        return _Judgement(Verdict.FAIL, recorder.problems[0][0], details, finding, rule="")
+    for pod, early in recorder.before_setup.items():
+        return _Judgement(
+            Verdict.FAIL,
+            f"pod {pod} sent {' and '.join(early)} before the modeller's ALGORITHM_EXCHANGE"
+            " reached it (the kit held it back); with an initial setup a worker waits for it",
+            details,
+            finding,
+            rule="W-4.6",
+        )
     if finding is not None and finding.text is not None:
         extra = []
         for pod, code in crashes.items():
@@ -162,6 +175,7 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
                 " TASK_ABORT(CANCELLED_BY_MODELLER) and ends)",
                 details,
                 finding,
+                rule="W-4.15",
             )
         if outcome.state == "lost" and outcome.problem.startswith("connection"):
             state = recorder.ended_from.get(pod, "?")
@@ -206,6 +220,32 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
                 Verdict.FAIL,
                 f"pod {pod} never sent ONLINE_CHECK while the modeller was silent for longer than"
                 f" its soft_timeout_s ({scenario.soft_timeout_s * scale:g} s)",
+                rule="W-4.29",
+            )
+    for pod, text in scenario.expect.items():
+        ended = run.workers.get(pod)
+        if ended is None:
+            continue
+        found = (
+            f"aborted:{ended.abort_reason.value}" if ended.abort_reason is not None else ended.state
+        )
+        if found not in _allowed(text):
+            held = any(
+                f.pod == pod and f.kind is FaultKind.DELAY_SEND and "TASK_START" in f.on
+                for f in scenario.faults
+            )
+            return _Judgement(
+                Verdict.FAIL,
+                f"pod {pod} ended {found}; expected {' or '.join(sorted(_allowed(text)))}"
+                + (
+                    f" (the kit held its TASK_START back {_held(scenario, pod, scale):g} s;"
+                    f" task_start_timeout_s was {scenario.task_start_timeout_s * scale:g} s)"
+                    if held
+                    else ""
+                ),
+                details,
+                finding,
+                rule="W-4.28" if held else None,
             )
     unexplained = [
         v
@@ -219,6 +259,43 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
             f"pod {v.key}: the kit's modeller refused {v.event} in state {v.state}: {v.message}",
         )
     return _pass()
+
+
+def _problem_rule(raw: bytes) -> str | None:
+    """The rule a line the kit's pods could not take breaks: its decode rule, or E-4.1."""
+    if not raw:
+        return None
+    try:
+        decode(raw)
+    except DecodeError as exc:
+        return decode_rule(exc, raw)
+    return "E-4.1"  # a readable message for no pod of the task
+
+
+def _held(scenario: Scenario, pod: str, scale: float) -> float:
+    """How long the kit held back its TASK_START to ``pod``."""
+    return scale * max(
+        (
+            f.seconds
+            for f in scenario.faults
+            if f.pod == pod and f.kind is FaultKind.DELAY_SEND and "TASK_START" in f.on
+        ),
+        default=0.0,
+    )
+
+
+def _delay(scenario: Scenario, pod: str, scale: float) -> float:
+    """How long the kit held back ``pod``'s answer to its JOB_REQUEST."""
+    return scale * max(
+        (
+            f.seconds
+            for f in scenario.faults
+            if f.pod == pod
+            and f.kind is FaultKind.DELAY_SEND
+            and {"JOB_ACCEPT", "JOB_REJECT"} & set(f.on)
+        ),
+        default=0.0,
+    )
 
 
 def _allowed(text: str) -> set[str]:
@@ -287,10 +364,22 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
         return _Judgement(Verdict.FAIL, case.start_error)
     stderr = tuple(stderr_detail(case.stderr))
     task_id = f"conform-{scenario.name}"
+    if scenario.omit_job_overrides and not any(
+        b'"JOB_REQUEST"' in entry for entry in recorder.entries if isinstance(entry, bytes)
+    ):
+        return _Judgement(
+            Verdict.FAIL,
+            "the modeller sent no JOB_REQUEST after a control line without job_overrides"
+            f" (exit status {case.exit_code}); job_overrides is optional",
+            stderr,
+            rule="M-6.2",
+        )
     if recorder.problems:
         text, raw = recorder.problems[0]
         quoted = raw.decode(errors="replace").rstrip("\n")[:200]
-        return _Judgement(Verdict.FAIL, f"{text}; the line: {quoted}", stderr)
+        return _Judgement(
+            Verdict.FAIL, f"{text}; the line: {quoted}", stderr, rule=_problem_rule(raw)
+        )
     finding = _check_entries(
         recorder.entries, task_id, silent=scenario.silent, interleaved=recorder.interleaved
     )
@@ -305,9 +394,12 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             f" a modeller exits with {statuses}",
             stderr + details,
             finding,
+            rule="M-6.3",
         )
     if case.job_problems:
-        return _Judgement(Verdict.FAIL, case.job_problems[0], tuple(case.job_problems[1:]))
+        return _Judgement(
+            Verdict.FAIL, case.job_problems[0], tuple(case.job_problems[1:]), rule="M-6.1"
+        )
     expected = _modeller_expectations(scenario)
     for pod, allowed in expected.items():
         first_abort = next(
@@ -327,6 +419,20 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
         if found in allowed:
             continue
         waiting = recorder.states.get(pod, "?")
+        # A pod the kit made answer late, but within the response timeout, is owed the task.
+        slow = any(
+            f.pod == pod
+            and f.kind is FaultKind.DELAY_SEND
+            and {"JOB_ACCEPT", "JOB_REJECT"} & set(f.on)
+            and f.seconds < scenario.response_timeout_s
+            for f in scenario.faults
+        )
+        in_time = (
+            f" (its answer came {_delay(scenario, pod, scale):g} s after the JOB_REQUEST, within"
+            f" the response timeout, {scenario.response_timeout_s * scale:g} s)"
+            if slow
+            else ""
+        )
         if found == "aborted:MODELLER_TIMEOUT":
             hint = ""
             if "aborted:CANCELLED_BY_MODELLER" in allowed and first_abort:
@@ -334,9 +440,11 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             return _Judgement(
                 Verdict.TIMEOUT,
                 f"pod {pod} gave up waiting for the modeller in state {waiting}:"
-                f" {report.abort_message}{hint}",
+                f" {report.abort_message}{hint}{in_time}",
                 details,
                 finding,
+                # In a *_checking state the pod's ONLINE_CHECK went unanswered.
+                rule="M-4.18" if slow else "M-4.30" if waiting.endswith("_checking") else None,
             )
         if found == "closed":
             return _Judgement(
@@ -349,15 +457,18 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             return _Judgement(
                 Verdict.FAIL,
                 f"the modeller cancelled pod {pod}, which should have ended"
-                f" {' or '.join(sorted(allowed))}",
+                f" {' or '.join(sorted(allowed))}{in_time}",
                 details,
                 finding,
+                rule="M-4.18" if slow else None,
             )
+        cancelled = allowed == {"aborted:CANCELLED_BY_MODELLER"}
         return _Judgement(
             Verdict.FAIL,
             f"pod {pod} ended {found}; expected {' or '.join(sorted(allowed))}",
             details,
             finding,
+            rule=("M-4.23" if scenario.require_all_pods else "M-4.22") if cancelled else None,
         )
     if not case.exited:
         return _Judgement(
@@ -366,6 +477,7 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             " and its input was closed (spec section 6: it must not hang)",
             stderr + details,
             finding,
+            rule="M-6.3",
         )
     if finding is not None:
         return _Judgement(Verdict.FAIL, finding.message, details, finding)
@@ -389,12 +501,33 @@ def judge_deadline(scenario: Scenario, recorder: Recorder, timeout: float) -> _J
     )
     side = "the kit's pods" if scenario.role is Role.MODELLER else "the kit's modeller"
     reason = f"the case did not finish within {timeout:g} s (the kit killed the processes)"
+    if waiting:
+        reason += f"; {side} were waiting: {waiting}"
     if not recorder.entries:
         who = "the modeller" if scenario.role is Role.MODELLER else "the kit"
         reason += f"; {who} wrote nothing"
     elif finding is not None:
-        reason += f"; {finding.message}"
-    if waiting:
-        reason += f"; {side} were waiting: {waiting}"
+        reason += f"; {finding.message}"  # last: it ends with the rule's id
     details = tuple(finding.render("trace").splitlines()) if finding else ()
-    return _Judgement(Verdict.TIMEOUT, reason, details, finding)
+    rule = None
+    if scenario.role is Role.MODELLER and scenario.silent and not _modeller_moved_on(recorder):
+        # The answering pods were all waiting for the modeller, which still waited for the rest.
+        rule = "M-4.18"
+        reason += (
+            f"; the modeller never stopped waiting for {', '.join(scenario.silent)}, which never"
+            " answered, though its response timeout had long passed"
+        )
+    return _Judgement(Verdict.TIMEOUT, reason, details, finding, rule=rule)
+
+
+def _modeller_moved_on(recorder: Recorder) -> bool:
+    """Whether the modeller under test sent TASK_START or TASK_CANCEL to any pod."""
+    for entry in recorder.entries:
+        if isinstance(entry, bytes) and (b'"TASK_START"' in entry or b'"TASK_CANCEL"' in entry):
+            try:
+                message = decode(entry)
+            except DecodeError:
+                continue
+            if message.sender not in recorder.states:
+                return True
+    return False

@@ -96,6 +96,8 @@ def _scenario_line(scenario: Scenario, task_id: str, scale: float) -> bytes:
     # The job's protocol is the base one; overrides go in job_overrides.
     wire = json.loads(encode(message))
     wire["body"]["job"]["protocol"] = scenario.echo.to_json()
+    if scenario.omit_job_overrides:
+        del wire["body"]["job_overrides"]
     return (json.dumps(wire, separators=(",", ":")) + "\n").encode()
 
 

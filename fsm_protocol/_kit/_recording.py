@@ -53,6 +53,9 @@ class Recorder:
         # The lines come from several streams read concurrently (one TCP connection per
         # pod), not from one stream in the order written: see TraceChecker(interleaved=...).
         self.interleaved = False
+        # Per pod: the set-up-dependent messages it wrote before the kit wrote its
+        # ALGORITHM_EXCHANGE (which a fault held back), so it cannot have waited for it.
+        self.before_setup: dict[str, list[str]] = {}
 
     @property
     def line_count(self) -> int:

@@ -32,7 +32,11 @@ class Note:
 @final
 @attrs.frozen
 class CaseResult:
-    """The verdict of one case, with the evidence: its trace and what the kit noted."""
+    """The verdict of one case, with the evidence: its trace and what the kit noted.
+
+    ``rule`` is the id of the rule of the rule book the case failed on (its
+    reason cites it as ``[ID]``), or None when it passed or no rule says it.
+    """
 
     scenario: Scenario
     verdict: Verdict
@@ -42,6 +46,7 @@ class CaseResult:
     trace: tuple[bytes, ...] = ()
     notes: tuple[Note, ...] = ()
     finding: Finding | None = None
+    rule: str | None = None
 
     @property
     def name(self) -> str:
@@ -200,6 +205,7 @@ def _case_json(case: CaseResult) -> dict[str, Any]:
         "reason": case.reason,
         "details": list(case.details),
         "duration_s": round(case.duration_s, 3),
+        "rule": case.rule,
     }
     if case.finding is not None:
         data["violation"] = attrs.asdict(case.finding)

@@ -32,7 +32,7 @@ from ._limits import FAST_ANSWER
 from ._modeller_case import run_modeller_case
 from ._recording import Recorder
 from ._reports import CaseResult, Report
-from ._scenarios import Scenario, select_scenarios
+from ._scenarios import Scenario, Verdict, select_scenarios
 from ._worker_case import run_worker_case
 
 CaseHook = Callable[[CaseResult], None]
@@ -63,15 +63,24 @@ async def _run_one(
             judgement = judge_modeller_case(modeller_case, scale)
     if deadline.cancelled_caught:
         judgement = judge_deadline(scenario, recorder, timeout)
+    # The rule the case failed on: the kit's own, or the checker's finding's; the reason cites it.
+    rule = judgement.rule
+    if rule is None and judgement.finding is not None:
+        rule = judgement.finding.rule
+    rule = rule or None
+    reason = judgement.reason
+    if rule is not None and f"[{rule}]" not in reason:
+        reason += f" [{rule}]"
     result = CaseResult(
         scenario=scenario,
         verdict=judgement.verdict,
-        reason=judgement.reason,
+        reason=reason,
         details=judgement.details,
         duration_s=time.monotonic() - started,
         trace=tuple(e for e in recorder.entries if isinstance(e, bytes)),
         notes=tuple(recorder.notes),
         finding=judgement.finding,
+        rule=None if judgement.verdict is Verdict.PASS else rule,
     )
     return result, recorder.latency
 

@@ -138,10 +138,13 @@ class Scenario:
         expect: For ``role=modeller``: a pod's outcome when the default rule
             (Echo's prediction, and cancellation after an abort) does not say it:
             ``"complete"``, ``"rejected"`` or ``"aborted:<REASON>"``; several
-            allowed outcomes are separated by ``|``.
+            allowed outcomes are separated by ``|``. For ``role=worker``: the
+            worker's end, where the trace cannot judge it (a timeout).
         expect_online_check: Pods that must send ONLINE_CHECK (``role=worker``).
         first_line: For ``role=worker``: instead of a task, write this line
             (empty: nothing) and close the input; the worker must write nothing.
+        omit_job_overrides: For ``role=modeller``: the control line leaves out
+            ``job_overrides``, which is optional (spec section 6).
     """
 
     name: str
@@ -162,6 +165,7 @@ class Scenario:
     expect: Mapping[str, str] = attrs.field(factory=dict)
     expect_online_check: tuple[str, ...] = ()
     first_line: bytes | None = None
+    omit_job_overrides: bool = False
 
     def protocol_json(self, pod: str) -> dict[str, Any]:
         """The protocol JSON pod ``pod`` gets: the Echo job with its overrides."""
@@ -760,10 +764,66 @@ def _modeller_catalogue() -> tuple[Scenario, ...]:
     )
 
 
+# --- Cases for rules of the rule book that no case above provokes ------------------------------
+
+
+def _worker_rule_cases() -> tuple[Scenario, ...]:
+    """Worker cases added for a rule of the rule book (the rule is in each description)."""
+    return (
+        Scenario(
+            name="start-timeout",
+            role=_W,
+            description="W-4.28: no TASK_START within task_start_timeout_s of the worker's own:"
+            " TASK_ABORT(MODELLER_TIMEOUT)",
+            echo=Echo(items=_items(4), batch_size=2),
+            task_start_timeout_s=0.3,
+            faults=(Fault(_A, FaultKind.DELAY_SEND, ("TASK_START",), seconds=1.2),),
+            expect={_A: "aborted:MODELLER_TIMEOUT"},
+        ),
+        Scenario(
+            name="slow-start",
+            role=_W,
+            description="W-4.28: TASK_START comes late but within task_start_timeout_s: the"
+            " worker waits for it, whatever its soft and hard timeouts",
+            echo=Echo(items=_items(4), batch_size=2),
+            task_start_timeout_s=4.0,
+            soft_timeout_s=0.1,
+            hard_timeout_s=0.2,
+            faults=(Fault(_A, FaultKind.DELAY_SEND, ("TASK_START",), seconds=0.8),),
+            expect={_A: "complete"},
+        ),
+    )
+
+
+def _modeller_rule_cases() -> tuple[Scenario, ...]:
+    """Modeller cases added for a rule of the rule book (the rule is in each description)."""
+    return (
+        Scenario(
+            name="no-job-overrides",
+            role=_M,
+            description="M-6.2: a control line without job_overrides (it is optional)",
+            echo=Echo(items=_items(3), batch_size=2),
+            omit_job_overrides=True,
+        ),
+        Scenario(
+            name="slow-answer",
+            role=_M,
+            description="M-4.18: a pod answers late but within the response timeout: the"
+            " modeller waits for it, and it runs",
+            echo=Echo(items=_items(4), batch_size=2),
+            pods=(_A, _B),
+            response_timeout_s=4.0,
+            faults=(Fault(_B, FaultKind.DELAY_SEND, ("JOB_ACCEPT",), seconds=0.8),),
+        ),
+    )
+
+
 @functools.cache
 def catalogue(role: Role) -> tuple[Scenario, ...]:
     """The named scenarios for testing an implementation of ``role``."""
-    return _worker_catalogue() if role is Role.WORKER else _modeller_catalogue()
+    if role is Role.WORKER:
+        return _worker_catalogue() + _worker_rule_cases()
+    return _modeller_catalogue() + _modeller_rule_cases()
 
 
 # --- Generated scenarios ---------------------------------------------------------------------

@@ -33,6 +33,10 @@ _KIT_RECV: Final = frozenset(
 )
 
 
+# What a worker with an initial setup sends only after ALGORITHM_EXCHANGE (W-4.6).
+_NEEDS_SETUP: Final = (MessageType.PREPARING_DATA_BATCHES, MessageType.NUMBER_OF_BATCHES)
+
+
 @final
 class _KitLink:
     """The kit modeller's side of one worker's link: faults, and the record of arrivals."""
@@ -54,6 +58,7 @@ class _KitLink:
         self.cancel = cancel
         self.scale = scale
         self.received = 0
+        self.kinds: set[MessageType] = set()
 
     async def send(self, message: Message) -> None:
         delayed = False
@@ -61,6 +66,10 @@ class _KitLink:
             self.recorder.note(self.pod, f"{message.type.value} held back {fault.seconds:g} s")
             await trio.sleep(fault.seconds * self.scale)
             delayed = True
+        if delayed and message.type is MessageType.ALGORITHM_EXCHANGE:
+            early = [t.value for t in _NEEDS_SETUP if t in self.kinds]
+            if early:
+                self.recorder.before_setup[self.pod] = early
         if message.type is MessageType.JOB_REQUEST and not delayed:
             self.recorder.requested_at[self.pod] = trio.current_time()
         await self.inner.send(message)
@@ -121,6 +130,7 @@ class _KitLink:
                 await self.endpoint.cut()
                 raise BrokenTransportError(f"kit fault: the link dropped at {message.type.value}")
             arrivals.append(encode(message))
+            self.kinds.add(message.type)
             return message
 
     async def aclose(self) -> None:
