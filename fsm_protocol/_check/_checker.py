@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import json
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -54,8 +55,8 @@ from .._core._compiled import BoundArc, compile_chart
 from .._core._shipped import shipped_chart
 from .._wire._catalogue import BODY_GUARDS, MODELLER, SENDERS, WORKER, only_sent_by, result_slot
 from .._wire._messages import (
-    _NOT_STRUCTURE,
     _PLAIN_PARSE_MAX_BYTES,
+    _STRUCTURE,
     DEFAULT_MAX_LINE_BYTES,
     MAX_CONTAINERS,
     MAX_SAFE_INTEGER,
@@ -257,6 +258,12 @@ def _meta_extent(meta: Any) -> int:
     """A sufficient check of ``meta``: its extent if :func:`decode` accepts it too, else -1."""
     if meta.__class__ is not dict:
         return -1
+    if not meta:
+        return 1
+    if len(meta) == 1:  # the usual meta of results
+        batch = meta.get("batch_number", -1)
+        if batch is None or (batch.__class__ is int and 0 <= batch <= MAX_SAFE_INTEGER):
+            return 2
     extent = 1 + len(meta)
     for key, value in meta.items():
         if key == "batch_number" or key == "algorithm_index":
@@ -293,6 +300,9 @@ def _meta_extent(meta: Any) -> int:
             extent += inner
     return extent
 
+
+# A line's structure bytes and newlines, which the fast path counts.
+_MARKS: Final = _STRUCTURE + b"\n"
 
 # The C scanner of the codec's plain decoder (NaN and Infinity rejected, no value-rule hooks),
 # without the two regular-expression calls json.JSONDecoder.decode adds around it.
@@ -1354,10 +1364,9 @@ class TraceChecker:
             ):
                 raise ValueError("not on the fast path")  # decode() refuses it unparsed
             obj, end = _scan(text, 0)
-            if end != len(text) and (end != len(text) - 1 or text[end] != "\n"):
+            newline = len(text) - end  # 1 for the line's own "\n", 0 without one
+            if newline and (newline != 1 or text[end] != "\n"):
                 raise ValueError("not one JSON value")
-            if text.find("\n", 0, end) != -1:
-                raise ValueError("a newline inside the line")
             size = len(obj)
             typ = obj["type"]
             task_id = obj["task_id"]
@@ -1383,13 +1392,14 @@ class TraceChecker:
                 )
             ):
                 raise ValueError("not on the fast path")
-            # The wire value rule, proved by counting (see _wire/_messages.py, "Plain parsing"):
-            # the envelope is one object with `size` keys.
-            extent = 1 + size + meta_extent + body_extent
-            if len(data.translate(None, _NOT_STRUCTURE)) != extent and not _keeps_value_rule(
-                text, data
+            # The wire value rule, proved by counting (see _wire/_messages.py, "Plain parsing"),
+            # with newlines counted too: the envelope is one object with `size` keys, and the
+            # line may end in its own newline; any other one is whitespace inside the line.
+            marks = 1 + size + meta_extent + body_extent + newline
+            if len(data) - len(data.translate(None, _MARKS)) != marks and (
+                text.find("\n", 0, end) != -1 or not _keeps_value_rule(text, data)
             ):
-                raise ValueError("not within the value rule")
+                raise ValueError("not within the value rule, or a newline inside the line")
         except (
             ValueError,
             KeyError,
@@ -2048,22 +2058,47 @@ def _table(chart: Chart) -> Mapping[str, Row]:
 # --- Reading ---------------------------------------------------------------------------------
 
 
-def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
-    """Lines of a binary stream, never holding more than one line of ``max_line_bytes``.
+_READ_CHUNK: Final = 256 * 1024
 
-    A longer line is cut at the limit plus one byte, which the checker then
-    reports as too long, so a huge line cannot exhaust memory.
+
+def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
+    """Lines of a binary stream, each ending in its ``\n`` (the last one maybe not).
+
+    A longer line than ``max_line_bytes`` is cut at the limit plus one byte, which the
+    checker then reports as too long, and nothing after it is read, so a huge line cannot
+    exhaust memory: at most one chunk and one line are held. The same lines as
+    ``stream.readline(max_line_bytes + 1)`` would give, but split in C a chunk at a time.
     """
-    readline = stream.readline
-    limit = max_line_bytes + 1
+    return itertools.chain.from_iterable(_line_batches(stream, max_line_bytes + 1, _READ_CHUNK))
+
+
+def _line_batches(stream: IO[bytes], limit: int, size: int) -> Iterator[list[bytes]]:
+    """The lines of each chunk of up to ``size`` bytes read, the last one cut at ``limit``."""
+    # read1 returns what one read of the source gives, so a pipe is checked as it comes.
+    read = getattr(stream, "read1", stream.read)
+    tail = b""
     while True:
-        raw = readline(limit)
-        if not raw:
+        chunk = read(size)
+        if not chunk:
+            if tail:
+                yield [tail]
             return
-        if len(raw) == limit and not raw.endswith(b"\n"):
-            yield raw  # too long: the checker stops here
+        data = tail + chunk if tail else chunk
+        if b"\r" in data:  # splitlines would break at "\r" too: split at "\n" only
+            lines = [line + b"\n" for line in data.split(b"\n")]
+            tail = lines.pop()[:-1]  # what follows the last "\n"
+        else:
+            lines = data.splitlines(keepends=True)
+            tail = b"" if data.endswith(b"\n") else lines.pop()
+        if len(data) > limit and lines and max(map(len, lines)) > limit:
+            for index, line in enumerate(lines):
+                if len(line) > limit:
+                    yield [*lines[:index], line[:limit]]  # too long: the checker stops here
+                    return
+        if len(tail) >= limit:
+            yield [*lines, tail[:limit]]
             return
-        yield raw
+        yield lines
 
 
 def check_stream(stream: IO[bytes], checker: TraceChecker | None = None) -> CheckResult:

@@ -1006,8 +1006,8 @@ def _too_deep(raw: bytes) -> bool:
 # A fast reader (the trace checker) parses with _plain_json_decoder and then proves that
 # decode() would find nothing wrong with the values, by comparing two counts:
 #
-# * the line's structure bytes, its "{", "[", ":" and backslashes: what translate leaves of
-#   it with _NOT_STRUCTURE;
+# * the line's structure bytes, its "{", "[", ":" and backslashes (_STRUCTURE): what
+#   bytes.translate deletes from it;
 # * the value's structure: its objects, arrays and keys, counted by _plain_extent.
 #
 # Each object and array of the value has its own "{" or "[" on the line and each key its own
@@ -1018,8 +1018,8 @@ def _too_deep(raw: bytes) -> bool:
 # nesting on its way. When the counts differ (a string holds such a byte, or a key repeats),
 # _keeps_value_rule settles it the way decode() does.
 
-_NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b"{[:\\")
-"""Every byte but the structure bytes, for ``bytes.translate`` to delete."""
+_STRUCTURE: Final = b"{[:\\"
+"""The structure bytes; ``len(raw) - len(raw.translate(None, _STRUCTURE))`` counts them."""
 
 _PLAIN_PARSE_MAX_BYTES: Final = 2 * MAX_CONTAINERS
 """Lines up to this long are safe to parse before counting their containers ("[]" is 2 bytes)."""
