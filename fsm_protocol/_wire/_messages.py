@@ -1047,11 +1047,20 @@ def _plain_extent(value: Any, depth: int) -> int:
     if depth > MAX_NESTING:
         return -1
     for item in items:
-        if item.__class__ is not str:
-            inner = _plain_extent(item, depth + 1)
-            if inner < 0:
-                return -1
-            extent += inner
+        kind = item.__class__
+        if kind is str:
+            continue
+        if kind is list and depth < MAX_NESTING:  # a list of strings, without a call
+            for inner_item in item:
+                if inner_item.__class__ is not str:
+                    break
+            else:
+                extent += 1
+                continue
+        inner = _plain_extent(item, depth + 1)
+        if inner < 0:
+            return -1
+        extent += inner
     return extent
 
 
