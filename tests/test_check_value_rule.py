@@ -294,3 +294,30 @@ def test_property_the_fast_path_refuses_exactly_what_decode_refuses(
     else:
         assert finding.rule == _decode_rule(refused, raw)
         assert finding.message == f"invalid message: {refused} [{finding.rule}]", text
+
+
+# ------------------------------------- whole traces: fast path and decode() agree
+
+
+def _verdict(lines: list[bytes]) -> tuple[Any, ...]:
+    checker = TraceChecker()
+    checker.feed_lines(lines)
+    result = checker.finish()
+    finding = result.finding
+    if finding is None:
+        return ("ok", result.summary())
+    return (finding.line, finding.rule, finding.message, finding.state, finding.expected)
+
+
+_ALL_TRACES = sorted(TRACES.glob("*.jsonl")) + sorted((TRACES / "rules").glob("*.jsonl"))
+
+
+@pytest.mark.parametrize("path", _ALL_TRACES, ids=[p.name for p in _ALL_TRACES])
+def test_every_stored_trace_gets_the_same_verdict_when_decode_judges_every_line(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    fast = _verdict(lines)
+    # No type on the fast path: every line goes through decode() and the hooked parser.
+    monkeypatch.setattr("fsm_protocol._check._checker._FAST_BODY", {})
+    assert _verdict(lines) == fast
