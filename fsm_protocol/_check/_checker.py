@@ -2062,7 +2062,7 @@ _READ_CHUNK: Final = 256 * 1024
 
 
 def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
-    """Lines of a binary stream, each ending in its ``\n`` (the last one maybe not).
+    """Lines of a binary stream, each ending in its newline (the last one maybe not).
 
     A longer line than ``max_line_bytes`` is cut at the limit plus one byte, which the
     checker then reports as too long, and nothing after it is read, so a huge line cannot

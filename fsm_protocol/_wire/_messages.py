@@ -961,7 +961,7 @@ _json_decoder: Final = json.JSONDecoder(
 
 # The same parser without the value rule's hooks, at full C speed (NaN and Infinity are still
 # refused: that hook runs only on those tokens). A repeated key silently keeps its last value,
-# so its result needs the proof described at _plain_extent before it can be trusted.
+# so its result needs the proof under "Plain parsing" below before it can be trusted.
 _plain_json_decoder: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 # Every byte but the brackets, deleted by bytes.translate to leave a line's skeleton.
