@@ -58,10 +58,12 @@ from .._wire._messages import (
 )
 from ._model import (
     ABORT_REASONS,
+    DUPLICATE,
     EOF,
     FAULTS,
     L_INITIAL,
     OFFER,
+    OFFER_SEND,
     W_INITIAL,
     Bounds,
     LinkBindings,
@@ -74,15 +76,16 @@ from ._model import (
 )
 
 # Worker status.
-# Worker status: below CRASHED it is running. At most one worker may crash and
-# one go silent; which one is chosen at the start, so the fault stays that
-# worker's own step.
+# Worker status: below CRASHED it is running. At most one worker may crash, one
+# go silent and one send a result twice; which one is chosen at the start, so
+# the fault stays that worker's own step.
 ALIVE: Final = 0
 MAY_CRASH: Final = 1
 MAY_GO_SILENT: Final = 2
-CRASHED: Final = 3
-SILENT: Final = 4
-ENDED: Final = 5
+MAY_DUPLICATE: Final = 3
+CRASHED: Final = 4
+SILENT: Final = 5
+ENDED: Final = 6
 
 # Global flags.
 OWN_ABORT: Final = 1
@@ -92,6 +95,7 @@ USED_CANCEL: Final = 8
 USED_CRASH: Final = 16
 USED_SILENCE: Final = 32
 USED_LATE: Final = 64
+USED_DUPLICATE: Final = 128
 _MODELLER_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED
 
 # Step kinds (the first field of a label).
@@ -110,6 +114,9 @@ USER_CANCEL_EVENT: Final = "user_cancel"
 START_EVENT: Final = "start"
 
 TASK_ID: Final = "t-explore"
+# The branch number of a worker step's variant in which the ``duplicate`` fault
+# sends the step's batch result a second time.
+DUP_BRANCH: Final = 1 << 16
 
 Label = tuple[int, int, Any, int]  # kind, worker, argument, branch
 
@@ -340,6 +347,11 @@ class System:
             if machine.is_final:
                 yield (self.intern_w(leaf, data, pend), sends, None, event)
                 continue
+            if event.startswith(OFFER_SEND):
+                event = event[6:]
+                if not machine.accepts(event, msg):
+                    work.append((leaf, data, pend, sends, k + 1))  # the chart says no
+                    continue
             violation = self._abort_rule(bindings, msg) if event == "send:TASK_ABORT" else None
             try:
                 step = machine.fire(event, msg)
@@ -466,10 +478,16 @@ class System:
                 if violation is not None:
                     log.append(("send", j, data))
                     break
+            if name.startswith("recv:") and len(data) == 4:
+                # A result the duplicate fault sent again: the chart must refuse it (W-4.11).
+                violation = self._duplicate(link, data, log)
+                continue
             try:
                 machine.fire(name, data)
             except ProtocolViolation as exc:
                 violation = self._refusal("modeller", name, exc)
+                if name.startswith("recv:"):
+                    log.append(("recv", j, data))  # it was on the wire: the trace shows it
                 break
             if name.startswith("recv:"):
                 log.append(("recv", j, data))
@@ -520,6 +538,33 @@ class System:
             tuple(log),
             ended_now,
             local,
+        )
+
+    @staticmethod
+    def _duplicate(
+        link: LinkBindings, data: tuple[Any, ...], log: list[tuple[str, int, Any]]
+    ) -> Violation | None:
+        """The modeller reads a batch result a second time: it must refuse it, as bad input.
+
+        The refusal goes the runtime's way: ``bad_input`` (the link is lost, the others
+        are cancelled). The trace then holds the worker's protocol error, which
+        :meth:`Explorer._trace_check` expects ``check`` to report at that line.
+        """
+        machine, j = link.machine, link.index
+        log.append((DUPLICATE, j, None))
+        log.append(("recv", j, data[:3]))
+        try:
+            machine.fire(f"recv:{data[0]}", data)
+        except ProtocolViolation as exc:
+            if machine.accepts("bad_input", exc):
+                machine.fire("bad_input", exc)
+                log.append(("internal", j, "bad_input"))
+            return None
+        return Violation(
+            "duplicate-result",
+            f"the modeller took a second {data[0]} for batch {data[2]} from worker {{w{j}}}: "
+            "the protocol allows one result per batch (rule W-4.11), and the chart must refuse "
+            "the second",
         )
 
     def _send_rules(self, task: ModellerTask, link: LinkBindings, typ: str) -> Violation | None:
@@ -576,6 +621,11 @@ class System:
                 for w in range(n):
                     if role[w] == ALIVE:
                         roles.append([MAY_GO_SILENT if j == w else r for j, r in enumerate(role)])
+        if "duplicate" in faults:
+            for role in list(roles):
+                for w in range(n):
+                    if role[w] == ALIVE:
+                        roles.append([MAY_DUPLICATE if j == w else r for j, r in enumerate(role)])
         found = []
         for wl in self.initial_workers():
             for role in roles:
@@ -812,6 +862,14 @@ class Explorer:
                 new = list(pws)
                 new[i] = system.intern_pw((ll, wl2, ws2, () if ws2 == ENDED else m2w, out))
                 yield (kind, i, arg, branch), flags, new, violation
+                if ws == MAY_DUPLICATE and violation is None and not flags & MODELLER_ENDED:
+                    doubled = _doubled(sends)
+                    if doubled is not None:
+                        new = list(pws)
+                        ws3 = ENDED if ws2 == ENDED else ALIVE
+                        m2w3 = () if ws3 == ENDED else m2w
+                        new[i] = system.intern_pw((ll, wl2, ws3, m2w3, w2m + doubled))
+                        yield (kind, i, arg, branch | DUP_BRANCH), flags | USED_DUPLICATE, new, None
             return
         if kind in (CRASH, SILENCE):
             ll, wl, ws, m2w, w2m = comps[i]
@@ -1074,21 +1132,39 @@ class Explorer:
             pod for pod, p in zip(order, state[1:], strict=True) if self.system.pw[p][2] == SILENT
         ]
         checker = TraceChecker(chart=self.spec_chart, unanswered_ok=silent)
+        # A result the duplicate fault sent again is the worker's protocol error:
+        # check must report it, at its line, as the first finding (rule W-4.11).
+        duplicate = next((at + 1 for at, _, event in markers if event == DUPLICATE), None)
+        internal = [m for m in markers if m[2] != DUPLICATE]
         at = 0
         for position, message in enumerate(trace):
-            while at < len(markers) and markers[at][0] <= position:
-                _, pod, event = markers[at]
+            while at < len(internal) and internal[at][0] <= position:
+                _, pod, event = internal[at]
                 checker.internal(TASK_ID, pod, event, excuse=event in _EXCUSED)
                 at += 1
             if checker.feed(encode(message)) is not None:
                 break
-        while at < len(markers):
-            _, pod, event = markers[at]
+        while at < len(internal):
+            _, pod, event = internal[at]
             checker.internal(TASK_ID, pod, event, excuse=event in _EXCUSED)
             at += 1
         result = checker.finish()
         self.traces_checked += 1
-        if not result.ok:
+        if duplicate is not None:
+            finding = result.finding
+            if finding is None or finding.line != duplicate or finding.rule != "W-4.11":
+                said = "accepts it" if finding is None else finding.render()
+                raise _Found(
+                    Violation(
+                        "trace",
+                        f"line {duplicate} of this run is a batch result sent twice (fault "
+                        f"duplicate), which fsm-protocol check should report there under rule "
+                        f"W-4.11; it says: {said}",
+                        at_state=True,
+                    ),
+                    current,
+                )
+        elif not result.ok:
             assert result.finding is not None
             raise _Found(
                 Violation(
@@ -1223,10 +1299,9 @@ class Explorer:
         if kind == W_ACT:
             pend = system.wloc[comp[1]][2]
             state, outs = pend[arg]
-            what = ", then ".join(
-                f"sends {_show(msg)}" if event.startswith("send:") else f"posts {event}"
-                for event, msg in outs
-            )
+            what = ", then ".join(_output(event, msg) for event, msg in outs)
+            if branch & DUP_BRANCH:
+                what += " (fault duplicate: its batch result goes out twice)"
             return f"{pod} ({state}) {what}"
         if kind == W_TIMER:
             return f"{pod}: timer {arg} expires"
@@ -1265,6 +1340,9 @@ class Explorer:
             if kind == "internal":
                 markers.append((len(trace), pod, payload))
                 continue
+            if kind == DUPLICATE:
+                markers.append((len(trace), pod, DUPLICATE))
+                continue
             if kind == "send":
                 sender, recipient, seq = MODELLER, pod, modeller_seq
                 modeller_seq += 1
@@ -1295,8 +1373,22 @@ def _machine(table: BoundTable, leaf: str, bindings: object) -> Machine:
     return machine
 
 
+def _doubled(sends: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``sends`` with its first batch result sent twice, the second marked; None if none."""
+    for k, msg in enumerate(sends):
+        if msg[0] == "EVALUATION_RESULTS" and msg[2] is not None:
+            return (*sends[: k + 1], (*msg, DUPLICATE), *sends[k + 1 :])
+    return None
+
+
 def _recv_event(msg: Msg) -> str:
     return "link_lost" if msg == EOF else f"recv:{msg[0]}"
+
+
+def _output(event: str, msg: Any) -> str:
+    if event.startswith(OFFER_SEND):
+        return f"offers {_show(msg)} (its chart decides)"
+    return f"sends {_show(msg)}" if event.startswith("send:") else f"posts {event}"
 
 
 def _names(mask: int) -> str:
@@ -1306,7 +1398,7 @@ def _names(mask: int) -> str:
 def _show(msg: Any) -> str:
     if msg == EOF:
         return "the end of the stream"
-    typ, body, batch = msg
+    typ, body, batch = msg[:3]
     if typ == "EVALUATION_RESULTS":
         where = "no batch" if batch is None else f"batch {batch}"
         return f"EVALUATION_RESULTS({where}: {', '.join(_item(i) for i in body) or 'no items'})"
