@@ -29,6 +29,7 @@ Reductions (each can be turned off, and tests show they change no verdict):
 
 from __future__ import annotations
 
+import gc
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -97,6 +98,13 @@ USED_SILENCE: Final = 32
 USED_LATE: Final = 64
 USED_DUPLICATE: Final = 128
 _MODELLER_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED
+# A global state is one int: the flags in the low _FLAG_BITS, then each worker's
+# part (an interned id) in _PART_BITS of its own. One int hashes and compares
+# faster than a tuple, and a step of one worker is one addition to it.
+_FLAG_BITS: Final = 8
+_FLAG_MASK: Final = (1 << _FLAG_BITS) - 1
+_PART_BITS: Final = 32
+_PART_MASK: Final = (1 << _PART_BITS) - 1
 
 # Step kinds (the first field of a label).
 W_RECV: Final = 0  # worker i reads its input
@@ -250,6 +258,10 @@ class System:
         self._lloc_id: dict[Any, int] = {}
         self.pw: list[tuple[int, int, int, tuple[Msg, ...], tuple[Msg, ...]]] = []
         self._pw_id: dict[Any, int] = {}
+        # Per part, what the search reads of it on every state: its link, and the
+        # head of its worker-to-modeller channel (None when empty).
+        self.pw_ll: list[int] = []
+        self.pw_head: list[Any] = []
         self._wmemo: dict[Any, Any] = {}
         self._mmemo: dict[Any, Any] = {}
         self._rmemo: dict[Any, Any] = {}
@@ -278,7 +290,11 @@ class System:
         found = self._pw_id.get(key)
         if found is None:
             found = self._pw_id[key] = len(self.pw)
+            if found > _PART_MASK:
+                raise InternalError("more distinct worker parts than a state can number")
             self.pw.append(key)
+            self.pw_ll.append(key[0])
+            self.pw_head.append(key[4][0] if key[4] else None)
         return found
 
     # ---------------------------------------------------------------- worker
@@ -662,11 +678,12 @@ class Explorer:
         self.progress = progress
         self.check_traces = check_traces
         self.faults = system.bounds.faults
-        self.index: dict[tuple[int, ...], int] = {}
-        self.states: list[tuple[int, ...]] = []
+        self.index: dict[int, int] = {}
+        self.states: list[int] = []  # encoded: see _encode
         self.parent = array("q")
         self.label: list[Label | None] = []
-        self.edges_src = array("q")
+        # The graph, forward: state s's successors are edges_dst[edge_start[s]:edge_start[s + 1]].
+        self.edge_start = array("q")
         self.edges_dst = array("q")
         self.ends: list[int] = []
         self.orbit_total = 0
@@ -675,25 +692,21 @@ class Explorer:
         self.traces_checked = 0
         self.trace_keys: set[Any] = set()
         self._previous_order: list[str] = []
-        self._local_cache: dict[tuple[int, int], tuple[tuple[Any, ...], bool]] = {}
+        self.n = system.bounds.workers
+        self.shifts = [_FLAG_BITS + _PART_BITS * k for k in range(self.n)]
+        self._local_cache: dict[int, tuple[tuple[Any, ...], bool, bool]] = {}
+        self._plans: dict[Any, tuple[Any, ...]] = {}
+        self._changes: dict[Any, dict[int, int]] = {}
 
     # ------------------------------------------------------------ successors
 
-    def _canon(self, flags: int, pws: list[int]) -> tuple[int, ...]:
-        if self.symmetry:
-            pws.sort()
-        return (flags, *pws)
+    def _local(self, pw: int, ended: int, i: int) -> tuple[tuple[Any, ...], bool, bool]:
+        """Worker ``i``'s own moves from its part ``pw`` (cached): (moves, busy, ample).
 
-    def _local(self, pw: int, ended: int) -> tuple[tuple[Any, ...], bool]:
-        """One worker's own moves from its part ``pw`` (cached): (moves, busy).
-
-        A move is (kind, argument, branch, new part, violation, flags it sets);
-        busy: it can read a message or run an activity.
+        A move is (label, new part, violation, flags it sets); busy: it can read a
+        message or run an activity; ample: its moves may be expanded alone (its
+        input channel is not empty, or the modeller has ended).
         """
-        key = (pw, ended)
-        found = self._local_cache.get(key)
-        if found is not None:
-            return found
         system = self.system
         comp = system.pw[pw]
         _, wl, ws, m2w, _ = comp
@@ -712,109 +725,230 @@ class Explorer:
         moves = []
         for kind, arg in steps:
             for label, new_flags, new, violation in self._apply(flags, [pw], [comp], kind, 0, arg):
-                moves.append((kind, arg, label[3], new[0], violation, new_flags & ~flags))
-        found = self._local_cache[key] = (tuple(moves), busy)
+                delta = (new[0] - pw) << self.shifts[i]
+                moves.append(
+                    ((kind, i, arg, label[3]), new[0], violation, new_flags & ~flags, delta)
+                )
+        found = (tuple(moves), busy, busy and bool(m2w or ended))
+        self._local_cache[(pw * 2 + (1 if ended else 0)) * self.n + i] = found
         return found
 
-    def successors(self, state: tuple[int, ...]) -> tuple[list[Any], bool]:
-        """The moves to expand from ``state``, and whether it is quiescent.
+    def _plan(
+        self, mflags: int, lls: tuple[int, ...], kind: int, i: int, arg: Any, msg: Any = None
+    ) -> tuple[Any, ...]:
+        """A modeller step as the search applies it (cached by the caller).
 
-        A move is (label, flags, parts in this state's worker order, violation).
-        Quiescent: no message can be read and no activity has output left. Only
-        then may timers expire, and only after a fault that silenced a party
-        (crash, silence); otherwise a quiescent state that is not an end is a
-        deadlock.
+        (label, flags it sets, changes, violation, local): ``changes`` lists, for
+        each worker whose part changes, (position, memo of part to new part, the
+        change), so a step from a state only looks parts up in those memos.
         """
         system = self.system
-        flags = state[0]
-        pws = state[1:]
-        n = len(pws)
+        used = 0
+        if kind == M_RECV:
+            result = system.read(mflags, lls, i, msg)
+        else:
+            if kind == CANCEL:
+                event, used = USER_CANCEL_EVENT, USED_CANCEL
+            elif kind == LATE:
+                event, used = arg, USED_LATE
+            else:
+                event = arg
+            result = system.modeller_step(mflags, lls, i, event, None)
+        new_flags, lls2, sends, violation, _log, ended_now, local = result
+        changes = []
+        for j in range(len(lls)):
+            popped = j == i and kind == M_RECV
+            if popped or lls2[j] != lls[j] or sends[j] or ended_now:
+                change = (lls2[j], sends[j], popped, ended_now)
+                memo = self._changes.get(change)
+                if memo is None:
+                    memo = self._changes[change] = {}
+                changes.append((j, memo, change))
+        label = (kind, i, result if kind == M_RECV else arg, 0)
+        return (label, new_flags | used, tuple(changes), violation, local)
+
+    def _changed(self, p: int, change: tuple[Any, ...], memo: dict[int, int]) -> int:
+        """Part ``p`` after a modeller step's ``change`` to it (see :meth:`_modeller_move`)."""
+        ll2, sends, popped, ended_now = change
+        _, wl, ws, m2w, w2m = self.system.pw[p]
+        if popped:
+            w2m = w2m[1:]
+        if ws < CRASHED:
+            if sends:
+                m2w = m2w + sends
+            if ended_now:
+                m2w = (*m2w, EOF)
+        if ended_now:
+            w2m = ()
+        found = memo[p] = self.system.intern_pw((ll2, wl, ws, m2w, w2m))
+        return found
+
+    def successors(self, state: int) -> tuple[list[Any], bool]:
+        """The moves to expand from ``state`` (see :meth:`_encode`), and whether it is quiescent.
+
+        A move is (successor state, label, violation). Quiescent: no message can
+        be read and no activity has output left. Only then may timers expire,
+        and only after a fault that silenced a party (crash, silence); otherwise
+        a quiescent state that is not an end is a deadlock.
+
+        This is the search's hot loop: everything a step needs of a worker's part
+        or of the modeller is cached (:meth:`_local`, :meth:`_plan`), so a state
+        costs a few dictionary look-ups, and a worker's own move, without the
+        symmetry reduction, one addition to the encoded state.
+        """
+        system = self.system
+        flags = state & _FLAG_MASK
+        shifts = self.shifts
+        pws = [(state >> shift) & _PART_MASK for shift in shifts]
+        n = self.n
         ended = flags & MODELLER_ENDED
-        faults = self.faults
         por = self.por
-        table = system.pw
-        comps = [table[p] for p in pws]
+        symmetry = self.symmetry
         mflags = flags & _MODELLER_FLAGS
-        lls = tuple([c[0] for c in comps])
+        heads = system.pw_head
+        part_ll = system.pw_ll
+        lls = tuple([part_ll[p] for p in pws])
         busy = False
         local_moves = []
         ample_worker = -1
         ample_read = -1
-        reads: list[tuple[int, Any]] = []
+        reads: list[tuple[Any, ...]] = []
         enabled = 0
         local_get = self._local_cache.get
-        read_get = system._rmemo.get
+        plan_get = self._plans.get
+        base = 1 if ended else 0
         for i in range(n):
-            comp = comps[i]
-            cached = local_get((pws[i], ended))
-            moves, own = cached if cached is not None else self._local(pws[i], ended)
+            p = pws[i]
+            cached = local_get((p * 2 + base) * n + i)
+            moves, own, alone = cached if cached is not None else self._local(p, ended, i)
             local_moves.append(moves)
             enabled += len(moves)
             if own:
                 busy = True
-                if ample_worker < 0 and (comp[3] or ended):
+                if ample_worker < 0 and alone:
                     # Every move of this worker: what the modeller sends later queues
                     # behind the message at the head, so nothing can overtake these.
                     ample_worker = i
-            w2m = comp[4]
-            if w2m and not ended:
+            head = heads[p]
+            if head is not None and not ended:
                 busy = True
-                head = w2m[0]
-                result = read_get((mflags, lls, i, head))
-                if result is None:
-                    result = system.read(mflags, lls, i, head)
-                reads.append((i, result))
-                if ample_read < 0 and result[6]:
-                    ample_read = i
+                key = (mflags, lls, i, head)
+                plan = plan_get(key)
+                if plan is None:
+                    plan = self._plans[key] = self._plan(mflags, lls, M_RECV, i, None, head)
+                reads.append(plan)
+                if ample_read < 0 and plan[4]:
+                    ample_read = len(reads) - 1
         out: list[Any] = []
         if por and ample_read >= 0:
-            result = next(r for j, r in reads if j == ample_read)
-            out.append(
-                self._modeller_move(flags, pws, comps, M_RECV, ample_read, result, result, 0)
-            )
+            self._steps(out, state, pws, [reads[ample_read]])
             self.enabled_total += enabled + len(reads)
             self.expanded_total += 1
             return out, False
         if por and ample_worker >= 0:
-            self._moves(out, flags, pws, ample_worker, local_moves[ample_worker])
+            self._moves(out, state, pws, ample_worker, local_moves[ample_worker])
             self.enabled_total += enabled + len(reads)
             self.expanded_total += len(local_moves[ample_worker])
             return out, False
-        for i in range(n):
-            for kind, arg, branch, new_pw, violation, bits in local_moves[i]:
-                new = list(pws)
-                new[i] = new_pw
-                out.append(((kind, i, arg, branch), flags | bits, new, violation))
-        for i, result in reads:
-            out.append(self._modeller_move(flags, pws, comps, M_RECV, i, result, result, 0))
+        if symmetry:
+            for i in range(n):
+                self._moves(out, state, pws, i, local_moves[i])
+        else:
+            # _moves without symmetry, written out: the hottest loop of the search.
+            append = out.append
+            for moves in local_moves:
+                for label, _, violation, bits, delta in moves:
+                    append(((state + delta) | bits, label, violation))
+        self._steps(out, state, pws, reads)
         global_steps: list[tuple[int, int, Any]] = []
+        faults = self.faults
         if not ended and faults:
             if "cancel" in faults and not flags & USED_CANCEL:
                 global_steps.append((CANCEL, -1, None))
             if "late-accept" in faults and not flags & USED_LATE:
                 for i in range(n):
-                    leaf = system.lloc[comps[i][0]][0]
+                    leaf = system.lloc[lls[i]][0]
                     if "response_timeout" in system.mc.expected[leaf]:
                         global_steps.append((LATE, i, "response_timeout"))
         if not busy and flags & (USED_CRASH | USED_SILENCE):
+            comps = [system.pw[p] for p in pws]
             timer_steps: list[list[tuple[int, Any]]] = [[] for _ in range(n)]
             self._timers(comps, timer_steps, global_steps, ended)
             for i in range(n):
                 global_steps.extend((k, i, a) for k, a in timer_steps[i])
+        plans = []
         for kind, i, arg in global_steps:
-            out.extend(self._apply(flags, list(pws), comps, kind, i, arg))
-        self.enabled_total += enabled + len(reads) + len(global_steps)
-        self.expanded_total += enabled + len(reads) + len(global_steps)
+            if kind == W_TIMER:
+                comps = [system.pw[p] for p in pws]
+                for label, new_flags, new, violation in self._apply(
+                    flags, list(pws), comps, kind, i, arg
+                ):
+                    out.append((self._encode(new_flags, new), label, violation))
+                continue
+            step_key = (mflags, lls, i, kind, arg)
+            found = plan_get(step_key)
+            if found is None:
+                found = self._plans[step_key] = self._plan(mflags, lls, kind, i, arg)
+            plans.append(found)
+        self._steps(out, state, pws, plans)
+        count = enabled + len(reads) + len(global_steps)
+        self.enabled_total += count
+        self.expanded_total += count
         return out, not busy
 
-    @staticmethod
-    def _moves(
-        out: list[Any], flags: int, pws: tuple[int, ...], i: int, moves: tuple[Any, ...]
+    def _encode(self, flags: int, pws: list[int]) -> int:
+        """A state as one int: the flags, then each worker's part (sorted, with symmetry)."""
+        if self.symmetry:
+            pws.sort()
+        state = flags
+        for shift, p in zip(self.shifts, pws, strict=True):
+            state |= p << shift
+        return state
+
+    def _decode(self, state: int) -> tuple[int, ...]:
+        """``(flags, part of worker 0, part of worker 1, ...)`` of an encoded state."""
+        return (state & _FLAG_MASK, *((state >> shift) & _PART_MASK for shift in self.shifts))
+
+    def _steps(
+        self, out: list[Any], state: int, pws: list[int], plans: Sequence[tuple[Any, ...]]
     ) -> None:
-        for kind, arg, branch, new_pw, violation, bits in moves:
-            new = list(pws)
-            new[i] = new_pw
-            out.append(((kind, i, arg, branch), flags | bits, new, violation))
+        """Append the successors that the modeller steps ``plans`` lead to."""
+        symmetry = self.symmetry
+        shifts = self.shifts
+        changed = self._changed
+        keep = state & ~_MODELLER_FLAGS
+        for label, bits, changes, violation, _ in plans:
+            if symmetry:
+                new = list(pws)
+                for j, memo, change in changes:
+                    p = new[j]
+                    q = memo.get(p)
+                    new[j] = q if q is not None else changed(p, change, memo)
+                succ = self._encode(keep & _FLAG_MASK | bits, new)
+            else:
+                succ = keep
+                for j, memo, change in changes:
+                    p = pws[j]
+                    q = memo.get(p)
+                    if q is None:
+                        q = changed(p, change, memo)
+                    succ += (q - p) << shifts[j]
+                succ |= bits
+            out.append((succ, label, violation))
+
+    def _moves(
+        self, out: list[Any], state: int, pws: list[int], i: int, moves: tuple[Any, ...]
+    ) -> None:
+        """Append the successors of worker ``i``'s own ``moves``."""
+        if self.symmetry:
+            flags = state & _FLAG_MASK
+            for label, q, violation, bits, _ in moves:
+                new = list(pws)
+                new[i] = q
+                out.append((self._encode(flags | bits, new), label, violation))
+        else:
+            for label, _, violation, bits, delta in moves:
+                out.append(((state + delta) | bits, label, violation))
 
     def _timers(
         self,
@@ -934,14 +1068,28 @@ class Explorer:
     # ---------------------------------------------------------------- search
 
     def run(self) -> ExploreResult:
+        # The search makes millions of tuples that live to the end and no reference
+        # cycles but a few (the modeller step's bindings and machines): the cyclic
+        # collector would scan the growing state table again and again, for nothing.
+        # It is off while the search runs, with a young-generation sweep now and then.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self) -> ExploreResult:
         start = time.perf_counter()
         system = self.system
         index = self.index
         states = self.states
         parent = self.parent
         labels = self.label
-        src, dst = self.edges_src, self.edges_dst
-        for s in system.initial_states():
+        starts, dst = self.edge_start, self.edges_dst
+        for initial in system.initial_states():
+            s = self._encode(initial[0], list(initial[1:]))
             if s not in index:
                 index[s] = len(states)
                 states.append(s)
@@ -952,7 +1100,13 @@ class Explorer:
         transitions = 0
         last_report = start
         head = 0
-        symmetry = self.symmetry
+        successors = self.successors
+        index_get = index.get
+        states_append = states.append
+        parent_append = parent.append
+        labels_append = labels.append
+        starts_append = starts.append
+        dst_append = dst.append
         try:
             while head < len(states):
                 state = states[head]
@@ -961,30 +1115,30 @@ class Explorer:
                 if self.max_states is not None and len(states) > self.max_states:
                     verdict = "limit"
                     break
-                moves, quiescent = self.successors(state)
+                moves, quiescent = successors(state)
                 if quiescent:
-                    self._quiescent(current, state, moves)
-                for label, flags, pws, violation in moves:
-                    transitions += 1
-                    if symmetry:
-                        pws.sort()
-                    succ = (flags, *pws)
-                    found = index.get(succ)
+                    self._quiescent(current, self._decode(state), moves)
+                transitions += len(moves)
+                starts_append(len(dst))
+                for succ, label, violation in moves:
+                    found = index_get(succ)
                     if found is None:
                         found = index[succ] = len(states)
-                        states.append(succ)
-                        parent.append(current)
-                        labels.append(label)
-                    src.append(current)
-                    dst.append(found)
+                        states_append(succ)
+                        parent_append(current)
+                        labels_append(label)
+                    dst_append(found)
                     if violation is not None:
                         raise _Found(violation, found)
+                if head & 0xFFFF == 0:
+                    gc.collect(1)
                 if self.progress is not None and head & 0x3FFF == 0:
                     now = time.perf_counter()
                     if now - last_report >= 1.0:
                         last_report = now
                         self.progress(len(states), now - start)
             if verdict == "ok":
+                starts_append(len(dst))
                 self._progress_check()
         except _Found as found:
             verdict = "violation"
@@ -994,7 +1148,7 @@ class Explorer:
             # The mean orbit over an even sample of at most 65,536 states.
             stride = max(1, len(states) // 65536)
             sample = states[::stride]
-            orbit = sum(self._orbit(s) for s in sample) / max(1, len(sample))
+            orbit = sum(self._orbit(self._decode(s)) for s in sample) / max(1, len(sample))
         else:
             orbit = 1.0
         por_factor = self.enabled_total / self.expanded_total if self.expanded_total else 1.0
@@ -1029,7 +1183,7 @@ class Explorer:
     def _quiescent(self, current: int, state: tuple[int, ...], moves: list[Any]) -> None:
         system = self.system
         if not system.is_end(state):
-            if not any(label[0] in (W_TIMER, M_TIMER) for label, _, _, _ in moves):
+            if not any(label[0] in (W_TIMER, M_TIMER) for _, label, _ in moves):
                 raise _Found(self._deadlock(state), current)
             return
         self.ends.append(current)
@@ -1117,17 +1271,17 @@ class Explorer:
         """
         system = self.system
         outcome = []
-        for p in self.states[current][1:]:
+        state = self._decode(self.states[current])
+        for p in state[1:]:
             ll, wl, ws, _, _ = system.pw[p]
             lleaf, ldata = system.lloc[ll]
             wleaf, wdata, _ = system.wloc[wl]
             outcome.append((lleaf, wleaf, ws, ldata[9], wdata[10], wdata[0], wdata[1]))
-        key = (self.states[current][0], tuple(sorted(outcome)))
+        key = (state[0], tuple(sorted(outcome)))
         if key in self.trace_keys:
             return
         self.trace_keys.add(key)
         _, trace, markers, order = self.replay(current)
-        state = self.states[current]
         silent = [
             pod for pod, p in zip(order, state[1:], strict=True) if self.system.pw[p][2] == SILENT
         ]
@@ -1180,29 +1334,30 @@ class Explorer:
         count = len(self.states)
         if not count:
             return
-        src, dst = self.edges_src, self.edges_dst
-        # Reverse adjacency (CSR) and a backwards search from the ends.
-        degree = [0] * (count + 1)
-        for d in dst:
-            degree[d + 1] += 1
-        for k in range(count):
-            degree[k + 1] += degree[k]
-        fill = degree[:]
-        back = array("q", bytes(8 * len(dst)))
-        for s, d in zip(src, dst, strict=True):
-            back[fill[d]] = s
-            fill[d] += 1
+        starts, dst = self.edge_start, self.edges_dst
         reach = bytearray(count)
-        todo = list(self.ends)
-        for e in todo:
+        for e in self.ends:
             reach[e] = 1
-        while todo:
-            d = todo.pop()
-            for k in range(degree[d], degree[d + 1]):
-                s = back[k]
-                if not reach[s]:
-                    reach[s] = 1
-                    todo.append(s)
+        # Backwards over the states, in a few passes: a state reaches an end if one of its
+        # successors does. Most edges lead to a state found later (breadth first), so one
+        # pass settles nearly all; a pass that settles nothing more ends the search.
+        pending: Sequence[int] = range(count - 1, -1, -1)
+        for _ in range(4):
+            left = []
+            for s in pending:
+                if reach[s]:
+                    continue
+                for k in range(starts[s], starts[s + 1]):
+                    if reach[dst[k]]:
+                        reach[s] = 1
+                        break
+                else:
+                    left.append(s)
+            if not left or len(left) == len(pending):
+                break
+            pending = left
+        else:
+            self._reach_backwards(reach)
         stuck = reach.find(0)
         if stuck >= 0:
             raise _Found(
@@ -1214,6 +1369,31 @@ class Explorer:
                 ),
                 stuck,
             )
+
+    def _reach_backwards(self, reach: bytearray) -> None:
+        """Mark in ``reach`` every state from which a marked one is reachable (reverse search)."""
+        count = len(self.states)
+        starts, dst = self.edge_start, self.edges_dst
+        degree = [0] * (count + 1)
+        for d in dst:
+            degree[d + 1] += 1
+        for k in range(count):
+            degree[k + 1] += degree[k]
+        fill = degree[:]
+        back = array("q", bytes(8 * len(dst)))
+        for s in range(count):
+            for k in range(starts[s], starts[s + 1]):
+                d = dst[k]
+                back[fill[d]] = s
+                fill[d] += 1
+        todo = [s for s in range(count) if reach[s]]
+        while todo:
+            d = todo.pop()
+            for k in range(degree[d], degree[d + 1]):
+                s = back[k]
+                if not reach[s]:
+                    reach[s] = 1
+                    todo.append(s)
 
     # ---------------------------------------------------------- counterexample
 
@@ -1237,7 +1417,7 @@ class Explorer:
         path = self._path(target)
         names = _pods(system.bounds.workers)
         # Each stored state keeps its workers sorted; ``order[k]`` is the pod at position k.
-        initial = self.states[path[0]]
+        initial = self._decode(self.states[path[0]])
         order = list(names)
         initial_pws = list(initial[1:])
         events: list[tuple[str, int, Any]] = []
@@ -1253,7 +1433,7 @@ class Explorer:
         previous_order = list(order)
         for k in range(1, len(path)):
             previous_order = list(order)
-            prev = self.states[path[k - 1]]
+            prev = self._decode(self.states[path[k - 1]])
             label = self.label[path[k]]
             assert label is not None
             kind, i, arg, branch = label
@@ -1285,6 +1465,9 @@ class Explorer:
                     break
             assert produced is not None
             new_flags, new_pws = produced
+            if self._encode(new_flags, list(new_pws)) != self.states[path[k]]:
+                # The search's cached steps and the engine's own disagree: a bug here.
+                raise InternalError(f"replaying step {k} of a path reached another state")
             if self.symmetry:
                 ranked = sorted(range(len(new_pws)), key=lambda m: new_pws[m])
                 order = [order[m] for m in ranked]
@@ -1327,7 +1510,7 @@ class Explorer:
         system = self.system
         bounds = system.bounds
         names = _pods(bounds.workers)
-        state = self.states[target]
+        state = self._decode(self.states[target])
         configs = {}
         for pod, p in zip(order, state[1:], strict=True):
             configs[pod] = _echo_config(bounds, system.wloc[system.pw[p][1]][1])
