@@ -694,6 +694,8 @@ class Explorer:
         self._previous_order: list[str] = []
         self.n = system.bounds.workers
         self.shifts = [_FLAG_BITS + _PART_BITS * k for k in range(self.n)]
+        self._messages: dict[Any, tuple[Message, bytes]] = {}
+        self._accounts: dict[tuple[Any, ...], tuple[int, bool, int]] = {}
         self._local_cache: dict[int, tuple[tuple[Any, ...], bool, bool]] = {}
         self._plans: dict[Any, tuple[Any, ...]] = {}
         self._changes: dict[Any, dict[int, int]] = {}
@@ -1209,7 +1211,6 @@ class Explorer:
     def _items(self, state: tuple[int, ...]) -> Violation | None:
         """Spec section 5: every item delivered exactly once, or failed, or cut, or not run."""
         system = self.system
-        bounds = system.bounds
         for n, p in enumerate(state[1:]):
             ll, wl, _, _, _ = system.pw[p]
             link = system.lloc[ll][1]
@@ -1223,10 +1224,7 @@ class Explorer:
                     at_state=True,
                     message=f"an item of worker {{w{n}}} was delivered twice",
                 )
-            prediction = predict_echo(_echo_config(bounds, data), batched=bounds.batched)
-            deliverable = 0
-            for name in prediction.items_with(Fate.DELIVERED):
-                deliverable |= 1 << int(name[1:])
+            deliverable, complete, failed = self._account(data)
             extra = received & ~deliverable
             if extra:
                 return Violation(
@@ -1236,7 +1234,7 @@ class Explorer:
                     "which its Echo job does not deliver",
                 )
             if completed:
-                if not prediction.complete:
+                if not complete:
                     return Violation(
                         "items",
                         at_state=True,
@@ -1250,9 +1248,6 @@ class Explorer:
                         message=f"worker {{w{n}}} completed without delivering "
                         f"{_names(deliverable & ~received)}",
                     )
-                failed = 0
-                for name in prediction.items_with(Fate.FAILED):
-                    failed |= 1 << int(name[1:])
                 if data[7] != failed:
                     return Violation(
                         "items",
@@ -1262,6 +1257,20 @@ class Explorer:
                         f"{_names(failed) or 'nothing'}",
                     )
         return None
+
+    def _account(self, data: tuple[Any, ...]) -> tuple[int, bool, int]:
+        """What a worker's Echo job delivers and fails (bitmasks), and whether it completes."""
+        found = self._accounts.get(data)
+        if found is None:
+            bounds = self.system.bounds
+            prediction = predict_echo(_echo_config(bounds, data), batched=bounds.batched)
+            deliverable = failed = 0
+            for name in prediction.items_with(Fate.DELIVERED):
+                deliverable |= 1 << int(name[1:])
+            for name in prediction.items_with(Fate.FAILED):
+                failed |= 1 << int(name[1:])
+            found = self._accounts[data] = (deliverable, prediction.complete, failed)
+        return found
 
     def _trace_check(self, current: int) -> None:
         """Check one run to each distinct outcome with the trace checker (``fsm-protocol check``).
@@ -1281,7 +1290,7 @@ class Explorer:
         if key in self.trace_keys:
             return
         self.trace_keys.add(key)
-        _, trace, markers, order = self.replay(current)
+        _, _, markers, order, lines = self.replay(current, describe=False)
         silent = [
             pod for pod, p in zip(order, state[1:], strict=True) if self.system.pw[p][2] == SILENT
         ]
@@ -1291,12 +1300,12 @@ class Explorer:
         duplicate = next((at + 1 for at, _, event in markers if event == DUPLICATE), None)
         internal = [m for m in markers if m[2] != DUPLICATE]
         at = 0
-        for position, message in enumerate(trace):
+        for position, line in enumerate(lines):
             while at < len(internal) and internal[at][0] <= position:
                 _, pod, event = internal[at]
                 checker.internal(TASK_ID, pod, event, excuse=event in _EXCUSED)
                 at += 1
-            if checker.feed(encode(message)) is not None:
+            if checker.feed(line) is not None:
                 break
         while at < len(internal):
             _, pod, event = internal[at]
@@ -1407,11 +1416,13 @@ class Explorer:
         return path
 
     def replay(
-        self, target: int
-    ) -> tuple[list[str], list[Message], list[tuple[int, str, str]], list[str]]:
+        self, target: int, *, describe: bool = True
+    ) -> tuple[list[str], list[Message], list[tuple[int, str, str]], list[str], list[bytes]]:
         """Re-run the path to ``target``: its steps, the modeller's trace, the internal markers.
 
-        Returns the pod names in the order of ``target``'s workers as well.
+        Returns the pod names in the order of ``target``'s workers as well, and
+        the trace's lines as ``fsm-protocol check`` reads them. Without
+        ``describe``, the steps are not put in words (they stay empty).
         """
         system = self.system
         path = self._path(target)
@@ -1441,7 +1452,8 @@ class Explorer:
             pws = list(prev[1:])
             comps = [system.pw[p] for p in pws]
             pod = order[i]
-            steps.append(self._describe(kind, pod, arg, comps[i], branch))
+            if describe:
+                steps.append(self._describe(kind, pod, arg, comps[i], branch))
             if kind in (M_RECV, M_TIMER, LATE, CANCEL):
                 lls = tuple(c[0] for c in comps)
                 if kind == M_RECV:
@@ -1471,9 +1483,9 @@ class Explorer:
             if self.symmetry:
                 ranked = sorted(range(len(new_pws)), key=lambda m: new_pws[m])
                 order = [order[m] for m in ranked]
-        trace, markers = self._render(events, path[-1], order)
+        trace, markers, lines = self._render(events, path[-1], order)
         self._previous_order = previous_order
-        return steps, trace, markers, order
+        return steps, trace, markers, order, lines
 
     def _describe(self, kind: int, pod: str, arg: Any, comp: Any, branch: int) -> str:
         system = self.system
@@ -1505,8 +1517,9 @@ class Explorer:
 
     def _render(
         self, events: list[tuple[str, int, Any]], target: int, order: list[str]
-    ) -> tuple[list[Message], list[tuple[int, str, str]]]:
-        """The modeller's trace of the path (wire messages with real seqs), and internal events."""
+    ) -> tuple[list[Message], list[tuple[int, str, str]], list[bytes]]:
+        """The modeller's trace of the path (wire messages with real seqs, and encoded), and
+        internal events."""
         system = self.system
         bounds = system.bounds
         names = _pods(bounds.workers)
@@ -1517,7 +1530,9 @@ class Explorer:
         modeller_seq = 0
         worker_seq = dict.fromkeys(names, 0)
         trace: list[Message] = []
+        lines: list[bytes] = []
         markers: list[tuple[int, str, str]] = []
+        memo = self._messages
         for kind, j, payload in events:
             pod = names[j]
             if kind == "internal":
@@ -1532,13 +1547,19 @@ class Explorer:
             else:
                 sender, recipient, seq = pod, MODELLER, worker_seq[pod]
                 worker_seq[pod] += 1
-            trace.append(
-                _message(payload, sender, recipient, seq, pod, names, configs[pod], bounds)
-            )
-        return trace, markers
+            key = (payload, sender, seq, pod, configs[pod])
+            found = memo.get(key)
+            if found is None:
+                message = _message(
+                    payload, sender, recipient, seq, pod, names, configs[pod], bounds
+                )
+                found = memo[key] = (message, encode(message))
+            trace.append(found[0])
+            lines.append(found[1])
+        return trace, markers, lines
 
     def counterexample(self, target: int, violation: Violation) -> Counterexample:
-        steps, trace, markers, order = self.replay(target)
+        steps, trace, markers, order, _ = self.replay(target)
         named = violation.named(order if violation.at_state else self._previous_order)
         return Counterexample(named, tuple(steps), tuple(trace), tuple(markers))
 
