@@ -546,6 +546,12 @@ class System:
             and before == _signature(task.links[index])
             and all(new_lls[j] == lls[j] and not sends[j] for j in range(len(lls)) if j != index)
         )
+        # Links and their machines point at each other, and at the task: break those
+        # cycles, so that reference counting frees them (the search runs without the
+        # cyclic collector, see Explorer.run).
+        for link in task.links:
+            del link.machine
+        task.links.clear()
         return (
             flags,
             new_lls,
@@ -1073,7 +1079,7 @@ class Explorer:
         # The search makes millions of tuples that live to the end and no reference
         # cycles but a few (the modeller step's bindings and machines): the cyclic
         # collector would scan the growing state table again and again, for nothing.
-        # It is off while the search runs, with a young-generation sweep now and then.
+        # It is off while the search runs (the few cycles a step makes are broken by hand).
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -1132,8 +1138,6 @@ class Explorer:
                     dst_append(found)
                     if violation is not None:
                         raise _Found(violation, found)
-                if head & 0xFFFF == 0:
-                    gc.collect(1)
                 if self.progress is not None and head & 0x3FFF == 0:
                     now = time.perf_counter()
                     if now - last_report >= 1.0:
