@@ -97,6 +97,8 @@ USED_CRASH: Final = 16
 USED_SILENCE: Final = 32
 USED_LATE: Final = 64
 USED_DUPLICATE: Final = 128
+# The flags that the user's cancel and late answers depend on (Explorer._global_plans).
+_CONTEXT_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED | USED_CANCEL | USED_LATE
 _MODELLER_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED
 # A global state is one int: the flags in the low _FLAG_BITS, then each worker's
 # part (an interned id) in _PART_BITS of its own. One int hashes and compares
@@ -704,6 +706,7 @@ class Explorer:
         self._accounts: dict[tuple[Any, ...], tuple[int, bool, int]] = {}
         self._local_cache: dict[int, tuple[tuple[Any, ...], bool, bool]] = {}
         self._plans: dict[Any, tuple[Any, ...]] = {}
+        self._globals: dict[Any, tuple[Any, ...]] = {}
         self._changes: dict[Any, dict[int, int]] = {}
 
     # ------------------------------------------------------------ successors
@@ -867,24 +870,30 @@ class Explorer:
             for moves in local_moves:
                 for label, _, violation, bits, delta in moves:
                     append(((state + delta) | bits, label, violation))
-        self._steps(out, state, pws, reads)
+        if reads:
+            self._steps(out, state, pws, reads)
+        count = enabled + len(reads)
+        if not ended and self.faults:
+            # The user's cancel and late answers, when asked for and still unused.
+            context = (flags & _CONTEXT_FLAGS, lls)
+            plans = self._globals.get(context)
+            if plans is None:
+                plans = self._global_plans(*context)
+            if plans:
+                self._steps(out, state, pws, plans)
+                count += len(plans)
+        if busy:
+            self.enabled_total += count
+            self.expanded_total += count
+            return out, False
         global_steps: list[tuple[int, int, Any]] = []
-        faults = self.faults
-        if not ended and faults:
-            if "cancel" in faults and not flags & USED_CANCEL:
-                global_steps.append((CANCEL, -1, None))
-            if "late-accept" in faults and not flags & USED_LATE:
-                for i in range(n):
-                    leaf = system.lloc[lls[i]][0]
-                    if "response_timeout" in system.mc.expected[leaf]:
-                        global_steps.append((LATE, i, "response_timeout"))
-        if not busy and flags & (USED_CRASH | USED_SILENCE):
+        if flags & (USED_CRASH | USED_SILENCE):
             comps = [system.pw[p] for p in pws]
             timer_steps: list[list[tuple[int, Any]]] = [[] for _ in range(n)]
             self._timers(comps, timer_steps, global_steps, ended)
             for i in range(n):
                 global_steps.extend((k, i, a) for k, a in timer_steps[i])
-        plans = []
+        timer_plans = []
         for kind, i, arg in global_steps:
             if kind == W_TIMER:
                 comps = [system.pw[p] for p in pws]
@@ -897,12 +906,28 @@ class Explorer:
             found = plan_get(step_key)
             if found is None:
                 found = self._plans[step_key] = self._plan(mflags, lls, kind, i, arg)
-            plans.append(found)
-        self._steps(out, state, pws, plans)
-        count = enabled + len(reads) + len(global_steps)
+            timer_plans.append(found)
+        if timer_plans:
+            self._steps(out, state, pws, timer_plans)
+        count += len(global_steps)
         self.enabled_total += count
         self.expanded_total += count
-        return out, not busy
+        return out, True
+
+    def _global_plans(self, cflags: int, lls: tuple[int, ...]) -> tuple[Any, ...]:
+        """The plans of the user's cancel and of late answers from a modeller context (cached)."""
+        system = self.system
+        faults = self.faults
+        mflags = cflags & _MODELLER_FLAGS
+        plans = []
+        if "cancel" in faults and not cflags & USED_CANCEL:
+            plans.append(self._plan(mflags, lls, CANCEL, -1, None))
+        if "late-accept" in faults and not cflags & USED_LATE:
+            for i in range(self.n):
+                if "response_timeout" in system.mc.expected[system.lloc[lls[i]][0]]:
+                    plans.append(self._plan(mflags, lls, LATE, i, "response_timeout"))
+        found = self._globals[(cflags, lls)] = tuple(plans)
+        return found
 
     def _encode(self, flags: int, pws: list[int]) -> int:
         """A state as one int: the flags, then each worker's part (sorted, with symmetry)."""
