@@ -97,7 +97,7 @@ USED_CRASH: Final = 16
 USED_SILENCE: Final = 32
 USED_LATE: Final = 64
 USED_DUPLICATE: Final = 128
-# The flags that the user's cancel and late answers depend on (Explorer._global_plans).
+# The flags that the modeller's part of a step depends on (see Explorer._context).
 _CONTEXT_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED | USED_CANCEL | USED_LATE
 _MODELLER_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED
 # A global state is one int: the flags in the low _FLAG_BITS, then each worker's
@@ -706,7 +706,7 @@ class Explorer:
         self._accounts: dict[tuple[Any, ...], tuple[int, bool, int]] = {}
         self._local_cache: dict[int, tuple[tuple[Any, ...], bool, bool]] = {}
         self._plans: dict[Any, tuple[Any, ...]] = {}
-        self._globals: dict[Any, tuple[Any, ...]] = {}
+        self._contexts: dict[Any, tuple[Any, ...]] = {}
         self._changes: dict[Any, dict[int, int]] = {}
 
     # ------------------------------------------------------------ successors
@@ -819,6 +819,14 @@ class Explorer:
         heads = system.pw_head
         part_ll = system.pw_ll
         lls = tuple([part_ll[p] for p in pws])
+        plans: tuple[Any, ...] = ()
+        memos: list[dict[Any, tuple[Any, ...]]] = []
+        if not ended:
+            context = (flags & _CONTEXT_FLAGS, lls)
+            found_context = self._contexts.get(context)
+            if found_context is None:
+                found_context = self._context(*context)
+            plans, memos = found_context
         busy = False
         local_moves = []
         ample_worker = -1
@@ -843,10 +851,9 @@ class Explorer:
             head = heads[p]
             if head is not None and not ended:
                 busy = True
-                key = (mflags, lls, i, head)
-                plan = plan_get(key)
+                plan = memos[i].get(head)
                 if plan is None:
-                    plan = self._plans[key] = self._plan(mflags, lls, M_RECV, i, None, head)
+                    plan = memos[i][head] = self._plan(mflags, lls, M_RECV, i, None, head)
                 reads.append(plan)
                 if ample_read < 0 and plan[4]:
                     ample_read = len(reads) - 1
@@ -873,15 +880,10 @@ class Explorer:
         if reads:
             self._steps(out, state, pws, reads)
         count = enabled + len(reads)
-        if not ended and self.faults:
+        if not ended and plans:
             # The user's cancel and late answers, when asked for and still unused.
-            context = (flags & _CONTEXT_FLAGS, lls)
-            plans = self._globals.get(context)
-            if plans is None:
-                plans = self._global_plans(*context)
-            if plans:
-                self._steps(out, state, pws, plans)
-                count += len(plans)
+            self._steps(out, state, pws, plans)
+            count += len(plans)
         if busy:
             self.enabled_total += count
             self.expanded_total += count
@@ -914,8 +916,14 @@ class Explorer:
         self.expanded_total += count
         return out, True
 
-    def _global_plans(self, cflags: int, lls: tuple[int, ...]) -> tuple[Any, ...]:
-        """The plans of the user's cancel and of late answers from a modeller context (cached)."""
+    def _context(self, cflags: int, lls: tuple[int, ...]) -> tuple[Any, ...]:
+        """What the modeller offers, given its flags and links (cached): (steps, reads).
+
+        ``steps`` are the plans of the user's cancel and of late answers, when
+        those faults are asked for and still unused; ``reads[i]`` maps the
+        message at the head of worker ``i``'s channel to the plan of reading it
+        (filled as the search meets them).
+        """
         system = self.system
         faults = self.faults
         mflags = cflags & _MODELLER_FLAGS
@@ -926,7 +934,8 @@ class Explorer:
             for i in range(self.n):
                 if "response_timeout" in system.mc.expected[system.lloc[lls[i]][0]]:
                     plans.append(self._plan(mflags, lls, LATE, i, "response_timeout"))
-        found = self._globals[(cflags, lls)] = tuple(plans)
+        reads: list[dict[Any, tuple[Any, ...]]] = [{} for _ in range(self.n)]
+        found = self._contexts[(cflags, lls)] = (tuple(plans), reads)
         return found
 
     def _encode(self, flags: int, pws: list[int]) -> int:
