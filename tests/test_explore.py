@@ -14,7 +14,7 @@ from fsm_protocol._check._checker import TraceChecker
 from fsm_protocol._cli._main import main
 from fsm_protocol._core._chart import Chart, Role
 from fsm_protocol._explore._charts import load_for_explore
-from fsm_protocol._explore._explorer import ExploreResult, explore
+from fsm_protocol._explore._explorer import Explorer, ExploreResult, System, explore
 from fsm_protocol._explore._model import Bounds
 from fsm_protocol._export._sequence import read_trace, to_mermaid_sequence
 from fsm_protocol._wire._messages import MessageType, encode
@@ -275,6 +275,39 @@ def test_a_worker_chart_that_lets_a_second_estimate_out_is_found(tmp_path: Path)
     estimates = [m for m in trace if m.type == MessageType.NUMBER_OF_BATCHES and m.body == 1]
     assert len(estimates) == 2
     assert rule == "W-4.10" and "NUMBER_OF_BATCHES is allowed there only at most once" in message
+
+
+@pytest.mark.parametrize(
+    ("mutant", "bounds"),
+    [
+        (None, _bounds(2, 1, 1, "silence")),
+        (None, _bounds(1, 2, 1, "crash,cancel")),
+        (LOST_LINK_CANCELS_NOBODY, _bounds(2, 1, 1, "silence")),
+    ],
+)
+def test_the_progress_check_settles_every_state_as_a_reverse_search_does(
+    tmp_path: Path, mutant: tuple[str, str, str] | None, bounds: Bounds
+) -> None:
+    # The no-progress check marks, backwards in a few passes, the states from which an
+    # end is reachable; on graphs with cycles that must be exactly what a search over
+    # the reversed edges finds (passes=0), however few passes it is allowed.
+    modeller = _mutated(tmp_path, mutant) if mutant is not None else None
+    system = System(
+        bounds, load_for_explore(Role.WORKER), load_for_explore(Role.MODELLER, modeller)
+    )
+    explorer = Explorer(system, symmetry=False, por=False, check_traces=False)
+    result = explorer.run()  # the check runs once the graph is complete
+    if mutant is None:
+        assert result.verdict == "ok"
+    else:
+        assert result.counterexample is not None
+        assert result.counterexample.violation.check == "no-progress"
+    assert len(explorer.edge_start) == len(explorer.states) + 1
+    reverse = explorer.reaching_ends(passes=0)
+    assert 0 < reverse.count(1) <= len(explorer.states)
+    assert (reverse.find(0) >= 0) is (mutant is not None)
+    for passes in (1, 2, 4, 100):
+        assert explorer.reaching_ends(passes=passes) == reverse
 
 
 # ------------------------------------------------------------------ reductions

@@ -1378,18 +1378,34 @@ class Explorer:
 
     def _progress_check(self) -> None:
         """No run may go on for ever without progress: from every state an end is reachable."""
+        stuck = self.reaching_ends().find(0)
+        if stuck >= 0:
+            raise _Found(
+                Violation(
+                    at_state=True,
+                    check="no-progress",
+                    message="from here no run reaches an end: the system can only go round a cycle "
+                    "(for example ONLINE_CHECK and ONLINE_RESPONSE for ever)",
+                ),
+                stuck,
+            )
+
+    def reaching_ends(self, passes: int = 4) -> bytearray:
+        """Per state of a finished search, 1 if some run from it reaches an end, else 0.
+
+        Backwards over the states, in up to ``passes`` passes: a state reaches an
+        end if one of its successors does. Most edges lead to a state found later
+        (breadth first), so one pass settles nearly all; a pass that settles
+        nothing more ends it. If the passes run out first, a search backwards
+        over the reversed edges settles the rest.
+        """
         count = len(self.states)
-        if not count:
-            return
         starts, dst = self.edge_start, self.edges_dst
         reach = bytearray(count)
         for e in self.ends:
             reach[e] = 1
-        # Backwards over the states, in a few passes: a state reaches an end if one of its
-        # successors does. Most edges lead to a state found later (breadth first), so one
-        # pass settles nearly all; a pass that settles nothing more ends the search.
         pending: Sequence[int] = range(count - 1, -1, -1)
-        for _ in range(4):
+        for _ in range(passes):
             left = []
             for s in pending:
                 if reach[s]:
@@ -1401,21 +1417,10 @@ class Explorer:
                 else:
                     left.append(s)
             if not left or len(left) == len(pending):
-                break
+                return reach
             pending = left
-        else:
-            self._reach_backwards(reach)
-        stuck = reach.find(0)
-        if stuck >= 0:
-            raise _Found(
-                Violation(
-                    at_state=True,
-                    check="no-progress",
-                    message="from here no run reaches an end: the system can only go round a cycle "
-                    "(for example ONLINE_CHECK and ONLINE_RESPONSE for ever)",
-                ),
-                stuck,
-            )
+        self._reach_backwards(reach)
+        return reach
 
     def _reach_backwards(self, reach: bytearray) -> None:
         """Mark in ``reach`` every state from which a marked one is reachable (reverse search)."""
