@@ -249,8 +249,11 @@ def test_a_modeller_that_takes_a_duplicate_result_is_found(tmp_path: Path) -> No
     assert result.counterexample is not None
     violation = result.counterexample.violation
     assert violation.check == "duplicate-result" and "W-4.11" in violation.message
-    assert "(fault duplicate: its batch result goes out twice)" in "".join(
-        result.counterexample.steps
+    steps = result.counterexample.steps
+    assert steps[-3].endswith("(fault duplicate: its batch result goes out twice)")
+    assert steps[-2] == "the modeller reads EVALUATION_RESULTS(batch 0: i0) from explore/w0"
+    assert steps[-1] == (
+        "the modeller reads EVALUATION_RESULTS(batch 0: i0) from explore/w0 again (fault duplicate)"
     )
     # check rejects the trace at the duplicate, for the same rule.
     line, rule, message = _check_finding(result)

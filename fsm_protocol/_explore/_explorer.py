@@ -1545,7 +1545,8 @@ class Explorer:
             return f"{pod}: timer {arg} expires"
         if kind == M_RECV:
             msg = comp[4][0]
-            return f"the modeller reads {_show(msg)} from {pod}"
+            again = " again (fault duplicate)" if len(msg) == 4 else ""
+            return f"the modeller reads {_show(msg)} from {pod}{again}"
         if kind == M_TIMER:
             return f"the modeller's timer {arg} for {pod} expires"
         if kind == LATE:
