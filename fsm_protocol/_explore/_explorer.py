@@ -2,16 +2,18 @@
 
 The system is one modeller (one modeller-chart machine per worker, plus the
 rules that span them) and N worker-chart machines, joined by FIFO channels,
-one per direction per worker. A global state is a tuple of small ints: flags,
-then one number per worker that stands for (its link's leaf and data, its
-leaf and data and the rest of its running activity, its status, both
+one per direction per worker. A global state is one int: flag bits, then one
+interned number per worker (its *part*) that stands for (its link's leaf and
+data, its leaf and data and the rest of its running activity, its status, both
 channels). The search is breadth first, so the first violation found has a
 shortest path in the graph explored.
 
 Every step is an engine step: :class:`Machine.fire` on the compiled table with
 the bindings of :mod:`._model`. Steps are memoised per component (a worker's
-local state and event; the modeller's links and event), so each distinct local
-step runs the engine once and the search itself only combines tuples.
+part; the modeller's flags, links and event), so each distinct local step runs
+the engine once, and the search itself only adds to the state int (a worker's
+own move is its new part minus its old, shifted to its place) and looks parts
+up in the memo of a modeller step's change to them.
 
 Reductions (each can be turned off, and tests show they change no verdict):
 
