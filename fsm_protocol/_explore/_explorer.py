@@ -1151,12 +1151,14 @@ class Explorer:
         labels_append = labels.append
         starts_append = starts.append
         dst_append = dst.append
+        limit = self.max_states if self.max_states is not None else -1
+        progress = self.progress
         try:
             while head < len(states):
                 state = states[head]
                 current = head
                 head += 1
-                if self.max_states is not None and len(states) > self.max_states:
+                if 0 <= limit < len(states):
                     verdict = "limit"
                     break
                 moves, quiescent = successors(state)
@@ -1174,11 +1176,11 @@ class Explorer:
                     dst_append(found)
                     if violation is not None:
                         raise _Found(violation, found)
-                if self.progress is not None and head & 0x3FFF == 0:
+                if progress is not None and head & 0x3FFF == 0:
                     now = time.perf_counter()
                     if now - last_report >= 1.0:
                         last_report = now
-                        self.progress(len(states), now - start)
+                        progress(len(states), now - start)
             if verdict == "ok":
                 starts_append(len(dst))
                 self._progress_check()
