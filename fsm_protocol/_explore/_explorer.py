@@ -887,8 +887,9 @@ class Explorer:
             self._steps(out, state, pws, plans)
             count += len(plans)
         if busy:
-            self.enabled_total += count
-            self.expanded_total += count
+            if por:  # the partial-order factor's tally (1 without the reduction)
+                self.enabled_total += count
+                self.expanded_total += count
             return out, False
         global_steps: list[tuple[int, int, Any]] = []
         if flags & (USED_CRASH | USED_SILENCE):
@@ -914,8 +915,9 @@ class Explorer:
         if timer_plans:
             self._steps(out, state, pws, timer_plans)
         count += len(global_steps)
-        self.enabled_total += count
-        self.expanded_total += count
+        if por:
+            self.enabled_total += count
+            self.expanded_total += count
         return out, True
 
     def _context(self, cflags: int, lls: tuple[int, ...]) -> tuple[Any, ...]:
