@@ -124,7 +124,7 @@ def run_conformance(
     scenarios: Sequence[str | Scenario] | None = None,
     seed: int | None = None,
     generated: int | None = None,
-    timeout: float = 10.0,
+    timeout: float | None = None,
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
@@ -140,8 +140,10 @@ def run_conformance(
             and always in the report, so a failure can be replayed.
         generated: How many generated scenarios; by default 10 with the whole
             catalogue and 0 with named scenarios.
-        timeout: The deadline of each case, in seconds; the kit kills the
-            processes of a case that overruns it (verdict TIMEOUT).
+        timeout: The last-resort cap on one case, in seconds (by default 60
+            times ``time_scale``); the kit kills the processes of a case that
+            overruns it (verdict TIMEOUT). Every step of a case has its own,
+            shorter wait, so a broken implementation meets one of those first.
         time_scale: Multiplies every timing of the kit, for slow implementations.
         transport: How the kit reaches the command: ``"stdio"``, or ``"tcp"`` on
             loopback, with ``{host}``, ``{port}``, ``{pod}`` (worker) or ``{port}`` /

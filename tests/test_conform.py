@@ -102,6 +102,20 @@ async def test_a_silent_worker_times_out_and_never_hangs_the_kit() -> None:
     assert time.monotonic() - started < 10
 
 
+async def test_a_modeller_that_owes_a_job_request_is_named_at_its_own_wait() -> None:
+    """No whole-case deadline: the kit's wait for the owed JOB_REQUEST ends the case."""
+    started = time.monotonic()
+    sleeper = _py("import time; time.sleep(60)")
+    report = await _one("modeller", sleeper, "single-run", time_scale=0.25)
+    (case,) = report.cases
+    assert case.verdict is Verdict.TIMEOUT
+    assert case.reason.startswith(
+        "expected JOB_REQUEST to kit/pod-a within 1.25 s after the CONFORMANCE_SCENARIO line,"
+        " got nothing"
+    )
+    assert time.monotonic() - started < 8
+
+
 async def test_the_case_deadline_kills_what_is_left() -> None:
     started = time.monotonic()
     report = await _one("modeller", _py("import time; time.sleep(60)"), "single-run", timeout=1.0)

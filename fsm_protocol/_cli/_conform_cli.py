@@ -173,7 +173,12 @@ def add_conform(subparsers: Subparsers) -> None:
         help="how many generated scenarios to add (default 10, or 0 with --scenario)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="S", help="per-case deadline (default 10)"
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="last-resort cap on one case (default 60 x the time scale); every step of a case"
+        " has its own, shorter wait",
     )
     parser.add_argument(
         "--time-scale",

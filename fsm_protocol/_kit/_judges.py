@@ -20,7 +20,7 @@ from .._core._shipped import shipped_chart
 from .._runtime._worker import WorkerReport
 from .._wire._messages import AbortReason, Message, MessageType, decode, encode
 from ._endpoints import stderr_detail
-from ._limits import CANCEL_WAIT, EXIT_WAIT, IDLE_WAIT
+from ._limits import CANCEL_WAIT, EXIT_WAIT, IDLE_WAIT, KIT_MODELLER
 from ._modeller_case import ModellerCase
 from ._recording import Marker, Recorder
 from ._scenarios import FaultKind, Scenario, Verdict
@@ -45,6 +45,47 @@ def _check_entries(
         if checker.finding is not None:
             break
     return checker.finish().finding
+
+
+# Messages a worker may send in many states but never owes.
+_OPTIONAL = frozenset({"LOG_MESSAGE", "ONLINE_CHECK", "TASK_ABORT"})
+
+
+def _one_of(names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def _last_line(entries: Sequence[bytes | Marker]) -> str:
+    """The last message of a trace prefix, described, with its line number."""
+    lines = [e for e in entries if isinstance(e, bytes)]
+    if not lines:
+        return "the start"
+    try:
+        obj = json.loads(lines[-1])
+    except ValueError:
+        return f"line {len(lines)}"
+    if not isinstance(obj, dict):
+        return f"line {len(lines)}"
+    who = "the modeller's" if obj.get("sender") == KIT_MODELLER else "its"
+    return f"{who} {describe_message(obj)} (line {len(lines)})"
+
+
+def _line_of(entries: Sequence[bytes | Marker], type_: str, recipient: str) -> str:
+    """`` (line N)`` of the first message of ``type_`` to ``recipient``, or nothing."""
+    number = 0
+    for entry in entries:
+        if isinstance(entry, bytes):
+            number += 1
+            if f'"{type_}"'.encode() in entry:
+                try:
+                    obj = json.loads(entry)
+                except ValueError:
+                    continue
+                if obj.get("type") == type_ and obj.get("recipient") == recipient:
+                    return f" (line {number})"
+    return ""
 
 
 def _decoded(lines: Iterable[bytes]) -> list[Message | None]:
@@ -140,23 +181,29 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
                 recorder.entries[: recorder.lost_at.get(pod)], task_id, worker_under_test=True
             )
             where = recorder.ended_from.get(pod, "?")
-            expected = ""
+            owed = ""
             if silence is not None and silence.pod == pod:
-                texts = [t for t in silence.expected if t.startswith("W:")]
-                expected = f"; it had to send one of: {'; '.join(texts)}" if texts else ""
+                names = [t.split()[1] for t in silence.expected if t.startswith("W:")]
+                # What it had to say, not what it merely may (a log line, a check).
+                names = [n for n in dict.fromkeys(names) if n not in _OPTIONAL] or names
+                if names:
+                    owed = f"expected {_one_of(names)} from it"
+            before = _last_line(recorder.entries[: recorder.lost_at.get(pod)])
+            owed = owed or "expected it to speak"
             return _Judgement(
                 Verdict.TIMEOUT,
-                f"pod {pod} went silent: it sent nothing for {IDLE_WAIT * scale:g} s in state"
-                f" {where}, where the protocol expects it to speak{expected}",
+                f"pod {pod} went silent in state {where}: {owed} within"
+                f" {IDLE_WAIT * scale:g} s after {before}, got nothing",
                 tuple(silence.render("trace").splitlines()) if silence else details,
                 silence,
             )
         if outcome.state == "unconfirmed":
+            line = _line_of(recorder.entries, "TASK_CANCEL", pod)
             return _Judgement(
                 Verdict.FAIL,
-                f"pod {pod} ignored TASK_CANCEL: no TASK_ABORT within {CANCEL_WAIT * scale:g} s"
-                " of the modeller's TASK_CANCEL (a cancelled worker answers with"
-                " TASK_ABORT(CANCELLED_BY_MODELLER) and ends)",
+                f"pod {pod} ignored TASK_CANCEL: expected TASK_ABORT from it within"
+                f" {CANCEL_WAIT * scale:g} s after the modeller's TASK_CANCEL{line}, got nothing"
+                " (a cancelled worker answers with TASK_ABORT(CANCELLED_BY_MODELLER) and ends)",
                 details,
                 finding,
             )
@@ -292,6 +339,16 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
     details = tuple(finding.render("trace").splitlines()) if finding else ()
     if finding is not None and finding.text is not None:
         return _Judgement(Verdict.FAIL, finding.message, details, finding)
+    watch = case.watch
+    if watch is not None and watch.expired is not None:
+        overdue = watch.expired
+        state = recorder.states.get(overdue.pod, "?")
+        return _Judgement(
+            Verdict.TIMEOUT,
+            f"{overdue.text()} (the kit's pod {overdue.pod} was waiting in state {state})",
+            stderr + details,
+            finding,
+        )
     if case.exited and case.exit_code not in case.clean_exits:
         statuses = " or ".join(str(code) for code in sorted(case.clean_exits))
         return _Judgement(
@@ -323,9 +380,15 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             continue
         waiting = recorder.states.get(pod, "?")
         if found == "aborted:MODELLER_TIMEOUT":
-            hint = ""
-            if "aborted:CANCELLED_BY_MODELLER" in allowed and first_abort:
+            owed_to = watch.owed_to(pod) if watch is not None else []
+            ended = case.ended_at.get(pod)
+            if owed_to and ended is not None:
+                what = "; ".join(o.gave_up_text(ended - o.since) for o in owed_to)
+                hint = f"; {what}"
+            elif "aborted:CANCELLED_BY_MODELLER" in allowed and first_abort:
                 hint = f"; the modeller should have cancelled it after {first_abort}"
+            else:
+                hint = ""
             return _Judgement(
                 Verdict.TIMEOUT,
                 f"pod {pod} gave up waiting for the modeller in state {waiting}:"

@@ -16,6 +16,7 @@ from .._runtime._worker import Pod, WorkerReport, run_worker
 from .._wire._messages import Message, MessageType, ScenarioBody, encode
 from ._endpoints import ModellerEndpoint, ModellerLauncher, clean_exit_statuses
 from ._limits import DRAIN_WAIT, EXIT_WAIT, KIT_MODELLER, KIT_SENDER, MAX_LINES
+from ._owed import OwedWatch
 from ._recording import Recorder
 from ._scenarios import Fault, FaultKind, Matcher, Scenario
 
@@ -75,6 +76,13 @@ class ModellerCase:
     start_error: str | None = None
     pod_states: dict[str, str] = attrs.field(factory=dict)
     clean_exits: frozenset[int] = frozenset({0})
+    watch: OwedWatch | None = None
+    ended_at: dict[str, float] = attrs.field(factory=dict)
+
+    @property
+    def cut_short(self) -> bool:
+        """The kit ended the case early: an owed message was overdue, or a violation."""
+        return self.watch is not None and (self.watch.expired is not None or self.watch.violated)
 
 
 def _scenario_line(scenario: Scenario, task_id: str, scale: float) -> bytes:
@@ -145,6 +153,14 @@ async def run_modeller_case(
     task_id = f"conform-{scenario.name}"
     initial = recorder.chart.settle(recorder.chart.initial)
     recorder.states.update({pod: initial for pod in scenario.pods if pod not in scenario.silent})
+    watch = case.watch = OwedWatch(
+        task_id,
+        scenario.pods,
+        silent=scenario.silent,
+        scale=scale,
+        response_timeout=scenario.response_timeout_s * scale,
+    )
+    recorder.on_line = watch.feed
 
     def on_line(raw: bytes, message: Message | None) -> None:
         if len(recorder.entries) >= MAX_LINES:
@@ -186,6 +202,8 @@ async def run_modeller_case(
             def on_step(pod: str, step: Step) -> None:
                 coverage.add(step)
                 case.pod_states[pod] = step.target
+                if recorder.chart.state(step.target).final:
+                    case.ended_at[pod] = trio.current_time()
                 if step.target != "aborting" and step.target != "aborted":
                     recorder.states[pod] = step.target
 
@@ -210,22 +228,34 @@ async def run_modeller_case(
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
 
-            async with trio.open_nursery() as pods:
-                silent_scope = trio.CancelScope()
+            # Every wait of the pods is bounded: by their chart's timers, and by the
+            # watch on what the modeller owes them, which ends the case when it is overdue.
+            with trio.CancelScope() as live:
+                async with trio.open_nursery() as pods:
+                    silent_scope = trio.CancelScope()
+                    watching = trio.CancelScope()
 
-                async def run_silent(pod: str) -> None:
-                    with silent_scope:
-                        await sink(pod)
+                    async def run_silent(pod: str) -> None:
+                        with silent_scope:
+                            await sink(pod)
 
-                async with trio.open_nursery() as answering:
-                    for pod in scenario.pods:
-                        if pod in scenario.silent:
-                            pods.start_soon(run_silent, pod)
-                        else:
-                            answering.start_soon(serve, pod)
-                silent_scope.cancel()
+                    async def run_watch() -> None:
+                        with watching:
+                            await watch.watch(live.cancel)
+
+                    pods.start_soon(run_watch)
+                    async with trio.open_nursery() as answering:
+                        for pod in scenario.pods:
+                            if pod in scenario.silent:
+                                pods.start_soon(run_silent, pod)
+                            else:
+                                answering.start_soon(serve, pod)
+                    silent_scope.cancel()
+                    watching.cancel()
             await endpoint.end_input()
-            case.exit_code = await endpoint.finish(EXIT_WAIT * scale)
+            # Once the verdict is known, the exit status no longer matters.
+            exit_wait = 0.1 if case.cut_short else EXIT_WAIT
+            case.exit_code = await endpoint.finish(exit_wait * scale)
             case.exited = case.exit_code is not None
             with trio.move_on_after(DRAIN_WAIT * scale):
                 await reader_done.wait()

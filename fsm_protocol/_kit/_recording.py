@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -50,6 +51,8 @@ class Recorder:
         self.lost_at: dict[str, int] = {}
         self.requested_at: dict[str, float] = {}
         self.latency = 0.0
+        # Sees each line as it is recorded (the modeller case's watch on what is owed).
+        self.on_line: Callable[[bytes], None] | None = None
 
     @property
     def line_count(self) -> int:
@@ -59,4 +62,7 @@ class Recorder:
         self.notes.append(Note(self.line_count, pod, text))
 
     def line(self, raw: bytes) -> None:
-        self.entries.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        raw = raw if raw.endswith(b"\n") else raw + b"\n"
+        self.entries.append(raw)
+        if self.on_line is not None:
+            self.on_line(raw)

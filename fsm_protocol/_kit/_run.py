@@ -10,8 +10,13 @@ What a trace cannot show is judged from the kit's own outcome: a process
 that crashed, went silent, ignored a cancel, did not exit, or (for a modeller)
 left a pod waiting.
 
-Every case runs under a deadline and its processes are killed at its end, so
-no implementation can hang the kit.
+Every wait of a case is bounded by the step it waits at: the kit's modeller
+gives a silent worker its idle wait and a cancelled one its cancel wait; the
+kit's pods give a modeller that owes them a message (a JOB_REQUEST, a
+TASK_CANCEL, a TASK_START...) the kit's owed wait, and their chart's own timers.
+A verdict then names the message that did not come. A last-resort cap per case
+stops a peer that keeps talking without progressing, and the processes are
+killed at the end of each case, so no implementation can hang the kit.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from .._core._shipped import shipped_chart
 from ._coverage import CoverageRecorder
 from ._endpoints import MODELLER_TRANSPORTS, WORKER_TRANSPORTS, check_tcp_command
 from ._judges import judge_deadline, judge_modeller_case, judge_worker_case
-from ._limits import FAST_ANSWER
+from ._limits import CASE_CAP, START_MARGIN
 from ._modeller_case import run_modeller_case
 from ._recording import Recorder
 from ._reports import CaseResult, Report
@@ -45,15 +50,21 @@ async def _run_one(
     *,
     timeout: float,
     scale: float,
+    startup: float,
     coverage: CoverageRecorder,
 ) -> tuple[CaseResult, float]:
-    """Run one case under its deadline; its result, and the slowest answer seen in it."""
+    """Run one case under its last-resort cap; its result, and the slowest answer in it."""
     started = time.monotonic()
     recorder = Recorder(coverage.chart, coverage)
     with trio.move_on_after(timeout) as deadline:
         if scenario.role is Role.WORKER:
             worker_case = await run_worker_case(
-                scenario, command, WORKER_TRANSPORTS[transport], scale=scale, recorder=recorder
+                scenario,
+                command,
+                WORKER_TRANSPORTS[transport],
+                scale=scale,
+                startup=startup,
+                recorder=recorder,
             )
             judgement = judge_worker_case(worker_case, scale)
         else:
@@ -83,7 +94,7 @@ async def conform(
     scenarios: Sequence[str | Scenario] | None = None,
     seed: int | None = None,
     generated: int | None = None,
-    timeout: float = 10.0,
+    timeout: float | None = None,
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
@@ -102,8 +113,9 @@ async def conform(
         raise ConfigError(
             f"unknown transport {transport!r}; available: {', '.join(sorted(launchers))}"
         )
-    if timeout <= 0 or time_scale <= 0:
+    if (timeout is not None and timeout <= 0) or time_scale <= 0:
         raise ConfigError("timeout and time_scale must be positive")
+    cap = CASE_CAP * time_scale if timeout is None else timeout
     if transport == "tcp":
         check_tcp_command(role, command)
     if seed is None:
@@ -118,13 +130,13 @@ async def conform(
     results = []
     latency = 0.0
     for scenario in chosen:
-        scale = time_scale * max(1.0, latency / FAST_ANSWER)
         result, seen = await _run_one(
             scenario,
             command,
             transport,
-            timeout=timeout * scale / time_scale,
-            scale=scale,
+            timeout=cap,
+            scale=time_scale,
+            startup=latency * START_MARGIN,
             coverage=coverage,
         )
         latency = max(latency, seen)

@@ -45,6 +45,7 @@ class _KitLink:
         recorder: Recorder,
         cancel: trio.Event,
         scale: float,
+        startup: float,
     ) -> None:
         self.pod = pod
         self.endpoint = endpoint
@@ -53,13 +54,18 @@ class _KitLink:
         self.recorder = recorder
         self.cancel = cancel
         self.scale = scale
+        self.startup = startup
         self.received = 0
 
     async def send(self, message: Message) -> None:
         delayed = False
         for fault in self.matcher.match(message.type.value, _KIT_SEND):
-            self.recorder.note(self.pod, f"{message.type.value} held back {fault.seconds:g} s")
-            await trio.sleep(fault.seconds * self.scale)
+            seconds = fault.seconds * self.scale
+            if message.type is MessageType.JOB_REQUEST:
+                # Measured from a start, like the response timeout: both get the allowance.
+                seconds += self.startup
+            self.recorder.note(self.pod, f"{message.type.value} held back {seconds:.3g} s")
+            await trio.sleep(seconds)
             delayed = True
         if message.type is MessageType.JOB_REQUEST and not delayed:
             self.recorder.requested_at[self.pod] = trio.current_time()
@@ -94,7 +100,10 @@ class _KitLink:
             kinds = {fault.kind for fault in faults}
             for fault in faults:
                 if fault.kind is FaultKind.HOLD_RECV:
-                    with trio.move_on_after(fault.seconds * self.scale):
+                    longest = fault.seconds * self.scale
+                    if fault.until is not None:
+                        longest += self.startup  # the other pod's answer includes its start
+                    with trio.move_on_after(longest):
                         if fault.until is not None:
                             await self.recorder.answered[fault.until].wait()
                             await trio.sleep(0.05 * self.scale)  # let its answer go first
@@ -184,8 +193,10 @@ async def run_worker_case(
     launcher: WorkerLauncher,
     *,
     scale: float,
+    startup: float = 0.0,
     recorder: Recorder,
 ) -> WorkerCase:
+    """Run one case against workers; ``startup`` is added to the waits that include a start."""
     case = WorkerCase(scenario, recorder)
     task_id = f"conform-{scenario.name}"
     initial = recorder.chart.settle(recorder.chart.initial)
@@ -210,6 +221,7 @@ async def run_worker_case(
                     recorder,
                     cancel,
                     scale,
+                    startup,
                 )
                 for pod, endpoint in case.endpoints.items()
             }
@@ -220,10 +232,16 @@ async def run_worker_case(
                     configs[pod] = registry.load(scenario.protocol_json(pod))
                 except ConfigError:
                     configs[pod] = scenario.echo.protocol()
+            # A JOB_REQUEST held back, or a message held until another pod's answer, waits
+            # on a start as well: the silence it causes must not read as the worker's.
+            waits_on_start = any(
+                f.until is not None or (f.kind is FaultKind.DELAY_SEND and "JOB_REQUEST" in f.on)
+                for f in scenario.faults
+            )
             timeouts = TaskTimeouts(
-                response_timeout_s=scenario.response_timeout_s * scale,
+                response_timeout_s=scenario.response_timeout_s * scale + startup,
                 cancel_timeout_s=CANCEL_WAIT * scale,
-                worker_idle_timeout_s=IDLE_WAIT * scale,
+                worker_idle_timeout_s=IDLE_WAIT * scale + (startup if waits_on_start else 0.0),
                 task_start_timeout_s=scenario.task_start_timeout_s * scale,
                 soft_timeout_s=scenario.soft_timeout_s * scale,
                 hard_timeout_s=scenario.hard_timeout_s * scale,
@@ -248,6 +266,9 @@ async def run_worker_case(
                 recorder.arrivals[pod].clear()
 
             async def drain(pod: str, endpoint: WorkerEndpoint) -> None:
+                # Its input ends first: a worker that has ended exits anyway, and one the
+                # kit gave up on learns it at once, so the drain waits on neither.
+                await endpoint.cut()
                 lines = await endpoint.drain(DRAIN_WAIT * scale)
                 if pod in recorder.cut:
                     pass
