@@ -149,6 +149,7 @@ MODELLER_BUGS: dict[str, tuple[str, Verdict, tuple[str, ...]]] = {
     "hang-at-end": ("single-run", Verdict.TIMEOUT, ("the modeller did not exit",)),
 }
 
+
 @pytest.fixture(scope="module")
 def reports() -> dict[str, Report]:
     """Every run of this module, all at once."""
