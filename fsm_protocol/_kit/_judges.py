@@ -301,7 +301,7 @@ def _modeller_expectations(scenario: Scenario) -> dict[str, set[str]]:
         any(o.startswith("aborted") and "CANCELLED" not in o for o in allowed)
         for allowed in explicit_own.values()
     )
-    missing = bool(rejected or scenario.silent)
+    missing = bool(rejected or scenario.unanswering)
     cancel_all = own_abort or (scenario.require_all_pods and missing)
     expected: dict[str, set[str]] = {}
     for pod in answering:
@@ -335,7 +335,7 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
         text, raw = recorder.problems[0]
         quoted = raw.decode(errors="replace").rstrip("\n")[:200]
         return _Judgement(Verdict.FAIL, f"{text}; the line: {quoted}", stderr)
-    finding = _check_entries(recorder.entries, task_id, silent=scenario.silent)
+    finding = _check_entries(recorder.entries, task_id, silent=scenario.unanswering)
     details = tuple(finding.render("trace").splitlines()) if finding else ()
     if finding is not None and finding.text is not None:
         return _Judgement(Verdict.FAIL, finding.message, details, finding)
@@ -432,7 +432,9 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
 
 def judge_deadline(scenario: Scenario, recorder: Recorder, timeout: float) -> _Judgement:
     """Why a case ran out of time: the partial trace, and where each side was waiting."""
-    finding = _check_entries(recorder.entries, f"conform-{scenario.name}", silent=scenario.silent)
+    finding = _check_entries(
+        recorder.entries, f"conform-{scenario.name}", silent=scenario.unanswering
+    )
     waiting = ", ".join(
         f"{pod} in {state}"
         for pod, state in recorder.states.items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, final
@@ -9,11 +10,19 @@ from typing import Any, Final, final
 import attrs
 import trio
 
-from .._base._errors import BrokenTransportError
+from .._algo._protocols import (
+    ECHO,
+    EchoProtocol,
+    ProtocolRegistry,
+    WorkerContext,
+    WorkerPlan,
+)
+from .._base._errors import BrokenTransportError, DecodeError
 from .._core._engine import Step
+from .._runtime._logs import LogHandle
 from .._runtime._transport import Transport
 from .._runtime._worker import Pod, WorkerReport, run_worker
-from .._wire._messages import Message, MessageType, ScenarioBody, encode
+from .._wire._messages import LogMessageBody, Message, MessageType, ScenarioBody, encode
 from ._endpoints import ModellerEndpoint, ModellerLauncher, clean_exit_statuses
 from ._limits import DRAIN_WAIT, EXIT_WAIT, KIT_MODELLER, KIT_SENDER, MAX_LINES
 from ._owed import OwedWatch
@@ -21,7 +30,17 @@ from ._recording import Recorder
 from ._scenarios import Fault, FaultKind, Matcher, Scenario
 
 _POD_SEND: Final = frozenset({FaultKind.DELAY_SEND})
-_POD_RECV: Final = frozenset({FaultKind.HOLD_RECV})
+_POD_RECV: Final = frozenset(
+    {
+        FaultKind.HOLD_RECV,
+        FaultKind.HOLD_UNTIL_ABORT,
+        FaultKind.DROP,
+        FaultKind.GARBLE,
+        FaultKind.END,
+    }
+)
+# Matched on the states the pod's machine enters, not on messages.
+_POD_ENTER: Final = frozenset({FaultKind.LOG, FaultKind.SPOOF_LOG, FaultKind.SPOOF_RESPONSE})
 
 
 @final
@@ -29,7 +48,10 @@ class _PodLink:
     """A kit pod's side of its conversation with the modeller under test.
 
     Its own messages are recorded as they go on the wire (after any delay),
-    so the trace shows what the modeller could have known.
+    so the trace shows what the modeller could have known. A held message
+    stalls the link (what comes after waits too, as on one stream); a message
+    the kit spoofs goes ahead of it, with the modeller's later ``seq`` shifted
+    up so that the pod still sees them rise.
     """
 
     def __init__(
@@ -39,28 +61,154 @@ class _PodLink:
         faults: Iterable[Fault],
         recorder: Recorder,
         scale: float,
+        logs: LogHandle,
     ) -> None:
         self.pod = pod
         self.inner = inner
-        self.matcher = Matcher(faults)
+        self.faults = tuple(faults)
+        self.matcher = Matcher(self.faults)
+        self.entering = Matcher(self.faults)
         self.recorder = recorder
         self.scale = scale
+        self.logs = logs
+        self.aborting = trio.Event()
+        self.ended = False
+        self.held: tuple[Message, frozenset[FaultKind], float] | None = None
+        self.spoofed: collections.deque[Message] = collections.deque()
+        self.waiting: trio.CancelScope | None = None
+        self.last: Message | None = None
+        self.shift = 0
+        self.token = ""
 
     async def send(self, message: Message) -> None:
         for fault in self.matcher.match(message.type.value, _POD_SEND):
             await trio.sleep(fault.seconds * self.scale)
+        if message.type is MessageType.ONLINE_CHECK and isinstance(message.body, str):
+            self.token = message.body
         self.recorder.line(encode(message))
         await self.inner.send(message)
 
+    def entered(self, states: Iterable[str]) -> None:
+        """The pod's machine entered ``states``: release, log or spoof as the faults say."""
+        for state in states:
+            if state == "aborting":
+                self.aborting.set()
+            for fault in self.entering.match(state, _POD_ENTER):
+                if fault.kind is FaultKind.LOG:
+                    self.logs.log(self.pod, f"conformance kit: pod {self.pod} entered {state}")
+                else:
+                    self._spoof(fault.kind, state)
+
+    def _spoof(self, kind: FaultKind, state: str) -> None:
+        last = self.last
+        if last is None:
+            return
+        body: LogMessageBody | str
+        if kind is FaultKind.SPOOF_LOG:
+            type_, body = MessageType.LOG_MESSAGE, LogMessageBody("INFO", "not from the modeller")
+        else:
+            type_, body = MessageType.ONLINE_RESPONSE, self.token or f"{self.pod}-spoofed"
+        self.shift += 1
+        seq = (self.spoofed[-1] if self.spoofed else last).seq + 1
+        fake = Message.make(
+            type_, task_id=last.task_id, sender=last.sender, recipient=self.pod, seq=seq, body=body
+        )
+        self.recorder.note(self.pod, f"the kit hands it a {type_.value} the modeller never sent")
+        self.spoofed.append(fake)
+        if self.waiting is not None:
+            self.waiting.cancel()
+
     async def receive(self) -> Message:
-        message = await self.inner.receive()
-        # A stall, not a reordering: what comes after waits too, as on one stream.
-        for fault in self.matcher.match(message.type.value, _POD_RECV):
-            await trio.sleep(fault.seconds * self.scale)
+        while True:
+            if self.spoofed:
+                fake = self.spoofed.popleft()
+                self.last = fake
+                return fake
+            if self.ended:
+                raise trio.EndOfChannel
+            if self.held is None:
+                with trio.CancelScope() as scope:
+                    self.waiting = scope
+                    message = await self.inner.receive()
+                self.waiting = None
+                if scope.cancelled_caught:
+                    continue  # a spoofed message goes first; nothing was taken from the link
+                faults = self.matcher.match(message.type.value, _POD_RECV)
+                release = trio.current_time()
+                for fault in faults:
+                    if fault.kind in (FaultKind.HOLD_RECV, FaultKind.HOLD_UNTIL_ABORT):
+                        release = max(release, trio.current_time() + fault.seconds * self.scale)
+                self.held = (message, frozenset(f.kind for f in faults), release)
+            message, kinds, release = self.held
+            # A stall, not a reordering: what comes after waits too, as on one stream.
+            with trio.CancelScope() as scope:
+                self.waiting = scope
+                with trio.move_on_at(release):
+                    if FaultKind.HOLD_UNTIL_ABORT in kinds:
+                        await self.aborting.wait()
+                    elif FaultKind.HOLD_RECV in kinds:
+                        await trio.sleep_forever()
+            self.waiting = None
+            if scope.cancelled_caught:
+                continue  # a spoofed message goes ahead of the held one
+            self.held = None
+            if self.shift:
+                # The spoofed messages took seq numbers: the modeller's rise above them.
+                message = attrs.evolve(message, seq=message.seq + self.shift)
+            self.last = message
+            return self._deliver(message, kinds)
+
+    def _deliver(self, message: Message, kinds: frozenset[FaultKind]) -> Message:
+        what = message.type.value
+        if FaultKind.DROP in kinds:
+            self.recorder.note(self.pod, f"its {what} is lost, and its input ends")
+            self.ended = True
+            raise trio.EndOfChannel
+        if FaultKind.GARBLE in kinds:
+            self.recorder.note(self.pod, f"its {what} arrives garbled")
+            raise DecodeError(f"kit fault: {what} garbled on purpose")
+        if FaultKind.END in kinds:
+            self.recorder.note(self.pod, f"its input ends after its {what}")
+            self.ended = True
         return message
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _pod_registry(faults: Iterable[Fault], scale: float) -> ProtocolRegistry | None:
+    """The kit pod's protocols: Echo, or an Echo whose setup fails or takes its time."""
+    fail = any(f.kind is FaultKind.FAIL_SETUP for f in faults)
+    delay = sum(f.seconds for f in faults if f.kind is FaultKind.SLOW_SETUP) * scale
+    if not fail and not delay:
+        return None
+
+    def plan(config: EchoProtocol, context: WorkerContext) -> WorkerPlan:
+        echo = ECHO.worker(config, context)
+        return attrs.evolve(echo, algorithm=_KitEcho(echo.algorithm, fail=fail, delay=delay))
+
+    return ProtocolRegistry([attrs.evolve(ECHO, worker=plan)])
+
+
+@final
+class _KitEcho:
+    """An Echo worker whose setup raises (WORKER_ERROR), or takes ``delay`` seconds."""
+
+    def __init__(self, inner: Any, *, fail: bool, delay: float) -> None:
+        self.inner = inner
+        self.fail = fail
+        self.delay = delay
+
+    async def setup(self) -> None:
+        await trio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("conformance kit: this pod's setup fails on purpose")
+
+    def run_batch(self, items: Any, info: Any) -> Any:
+        return self.inner.run_batch(items, info)
+
+    def results_body(self, items: Any, results: Any) -> Any:
+        return self.inner.results_body(items, results)
 
 
 @attrs.define
@@ -156,7 +304,7 @@ async def run_modeller_case(
     watch = case.watch = OwedWatch(
         task_id,
         scenario.pods,
-        silent=scenario.silent,
+        silent=scenario.unanswering,
         scale=scale,
         response_timeout=scenario.response_timeout_s * scale,
     )
@@ -199,24 +347,28 @@ async def run_modeller_case(
 
             nursery.start_soon(read)
 
-            def on_step(pod: str, step: Step) -> None:
+            def on_step(pod: str, link: _PodLink, step: Step) -> None:
                 coverage.add(step)
                 case.pod_states[pod] = step.target
                 if recorder.chart.state(step.target).final:
                     case.ended_at[pod] = trio.current_time()
                 if step.target != "aborting" and step.target != "aborted":
                     recorder.states[pod] = step.target
+                if step.entered:
+                    link.entered(step.entered)
 
             async def serve(pod: str) -> None:
                 assert endpoint is not None
-                link = _PodLink(
-                    pod,
-                    endpoint.transport(pod),
-                    [f for f in scenario.faults if f.pod == pod],
-                    recorder,
-                    scale,
+                faults = [f for f in scenario.faults if f.pod == pod]
+                logs = LogHandle()
+                link = _PodLink(pod, endpoint.transport(pod), faults, recorder, scale, logs)
+                report = await run_worker(
+                    Pod(pod, registry=_pod_registry(faults, scale)),
+                    link,
+                    on_step=lambda key, step: on_step(key, link, step),
+                    markers=not any(f.kind is FaultKind.SKIP_MARKERS for f in faults),
+                    logs=logs,
                 )
-                report = await run_worker(Pod(pod), link, on_step=on_step)
                 case.reports[pod] = report
 
             async def sink(pod: str) -> None:

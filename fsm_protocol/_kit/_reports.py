@@ -120,8 +120,8 @@ class Report:
         if self.answer_latency_s > _SLOW_START:
             text += (
                 f"; the command took up to {self.answer_latency_s:.2f} s to answer its"
-                f" JOB_REQUEST, so later cases gave its answers {self.startup_allowance_s:.2f} s"
-                " more"
+                f" JOB_REQUEST, so the kit allows {self.startup_allowance_s:.2f} s more for an"
+                " answer that includes a start"
             )
         return text
 

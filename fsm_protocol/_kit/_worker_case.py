@@ -13,6 +13,7 @@ import trio
 from .._algo._protocols import EchoModeller, registry
 from .._base._errors import BrokenTransportError, ConfigError, DecodeError
 from .._core._engine import Step
+from .._runtime._logs import LogHandle
 from .._runtime._modeller import ModellerRun, TaskTimeouts, run_modeller
 from .._runtime._transport import Transport
 from .._wire._messages import Message, MessageType, encode
@@ -22,6 +23,7 @@ from ._recording import FAULT_EVENTS, FAULTED, MARKED_EVENTS, Marker, Recorder
 from ._scenarios import Fault, FaultKind, Matcher, Scenario
 
 _KIT_SEND: Final = frozenset({FaultKind.DELAY_SEND})
+_KIT_ENTER: Final = frozenset({FaultKind.LOG})  # matched on the states the kit's machine enters
 _KIT_RECV: Final = frozenset(
     {
         FaultKind.HOLD_RECV,
@@ -246,6 +248,16 @@ async def run_worker_case(
                 soft_timeout_s=scenario.soft_timeout_s * scale,
                 hard_timeout_s=scenario.hard_timeout_s * scale,
             )
+            logs = LogHandle()
+            entering = {pod: Matcher(f for f in scenario.faults if f.pod == pod) for pod in links}
+
+            def on_step(pod: str, step: Step) -> None:
+                _on_modeller_step(recorder, pod, step)
+                for state in step.entered:
+                    for _ in entering[pod].match(state, _KIT_ENTER):
+                        recorder.note(pod, f"the kit's modeller logs as it enters {state}")
+                        logs.log(pod, f"conformance kit: the modeller entered {state}")
+
             case.run = await run_modeller(
                 task_id=task_id,
                 jobs=jobs,
@@ -255,8 +267,9 @@ async def run_worker_case(
                 timeouts=timeouts,
                 require_all_pods=scenario.require_all_pods,
                 cancel=cancel,
-                on_step=functools.partial(_on_modeller_step, recorder),
+                on_step=on_step,
                 on_message=functools.partial(_on_modeller_message, recorder),
+                logs=logs,
             )
             # Lines that arrived but were never processed came after that worker's end.
             for pod in scenario.pods:

@@ -46,6 +46,7 @@ from .._wire._messages import (
     body_of,
 )
 from ._executor import Executor, Slot, Violation
+from ._logs import LogHandle
 from ._transport import Transport
 from ._trio_only import require_trio
 
@@ -689,6 +690,7 @@ async def run_modeller(
     on_message: Callable[[str, Message], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     keep: bool = True,
+    logs: LogHandle | None = None,
 ) -> ModellerRun:
     """Run the modeller side of one task over one transport per pod.
 
@@ -697,7 +699,8 @@ async def run_modeller(
     optional :class:`trio.Event`; setting it cancels the task. With ``keep``
     False, result bodies and the trace are not held in memory (the caller's
     ``on_message`` writes them out): the run's ``results`` map keys to None and
-    its ``trace`` is empty.
+    its ``trace`` is empty. ``logs`` lets the caller send LOG_MESSAGE lines to
+    the workers while the task runs (the conformance kit does).
     """
     require_trio("run_modeller")
     import trio
@@ -713,6 +716,8 @@ async def run_modeller(
     )
     task = _Task(task_id, sender, executor, timeouts, algorithm, require_all_pods, on_progress)
     task.keep_bodies = keep
+    if logs is not None:
+        logs.bind(executor, lambda pod, body: task.message(pod, MessageType.LOG_MESSAGE, body))
     bodies: dict[int, Any] = {}
     for pod_id, transport in links.items():
         link = LinkBindings(task, pod_id, jobs[pod_id], configs[pod_id])

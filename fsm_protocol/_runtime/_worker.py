@@ -48,6 +48,7 @@ from .._wire._messages import (
 )
 from ._cache import ItemCache
 from ._executor import ActivityContext, Executor, Slot
+from ._logs import LogHandle
 from ._transport import Transport
 from ._trio_only import require_trio
 
@@ -135,10 +136,19 @@ def _summary(error: BaseException | None) -> tuple[str | None, str | None]:
 class WorkerBindings:
     """Guards, actions and activities of the worker chart, for one task."""
 
-    def __init__(self, pod: Pod, executor: Executor, *, failure_limit: int = FAILURE_LIMIT) -> None:
+    def __init__(
+        self,
+        pod: Pod,
+        executor: Executor,
+        *,
+        failure_limit: int = FAILURE_LIMIT,
+        markers: bool = True,
+    ) -> None:
         self.pod = pod
         self.executor = executor
         self.failure_limit = failure_limit
+        # Send the optional progress markers PREPARING_DATA and PREPARING_DATA_BATCHES.
+        self.markers = markers
         self.request: Message | None = None
         self.job: JobRequestBody | None = None
         self.config: Any = None
@@ -399,6 +409,9 @@ class WorkerBindings:
             self._user_error("datasource", exc)
             ctx.post("worker_error", exc)
             return
+        if not self.markers:
+            await self.do_configure_task(ctx)  # straight to CONFIGURING_TASK
+            return
         ctx.send(self.message(MessageType.PREPARING_DATA))
 
     def _cache_scope(self) -> str:
@@ -470,7 +483,9 @@ class WorkerBindings:
 
     async def do_plan_batches(self, ctx: ActivityContext) -> None:
         assert self.job is not None
-        if self.job.batched_execution:
+        if self.job.batched_execution and not self.markers:
+            await self.do_count_batches(ctx)  # straight to NUMBER_OF_BATCHES(-1)
+        elif self.job.batched_execution:
             ctx.send(self.message(MessageType.PREPARING_DATA_BATCHES))
         else:
             ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, 1))
@@ -645,8 +660,14 @@ async def run_worker(
     on_step: Callable[[str, Any], None] | None = None,
     on_message: Callable[[str, Message], None] | None = None,
     failure_limit: int = FAILURE_LIMIT,
+    markers: bool = True,
+    logs: LogHandle | None = None,
 ) -> WorkerReport:
     """Serve one task as ``pod`` over ``transport``, until the worker chart ends.
+
+    ``markers`` False leaves out the optional progress markers PREPARING_DATA
+    and PREPARING_DATA_BATCHES; ``logs`` lets the caller send LOG_MESSAGE lines
+    to the modeller while the task runs (the conformance kit's pods do both).
 
     Returns:
         The worker's own report: its final state, abort reason and item account.
@@ -657,7 +678,9 @@ async def run_worker(
     executor = Executor(
         options=chart.options, on_step=on_step, on_message=on_message, keep_trace=False
     )
-    bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
+    bindings = WorkerBindings(pod, executor, failure_limit=failure_limit, markers=markers)
+    if logs is not None:
+        logs.bind(executor, lambda _key, body: bindings.message(MessageType.LOG_MESSAGE, body))
     machine = Machine.from_chart(chart, bindings)
     executor.add(Slot(pod.pod_id, machine, bindings, transport, eof_event="input_closed"))
     try:
