@@ -21,7 +21,7 @@ from .._base._errors import BrokenTransportError, DecodeError
 from .._core._engine import Step
 from .._runtime._logs import LogHandle
 from .._runtime._transport import Transport
-from .._runtime._worker import Pod, WorkerReport, run_worker
+from .._runtime._worker import Pod, WorkerReport, run_worker_for_kit
 from .._wire._messages import LogMessageBody, Message, MessageType, ScenarioBody, encode
 from ._endpoints import ModellerEndpoint, ModellerLauncher, clean_exit_statuses
 from ._limits import DRAIN_WAIT, EXIT_WAIT, KIT_MODELLER, KIT_SENDER, MAX_LINES
@@ -362,7 +362,7 @@ async def run_modeller_case(
                 faults = [f for f in scenario.faults if f.pod == pod]
                 logs = LogHandle()
                 link = _PodLink(pod, endpoint.transport(pod), faults, recorder, scale, logs)
-                report = await run_worker(
+                report = await run_worker_for_kit(
                     Pod(pod, registry=_pod_registry(faults, scale)),
                     link,
                     on_step=lambda key, step: on_step(key, link, step),

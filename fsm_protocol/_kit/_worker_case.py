@@ -14,7 +14,7 @@ from .._algo._protocols import EchoModeller, registry
 from .._base._errors import BrokenTransportError, ConfigError, DecodeError
 from .._core._engine import Step
 from .._runtime._logs import LogHandle
-from .._runtime._modeller import ModellerRun, TaskTimeouts, run_modeller
+from .._runtime._modeller import ModellerRun, TaskTimeouts, run_modeller_for_kit
 from .._runtime._transport import Transport
 from .._wire._messages import Message, MessageType, encode
 from ._endpoints import WorkerEndpoint, WorkerLauncher, clean_exit_statuses
@@ -258,7 +258,7 @@ async def run_worker_case(
                         recorder.note(pod, f"the kit's modeller logs as it enters {state}")
                         logs.log(pod, f"conformance kit: the modeller entered {state}")
 
-            case.run = await run_modeller(
+            case.run = await run_modeller_for_kit(
                 task_id=task_id,
                 jobs=jobs,
                 configs=configs,

@@ -690,7 +690,6 @@ async def run_modeller(
     on_message: Callable[[str, Message], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     keep: bool = True,
-    logs: LogHandle | None = None,
 ) -> ModellerRun:
     """Run the modeller side of one task over one transport per pod.
 
@@ -699,8 +698,45 @@ async def run_modeller(
     optional :class:`trio.Event`; setting it cancels the task. With ``keep``
     False, result bodies and the trace are not held in memory (the caller's
     ``on_message`` writes them out): the run's ``results`` map keys to None and
-    its ``trace`` is empty. ``logs`` lets the caller send LOG_MESSAGE lines to
-    the workers while the task runs (the conformance kit does).
+    its ``trace`` is empty.
+    """
+    return await run_modeller_for_kit(
+        task_id=task_id,
+        jobs=jobs,
+        configs=configs,
+        links=links,
+        algorithm=algorithm,
+        timeouts=timeouts,
+        require_all_pods=require_all_pods,
+        sender=sender,
+        cancel=cancel,
+        on_step=on_step,
+        on_message=on_message,
+        on_progress=on_progress,
+        keep=keep,
+    )
+
+
+async def run_modeller_for_kit(
+    *,
+    task_id: str,
+    jobs: Mapping[str, JobRequestBody],
+    configs: Mapping[str, object],
+    links: Mapping[str, Transport],
+    algorithm: Any = None,
+    timeouts: TaskTimeouts = DEFAULT_TIMEOUTS,
+    require_all_pods: bool = False,
+    sender: str = "modeller",
+    cancel: Any = None,
+    on_step: Callable[[str, Step], None] | None = None,
+    on_message: Callable[[str, Message], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    keep: bool = True,
+    logs: LogHandle | None = None,
+) -> ModellerRun:
+    """:func:`run_modeller`, and ``logs`` lets the caller send LOG_MESSAGE to the workers.
+
+    The conformance kit's modeller uses it; it is not part of the public API.
     """
     require_trio("run_modeller")
     import trio

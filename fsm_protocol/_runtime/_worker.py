@@ -660,17 +660,32 @@ async def run_worker(
     on_step: Callable[[str, Any], None] | None = None,
     on_message: Callable[[str, Message], None] | None = None,
     failure_limit: int = FAILURE_LIMIT,
-    markers: bool = True,
-    logs: LogHandle | None = None,
 ) -> WorkerReport:
     """Serve one task as ``pod`` over ``transport``, until the worker chart ends.
 
-    ``markers`` False leaves out the optional progress markers PREPARING_DATA
-    and PREPARING_DATA_BATCHES; ``logs`` lets the caller send LOG_MESSAGE lines
-    to the modeller while the task runs (the conformance kit's pods do both).
-
     Returns:
         The worker's own report: its final state, abort reason and item account.
+    """
+    return await run_worker_for_kit(
+        pod, transport, on_step=on_step, on_message=on_message, failure_limit=failure_limit
+    )
+
+
+async def run_worker_for_kit(
+    pod: Pod,
+    transport: Transport,
+    *,
+    on_step: Callable[[str, Any], None] | None = None,
+    on_message: Callable[[str, Message], None] | None = None,
+    failure_limit: int = FAILURE_LIMIT,
+    markers: bool = True,
+    logs: LogHandle | None = None,
+) -> WorkerReport:
+    """:func:`run_worker`, with the conformance kit's pods' extras (not public API).
+
+    ``markers`` False leaves out the optional progress markers PREPARING_DATA
+    and PREPARING_DATA_BATCHES; ``logs`` lets the caller send LOG_MESSAGE lines
+    to the modeller while the task runs.
     """
     require_trio("run_worker")
     chart = shipped_chart_for("worker", BindingNames.from_class(WorkerBindings))
