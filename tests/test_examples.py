@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,33 @@ def test_the_engine_itself_passes_its_kit(role: str) -> None:
     script = EXAMPLES / ("engine_worker.py" if role == "worker" else "engine_modeller.py")
     report = run_conformance(role=role, command=[PY, str(script)], seed=SEED, generated=10)
     report.assert_passed()
+
+
+# The bounds for a whole default run (the catalogue and 10 generated cases): under
+# 60 s against a correct implementation, under 120 s against a broken one.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("role", "bug", "bound"),
+    [
+        ("worker", None, 60.0),
+        ("modeller", None, 60.0),
+        ("worker", "silent", 120.0),
+        ("worker", "ignore-cancel", 120.0),
+        ("modeller", "no-cancel-on-abort", 120.0),
+        ("modeller", "lose-quick-start", 120.0),
+        ("modeller", "no-online-response", 120.0),
+        ("modeller", "ignore-late-accept", 120.0),
+    ],
+)
+def test_a_whole_run_stays_within_its_bound(role: str, bug: str | None, bound: float) -> None:
+    from fsm_protocol.conformance import run_conformance
+
+    command = [*(PLAIN_WORKER if role == "worker" else PLAIN_MODELLER)]
+    if bug is not None:
+        command += ["--bug", bug]
+    started = time.monotonic()
+    report = run_conformance(role=role, command=command, seed=SEED, generated=10)
+    elapsed = time.monotonic() - started
+    assert report.passed is (bug is None), report.summary()
+    assert elapsed < bound, f"{elapsed:.1f} s"
+    assert all(case.duration_s < 15 for case in report.cases)
