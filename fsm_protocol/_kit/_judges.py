@@ -361,7 +361,12 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
     if case.job_problems:
         return _Judgement(Verdict.FAIL, case.job_problems[0], tuple(case.job_problems[1:]))
     expected = _modeller_expectations(scenario)
+    # An answer that reached the modeller after the task had ended is owed nothing: such a
+    # pod may end on its own timeout, whatever else the scenario expected of it.
+    unowed = watch.unowed() if watch is not None else frozenset()
     for pod, allowed in expected.items():
+        if pod in unowed:
+            allowed = allowed | {"aborted:MODELLER_TIMEOUT"}
         first_abort = next(
             (
                 f"{other} aborted ({report.abort_reason.value})"

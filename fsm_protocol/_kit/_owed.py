@@ -185,6 +185,13 @@ class OwedWatch:
                 break
         stop()
 
+    def unowed(self) -> frozenset[str]:
+        """Pods whose answer reached the modeller after the task ended: owed nothing (M-4.19)."""
+        task = self.checker.tasks.get(self.task_id)
+        if task is None:
+            return frozenset()
+        return frozenset(pod for pod, link in task.links.items() if link.unowed)
+
     def owed_to(self, pod: str) -> list[Owed]:
         """What the modeller owed ``pod`` when it ended on its own, or owes it now."""
         return self.abandoned.get(pod) or [o for o in self.owed.values() if o.pod == pod]
