@@ -128,6 +128,7 @@ def run_conformance(
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
+    jobs: int = 2,
 ) -> Report:
     """Test an implementation of ``role`` started as ``command``.
 
@@ -150,6 +151,9 @@ def run_conformance(
             ``{port_file}`` and ``{task}`` (modeller) filled in the command; see
             docs/conformance.md, "Over TCP".
         on_case: Called with each case's result as soon as it is known.
+        jobs: How many cases may run at once (the report keeps the catalogue's
+            order). Cases whose meaning depends on timing (a fault, short
+            timeouts) always run alone; 1 runs every case alone.
 
     Returns:
         The report: a verdict per case, the coverage, the seed.
@@ -167,6 +171,7 @@ def run_conformance(
         "time_scale": time_scale,
         "transport": transport,
         "on_case": on_case,
+        "jobs": jobs,
     }
 
     import trio

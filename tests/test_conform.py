@@ -64,6 +64,8 @@ async def test_unknown_scenarios_and_arguments_are_config_errors() -> None:
         await conform(role="worker", command=[])
     with pytest.raises(ConfigError, match="unknown transport 'pigeon'"):
         await conform(role="worker", command=WORKER, transport="pigeon")
+    with pytest.raises(ConfigError, match="jobs must be at least 1, found 0"):
+        await conform(role="worker", command=WORKER, jobs=0)
     with pytest.raises(ConfigError, match="other role"):
         await conform(role="modeller", command=WORKER, scenarios=[catalogue(Role.WORKER)[0]])
 

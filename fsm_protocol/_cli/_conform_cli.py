@@ -187,6 +187,14 @@ def add_conform(subparsers: Subparsers) -> None:
         metavar="X",
         help="multiply the kit's timings (timeouts, delays) by X, for slow implementations",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="run up to N cases at once (default 2); cases that depend on timing always run"
+        " alone, and 1 runs every case alone",
+    )
     parser.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     parser.add_argument("--junit", metavar="FILE.xml", help="write a JUnit XML report here")
     parser.add_argument(
@@ -246,6 +254,7 @@ def _run_conform(args: argparse.Namespace) -> int:
                 time_scale=args.time_scale,
                 transport=args.transport,
                 on_case=on_case,
+                jobs=args.jobs,
             )
         )
     except ConfigError as exc:

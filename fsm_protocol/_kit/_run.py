@@ -37,7 +37,7 @@ from ._limits import CASE_CAP, START_MARGIN
 from ._modeller_case import run_modeller_case
 from ._recording import Recorder
 from ._reports import CaseResult, Report
-from ._scenarios import Scenario, select_scenarios
+from ._scenarios import Scenario, depends_on_timing, select_scenarios
 from ._worker_case import run_worker_case
 
 CaseHook = Callable[[CaseResult], None]
@@ -98,6 +98,7 @@ async def conform(
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
+    jobs: int = 2,
 ) -> Report:
     """Test an implementation of ``role`` started as ``command``: the async form.
 
@@ -115,6 +116,8 @@ async def conform(
         )
     if (timeout is not None and timeout <= 0) or time_scale <= 0:
         raise ConfigError("timeout and time_scale must be positive")
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, found {jobs}")
     cap = CASE_CAP * time_scale if timeout is None else timeout
     if transport == "tcp":
         check_tcp_command(role, command)
@@ -127,11 +130,14 @@ async def conform(
         raise ConfigError(f"scenarios for the other role: {', '.join(wrong)}")
     chart = shipped_chart("modeller" if role is Role.WORKER else "worker")
     coverage = CoverageRecorder(chart)
-    results = []
+    results: list[CaseResult | None] = [None] * len(chosen)
     latency = 0.0
-    for scenario in chosen:
+    limiter = trio.CapacityLimiter(jobs)
+
+    async def run(index: int) -> None:
+        nonlocal latency
         result, seen = await _run_one(
-            scenario,
+            chosen[index],
             command,
             transport,
             timeout=cap,
@@ -140,15 +146,31 @@ async def conform(
             coverage=coverage,
         )
         latency = max(latency, seen)
-        results.append(result)
+        results[index] = result
         if on_case is not None:
             on_case(result)
+
+    async def run_limited(index: int) -> None:
+        async with limiter:
+            await run(index)
+
+    # Cases whose meaning depends on timing run alone; the others, up to ``jobs`` at once.
+    index = 0
+    while index < len(chosen):
+        if jobs == 1 or depends_on_timing(chosen[index]):
+            await run(index)
+            index += 1
+            continue
+        async with trio.open_nursery() as nursery:
+            while index < len(chosen) and not depends_on_timing(chosen[index]):
+                nursery.start_soon(run_limited, index)
+                index += 1
     return Report(
         role=role,
         command=tuple(command),
         transport=transport,
         seed=seed,
-        cases=tuple(results),
+        cases=tuple(r for r in results if r is not None),
         coverage=coverage.result(),
         answer_latency_s=latency,
         time_scale=time_scale,

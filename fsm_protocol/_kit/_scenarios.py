@@ -976,6 +976,25 @@ def catalogue(role: Role) -> tuple[Scenario, ...]:
     return _modeller_catalogue() + _modeller_coverage_cases()
 
 
+def depends_on_timing(scenario: Scenario) -> bool:
+    """Whether a case's meaning depends on timing, so that the kit runs it alone.
+
+    Cases with a fault, a short response timeout or short worker timeouts check
+    what happens when something is late or lost, often against one of the kit's
+    short waits; another case running beside them could make something late
+    that should not be.
+    """
+    defaults = Scenario(name="", role=scenario.role, description="")
+    return (
+        bool(scenario.faults)
+        or scenario.response_timeout_s != defaults.response_timeout_s
+        or scenario.task_start_timeout_s != defaults.task_start_timeout_s
+        or scenario.soft_timeout_s != defaults.soft_timeout_s
+        or scenario.hard_timeout_s != defaults.hard_timeout_s
+        or bool(scenario.silent or scenario.expect_online_check)
+    )
+
+
 # --- Generated scenarios ---------------------------------------------------------------------
 
 
