@@ -172,9 +172,26 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
     run = case.run
     if run is None:
         return _Judgement(Verdict.TIMEOUT, "the task did not end", details, finding)
+    held_back = {
+        f.pod for f in scenario.faults if f.kind is FaultKind.DELAY_SEND and "JOB_REQUEST" in f.on
+    }
     for pod, outcome in run.workers.items():
         if pod in recorder.faulted:
             continue
+        if (
+            outcome.state in ("left_out", "unanswered")
+            and pod not in held_back
+            and not recorder.answered[pod].is_set()
+        ):
+            line = _line_of(recorder.entries, "JOB_REQUEST", pod)
+            return _Judgement(
+                Verdict.TIMEOUT,
+                f"pod {pod} never answered: expected JOB_ACCEPT or JOB_REJECT from it within"
+                f" {case.response_timeout:.3g} s (the response timeout) after the modeller's"
+                f" JOB_REQUEST{line}, got nothing",
+                tuple(stderr_detail(stderr[pod])) + details,
+                finding,
+            )
         if outcome.state == "lost" and "sent nothing for" in outcome.problem:
             # What the trace expected when the silence began.
             silence = _check_entries(

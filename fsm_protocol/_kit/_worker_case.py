@@ -23,7 +23,10 @@ from ._recording import FAULT_EVENTS, FAULTED, MARKED_EVENTS, Marker, Recorder
 from ._scenarios import Fault, FaultKind, Matcher, Scenario
 
 _KIT_SEND: Final = frozenset({FaultKind.DELAY_SEND})
-_KIT_ENTER: Final = frozenset({FaultKind.LOG})  # matched on the states the kit's machine enters
+# Matched on the states the kit's machine enters.
+_KIT_ENTER: Final = frozenset({FaultKind.LOG})
+# The kit's modeller's states while it waits for a pod's answer to its JOB_REQUEST.
+_ANSWER_WAITS: Final = frozenset({"requested", "left_out"})
 _KIT_RECV: Final = frozenset(
     {
         FaultKind.HOLD_RECV,
@@ -58,6 +61,7 @@ class _KitLink:
         self.scale = scale
         self.startup = startup
         self.received = 0
+        self.held: tuple[Message, list[Fault], float, str | None] | None = None
 
     async def send(self, message: Message) -> None:
         delayed = False
@@ -81,36 +85,51 @@ class _KitLink:
                 latency = trio.current_time() - asked
                 self.recorder.latency = max(self.recorder.latency, latency)
 
+    @property
+    def holding(self) -> bool:
+        """The kit holds a message of this worker: its silence meanwhile is the kit's doing."""
+        return self.held is not None
+
     async def receive(self) -> Message:
         arrivals = self.recorder.arrivals[self.pod]
         while True:
-            self.received += 1
-            if self.received > MAX_LINES:
-                self.recorder.problems.append(
-                    (f"pod {self.pod} wrote more than {MAX_LINES} lines in one case", b"")
-                )
-                self.recorder.cut.add(self.pod)
-                await self.endpoint.cut()
-                raise BrokenTransportError(f"more than {MAX_LINES} lines")
-            try:
-                message = await self.inner.receive()
-            except DecodeError as exc:
-                line = exc.line if isinstance(exc.line, bytes) else (exc.line or "").encode()
-                arrivals.append(line)
-                raise
-            faults = self.matcher.match(message.type.value, _KIT_RECV)
-            kinds = {fault.kind for fault in faults}
-            for fault in faults:
-                if fault.kind is FaultKind.HOLD_RECV:
-                    longest = fault.seconds * self.scale
-                    if fault.until is not None:
-                        longest += self.startup  # the other pod's answer includes its start
-                    with trio.move_on_after(longest):
+            if self.held is None:
+                self.received += 1
+                if self.received > MAX_LINES:
+                    self.recorder.problems.append(
+                        (f"pod {self.pod} wrote more than {MAX_LINES} lines in one case", b"")
+                    )
+                    self.recorder.cut.add(self.pod)
+                    await self.endpoint.cut()
+                    raise BrokenTransportError(f"more than {MAX_LINES} lines")
+                try:
+                    message = await self.inner.receive()
+                except DecodeError as exc:
+                    line = exc.line if isinstance(exc.line, bytes) else (exc.line or "").encode()
+                    arrivals.append(line)
+                    raise
+                faults = self.matcher.match(message.type.value, _KIT_RECV)
+                release, until = trio.current_time(), None
+                for fault in faults:
+                    if fault.kind is FaultKind.HOLD_RECV:
+                        longest = fault.seconds * self.scale
                         if fault.until is not None:
-                            await self.recorder.answered[fault.until].wait()
-                            await trio.sleep(0.05 * self.scale)  # let its answer go first
-                        else:
-                            await trio.sleep_forever()
+                            longest += self.startup  # the other pod's answer includes its start
+                            until = fault.until
+                        release = max(release, trio.current_time() + longest)
+                self.held = (message, faults, release, until)
+            # Invariant: a held message survives a cancelled receive (the next one goes on
+            # holding it), so a hold never loses a line.
+            message, faults, release, until = self.held
+            if release > trio.current_time():
+                with trio.move_on_at(release):
+                    if until is not None:
+                        await self.recorder.answered[until].wait()
+                        await trio.sleep(0.05 * self.scale)  # let its answer go first
+                    else:
+                        await trio.sleep_forever()
+            self.held = None
+            kinds = {fault.kind for fault in faults}
             self._answered(message)
             if FaultKind.CANCEL in kinds:
                 self.recorder.note(self.pod, f"cancel the task after its {message.type.value}")
@@ -149,6 +168,14 @@ class WorkerCase:
     start_error: str | None = None
     timed_out: bool = False
     clean_exits: frozenset[int] = frozenset({0})
+    response_timeout: float = 0.0
+
+
+def _quiet_ok(links: dict[str, Transport], pod: str, state: str) -> bool:
+    """Silence that is not the worker's: its answer has its own wait, the response timeout,
+    and a message the kit holds on purpose is not late by the worker's doing."""
+    link = links[pod]
+    return state in _ANSWER_WAITS or (isinstance(link, _KitLink) and link.holding)
 
 
 def _on_modeller_step(recorder: Recorder, pod: str, step: Step) -> None:
@@ -234,16 +261,11 @@ async def run_worker_case(
                     configs[pod] = registry.load(scenario.protocol_json(pod))
                 except ConfigError:
                     configs[pod] = scenario.echo.protocol()
-            # A JOB_REQUEST held back, or a message held until another pod's answer, waits
-            # on a start as well: the silence it causes must not read as the worker's.
-            waits_on_start = any(
-                f.until is not None or (f.kind is FaultKind.DELAY_SEND and "JOB_REQUEST" in f.on)
-                for f in scenario.faults
-            )
+            case.response_timeout = scenario.response_timeout_s * scale + startup
             timeouts = TaskTimeouts(
-                response_timeout_s=scenario.response_timeout_s * scale + startup,
+                response_timeout_s=case.response_timeout,
                 cancel_timeout_s=CANCEL_WAIT * scale,
-                worker_idle_timeout_s=IDLE_WAIT * scale + (startup if waits_on_start else 0.0),
+                worker_idle_timeout_s=IDLE_WAIT * scale,
                 task_start_timeout_s=scenario.task_start_timeout_s * scale,
                 soft_timeout_s=scenario.soft_timeout_s * scale,
                 hard_timeout_s=scenario.hard_timeout_s * scale,
@@ -270,6 +292,7 @@ async def run_worker_case(
                 on_step=on_step,
                 on_message=functools.partial(_on_modeller_message, recorder),
                 logs=logs,
+                quiet_ok=functools.partial(_quiet_ok, links),
             )
             # Lines that arrived but were never processed came after that worker's end.
             for pod in scenario.pods:

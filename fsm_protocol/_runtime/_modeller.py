@@ -21,6 +21,7 @@ arrival position, so a failed batch cannot shift the results after it.
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import logging
 from collections.abc import Callable, Mapping
@@ -733,10 +734,13 @@ async def run_modeller_for_kit(
     on_progress: Callable[[Progress], None] | None = None,
     keep: bool = True,
     logs: LogHandle | None = None,
+    quiet_ok: Callable[[str, str], bool] | None = None,
 ) -> ModellerRun:
-    """:func:`run_modeller`, and ``logs`` lets the caller send LOG_MESSAGE to the workers.
+    """:func:`run_modeller`, with the conformance kit's extras (not public API).
 
-    The conformance kit's modeller uses it; it is not part of the public API.
+    ``logs`` lets the caller send LOG_MESSAGE to the workers. ``quiet_ok(pod,
+    state)`` says when a worker's silence is not its own (the kit holds its
+    message, or its answer has its own wait), so the idle watch lets it be.
     """
     require_trio("run_modeller")
     import trio
@@ -767,7 +771,11 @@ async def run_modeller_for_kit(
                 transport,
                 eof_event="link_lost",
                 idle_timeout=timeouts.worker_idle_timeout_s,
-                idle_ok=_waiting_on_modeller,
+                idle_ok=(
+                    _waiting_on_modeller
+                    if quiet_ok is None
+                    else functools.partial(_quiet_or_waiting, quiet_ok, pod_id)
+                ),
                 after_step=link.after_step,
             )
         )
@@ -826,6 +834,10 @@ def _sort_key(key: ResultKey) -> tuple[str, int, int, int]:
         -1 if key.retry is None else key.retry,
         key.algorithm,
     )
+
+
+def _quiet_or_waiting(quiet_ok: Callable[[str, str], bool], pod: str, machine: Machine) -> bool:
+    return _waiting_on_modeller(machine) or quiet_ok(pod, machine.state)
 
 
 def _waiting_on_modeller(machine: Machine) -> bool:
