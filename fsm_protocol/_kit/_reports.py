@@ -15,7 +15,7 @@ from .._check._checker import Finding, describe_message
 from .._core._chart import Role
 from .._wire._messages import decode
 from ._coverage import Coverage
-from ._limits import START_MARGIN
+from ._limits import start_allowance
 from ._scenarios import Scenario, Verdict
 
 _SLOW_START = 0.25  # an answer slower than this is worth a word in the summary
@@ -99,7 +99,7 @@ class Report:
     @property
     def startup_allowance_s(self) -> float:
         """What the kit added to the waits that include a process start (at the end)."""
-        return self.answer_latency_s * START_MARGIN
+        return start_allowance(self.answer_latency_s)
 
     @property
     def passed(self) -> bool:

@@ -33,7 +33,7 @@ from .._core._shipped import shipped_chart
 from ._coverage import CoverageRecorder
 from ._endpoints import MODELLER_TRANSPORTS, WORKER_TRANSPORTS, check_tcp_command
 from ._judges import judge_deadline, judge_modeller_case, judge_worker_case
-from ._limits import CASE_CAP, START_MARGIN
+from ._limits import CASE_CAP, start_allowance
 from ._modeller_case import run_modeller_case
 from ._recording import Recorder
 from ._reports import CaseResult, Report
@@ -142,7 +142,7 @@ async def conform(
             transport,
             timeout=cap,
             scale=time_scale,
-            startup=latency * START_MARGIN,
+            startup=start_allowance(latency),
             coverage=coverage,
         )
         latency = max(latency, seen)
