@@ -178,11 +178,11 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
     for pod, outcome in run.workers.items():
         if pod in recorder.faulted:
             continue
-        if (
-            outcome.state in ("left_out", "unanswered")
-            and pod not in held_back
-            and not recorder.answered[pod].is_set()
-        ):
+        timed_out = any(
+            isinstance(e, Marker) and e.pod == pod and e.event == "response_timeout"
+            for e in recorder.entries
+        )
+        if timed_out and pod not in held_back and not recorder.answered[pod].is_set():
             line = _line_of(recorder.entries, "JOB_REQUEST", pod)
             return _Judgement(
                 Verdict.TIMEOUT,
