@@ -17,7 +17,7 @@ from .._algo._protocols import (
     WorkerContext,
     WorkerPlan,
 )
-from .._base._errors import BrokenTransportError, DecodeError
+from .._base._errors import BrokenTransportError, DecodeError, TransportError
 from .._core._engine import Step
 from .._runtime._logs import LogHandle
 from .._runtime._transport import Transport
@@ -85,8 +85,18 @@ class _PodLink:
             await trio.sleep(fault.seconds * self.scale)
         if message.type is MessageType.ONLINE_CHECK and isinstance(message.body, str):
             self.token = message.body
-        self.recorder.line(encode(message))
-        await self.inner.send(message)
+        raw = encode(message)
+        entries = self.recorder.entries
+        at = len(entries)
+        self.recorder.line(raw)
+        try:
+            await self.inner.send(message)
+        except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+            # It never reached the modeller (gone already): not part of the conversation.
+            if at < len(entries) and entries[at] == raw:
+                del entries[at]
+            self.recorder.undelivered.add(self.pod)
+            raise
 
     def entered(self, states: Iterable[str]) -> None:
         """The pod's machine entered ``states``: release, log or spoof as the faults say."""
@@ -409,8 +419,9 @@ async def run_modeller_case(
             exit_wait = 0.1 if case.cut_short else EXIT_WAIT
             case.exit_code = await endpoint.finish(exit_wait * scale)
             case.exited = case.exit_code is not None
-            with trio.move_on_after(DRAIN_WAIT * scale):
-                await reader_done.wait()
+            if case.exited:  # a process that still runs may never close its output
+                with trio.move_on_after(DRAIN_WAIT * scale):
+                    await reader_done.wait()
         finally:
             if endpoint is not None:
                 case.stderr = endpoint.stderr_tail()

@@ -41,6 +41,8 @@ class Recorder:
         self.faulted: set[str] = set()
         self.swallowed: set[str] = set()
         self.cut: set[str] = set()  # pods the kit stopped listening to
+        # Kit pods whose line could not be written: the modeller had gone.
+        self.undelivered: set[str] = set()
         self.online_checks: set[str] = set()
         self.problems: list[tuple[str, bytes]] = []
         self.after_fault: dict[str, list[bytes]] = collections.defaultdict(list)

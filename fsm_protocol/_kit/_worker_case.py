@@ -303,9 +303,11 @@ async def run_worker_case(
 
             async def drain(pod: str, endpoint: WorkerEndpoint) -> None:
                 # Its input ends first: a worker that has ended exits anyway, and one the
-                # kit gave up on learns it at once, so the drain waits on neither.
+                # kit gave up on learns it at once. What it still writes until its output
+                # ends, and its exit, share one wait.
                 await endpoint.cut()
-                lines = await endpoint.drain(DRAIN_WAIT * scale)
+                started = trio.current_time()
+                lines = await endpoint.drain(EXIT_WAIT * scale)
                 if pod in recorder.cut:
                     pass
                 elif pod in recorder.faulted:
@@ -313,7 +315,8 @@ async def run_worker_case(
                 else:
                     for raw in lines:
                         recorder.line(raw)
-                case.exit_codes[pod] = await endpoint.finish(EXIT_WAIT * scale)
+                left = EXIT_WAIT * scale - (trio.current_time() - started)
+                case.exit_codes[pod] = await endpoint.finish(max(0.1 * scale, left))
 
             async with trio.open_nursery() as drains:
                 for pod, endpoint in case.endpoints.items():
