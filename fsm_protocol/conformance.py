@@ -128,7 +128,7 @@ def run_conformance(
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
-    jobs: int = 2,
+    jobs: int | None = None,
 ) -> Report:
     """Test an implementation of ``role`` started as ``command``.
 
@@ -152,8 +152,8 @@ def run_conformance(
             docs/conformance.md, "Over TCP".
         on_case: Called with each case's result as soon as it is known.
         jobs: How many cases may run at once (the report keeps the catalogue's
-            order). Cases whose meaning depends on timing (a fault, short
-            timeouts) always run alone; 1 runs every case alone.
+            order): by default 2 over stdio and 1 over TCP. Cases whose meaning
+            depends on timing (a fault, short timeouts) always run alone.
 
     Returns:
         The report: a verdict per case, the coverage, the seed.

@@ -190,10 +190,10 @@ def add_conform(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=2,
+        default=None,
         metavar="N",
-        help="run up to N cases at once (default 2); cases that depend on timing always run"
-        " alone, and 1 runs every case alone",
+        help="run up to N cases at once (default 2 over stdio, 1 over TCP); cases that depend"
+        " on timing always run alone",
     )
     parser.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     parser.add_argument("--junit", metavar="FILE.xml", help="write a JUnit XML report here")

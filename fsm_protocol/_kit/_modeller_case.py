@@ -311,14 +311,6 @@ async def run_modeller_case(
     task_id = f"conform-{scenario.name}"
     initial = recorder.chart.settle(recorder.chart.initial)
     recorder.states.update({pod: initial for pod in scenario.pods if pod not in scenario.silent})
-    watch = case.watch = OwedWatch(
-        task_id,
-        scenario.pods,
-        silent=scenario.unanswering,
-        scale=scale,
-        response_timeout=scenario.response_timeout_s * scale,
-    )
-    recorder.on_line = watch.feed
 
     def on_line(raw: bytes, message: Message | None) -> None:
         if len(recorder.entries) >= MAX_LINES:
@@ -346,6 +338,16 @@ async def run_modeller_case(
                 case.start_error = f"cannot start {' '.join(command)!r}: {exc}"
                 return case
             case.clean_exits = clean_exit_statuses([endpoint])
+            # The modeller owes each pod a JOB_REQUEST from now on: it has started (and, over
+            # TCP, every pod is connected), and nothing it wrote has been read yet.
+            watch = case.watch = OwedWatch(
+                task_id,
+                scenario.pods,
+                silent=scenario.unanswering,
+                scale=scale,
+                response_timeout=scenario.response_timeout_s * scale,
+            )
+            recorder.on_line = watch.feed
             reader_done = trio.Event()
 
             async def read() -> None:

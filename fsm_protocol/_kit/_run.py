@@ -98,7 +98,7 @@ async def conform(
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
-    jobs: int = 2,
+    jobs: int | None = None,
 ) -> Report:
     """Test an implementation of ``role`` started as ``command``: the async form.
 
@@ -116,6 +116,8 @@ async def conform(
         )
     if (timeout is not None and timeout <= 0) or time_scale <= 0:
         raise ConfigError("timeout and time_scale must be positive")
+    if jobs is None:
+        jobs = 2 if transport == "stdio" else 1  # over TCP, one case at a time
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, found {jobs}")
     cap = CASE_CAP * time_scale if timeout is None else timeout
