@@ -249,19 +249,7 @@ def test_there_are_enough_broken_variants() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "role",
-    [
-        "worker",
-        pytest.param(
-            "modeller",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="runtime stamps modeller seq before write; fixed by seq-at-write",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("role", ["worker", "modeller"])
 def test_the_engine_itself_passes_its_kit(role: str) -> None:
     """The library's own worker and modeller, over stdio (slow: each start imports it)."""
     from fsm_protocol.conformance import run_conformance
