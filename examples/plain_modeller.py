@@ -84,7 +84,7 @@ BUGS = {
 }
 
 CANCEL_WAIT = 5.0  # how long a cancelled pod has to confirm with TASK_ABORT
-RECORD_EVERY = 0.3  # lose-quick-start: how often pending accepts are recorded
+RECORD_EVERY = 0.5  # lose-quick-start: how long an accept waits to be recorded
 
 
 class Pod:
@@ -120,7 +120,6 @@ class Modeller:
         self.own_abort = False
         self.require_all = False
         self.pending_accepts: dict[str, float] = {}
-        self.last_record = time.monotonic()
         self.spoiled = False
 
     def send(self, pod: str, kind: str, body: object = None) -> None:
@@ -295,9 +294,9 @@ class Modeller:
             for pod in self.pods.values():
                 if pod.cancelled_at is not None and now - pod.cancelled_at > CANCEL_WAIT:
                     pod.state = "ended"  # it never confirmed; stop waiting for it
-            if self.pending_accepts and now - self.last_record >= RECORD_EVERY:
-                self.pending_accepts.clear()
-                self.last_record = now
+            for name, since in list(self.pending_accepts.items()):
+                if now - since >= RECORD_EVERY:  # each accept is recorded this long after it
+                    del self.pending_accepts[name]
             wait = 0.05 if self.answers_in() else max(0.0, min(0.05, answer_by - now))
             try:
                 line = lines.get(timeout=wait)

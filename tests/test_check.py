@@ -554,6 +554,17 @@ def test_a_late_accept_is_owed_its_cancel_even_when_the_pod_aborts() -> None:
     assert check_trace([*lines, json.dumps(late)]).ok
 
 
+def test_accepts_that_come_after_every_other_worker_ended_are_owed_nothing() -> None:
+    # a aborts before b and c have answered: they are left out of a task that has ended,
+    # so their accepts, late, are owed no TASK_CANCEL (M-4.19), however many there are.
+    trace = _Trace()
+    job_lines = _Trace().opening("a", "b", "c", items=()).lines[:3]
+    trace.lines, trace.seq = list(job_lines), {"modeller": 3}
+    trace.w("JOB_ACCEPT", "a", {"ACCEPT": "a"}).w("TASK_ABORT", "a", _abort("NO_DATA"))
+    trace.w("JOB_ACCEPT", "c", {"ACCEPT": "c"}).w("JOB_ACCEPT", "b", {"ACCEPT": "b"})
+    assert check_trace(trace.lines).ok
+
+
 def test_nothing_from_a_pod_after_its_own_end_even_after_a_crossing() -> None:
     lines = (TRACES / "rules" / "E-4.24.jsonl").read_text().splitlines()
     assert check_trace(lines[:-1]).ok  # the abort crossing TASK_COMPLETE is valid

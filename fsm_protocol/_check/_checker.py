@@ -1711,8 +1711,15 @@ class TraceChecker:
 
     def _drain(self) -> None:
         while self.queue:
-            link, event, cause = self.queue.popleft()
-            self._fire(link, event, cause)
+            touched: dict[_Task, None] = {}
+            while self.queue:
+                link, event, cause = self.queue.popleft()
+                self._fire(link, event, cause)
+                touched[link.task] = None
+            # A cancel can leave a pod that never answered out of a task whose other
+            # workers have all ended: it is owed nothing from then on (M-4.19).
+            for task in touched:
+                self._after_change(task)
 
     def _open_barrier(self, task: _Task) -> None:
         # The modeller stopped waiting for answers: whoever has not answered is left out.

@@ -21,7 +21,7 @@ from .._core._shipped import shipped_chart
 from .._runtime._worker import WorkerReport
 from .._wire._messages import AbortReason, Message, MessageType, decode, encode
 from ._endpoints import stderr_detail
-from ._limits import CANCEL_WAIT, EXIT_WAIT, IDLE_WAIT
+from ._limits import CANCEL_WAIT, EXIT_WAIT, IDLE_WAIT, KIT_MODELLER
 from ._modeller_case import ModellerCase
 from ._recording import Marker, Recorder
 from ._scenarios import FaultKind, Scenario, Verdict
@@ -49,6 +49,76 @@ def _check_entries(
         if checker.finding is not None:
             break
     return checker.finish().finding
+
+
+# Messages a worker may send in many states but never owes.
+_OPTIONAL = frozenset({"LOG_MESSAGE", "ONLINE_CHECK", "TASK_ABORT"})
+
+
+def _one_of(names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def _last_line(entries: Sequence[bytes | Marker]) -> str:
+    """The last message of a trace prefix, described, with its line number."""
+    lines = [e for e in entries if isinstance(e, bytes)]
+    if not lines:
+        return "the start"
+    try:
+        obj = json.loads(lines[-1])
+    except ValueError:
+        return f"line {len(lines)}"
+    if not isinstance(obj, dict):
+        return f"line {len(lines)}"
+    who = "the modeller's" if obj.get("sender") == KIT_MODELLER else "its"
+    return f"{who} {describe_message(obj)} (line {len(lines)})"
+
+
+def _line_of(entries: Sequence[bytes | Marker], type_: str, recipient: str) -> str:
+    """`` (line N)`` of the first message of ``type_`` to ``recipient``, or nothing."""
+    number = 0
+    for entry in entries:
+        if isinstance(entry, bytes):
+            number += 1
+            if f'"{type_}"'.encode() in entry:
+                try:
+                    obj = json.loads(entry)
+                except ValueError:
+                    continue
+                if obj.get("type") == type_ and obj.get("recipient") == recipient:
+                    return f" (line {number})"
+    return ""
+
+
+def _answered_after_an_abort(entries: Sequence[bytes | Marker]) -> frozenset[str]:
+    """Pods whose answer to JOB_REQUEST came after another pod's own abort.
+
+    The modeller may have left such a pod out when it cancelled the task, and ended the
+    task before it read the answer: the trace cannot tell, since the kit reads the
+    modeller's lines and writes its pods' on different streams. Nothing is owed to it then.
+    """
+    cancelled: set[str] = set()
+    aborted = False
+    late: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, bytes):
+            continue
+        try:
+            obj = json.loads(entry)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        kind, sender = obj.get("type"), obj.get("sender")
+        if kind == "TASK_CANCEL":
+            cancelled.add(str(obj.get("recipient")))
+        elif kind == "TASK_ABORT" and sender not in cancelled:
+            aborted = True
+        elif kind in ("JOB_ACCEPT", "JOB_REJECT") and aborted:
+            late.add(str(sender))
+    return frozenset(late)
 
 
 def _decoded(lines: Iterable[bytes]) -> list[Message | None]:
@@ -147,32 +217,55 @@ def judge_worker_case(case: WorkerCase, scale: float) -> _Judgement:
     run = case.run
     if run is None:
         return _Judgement(Verdict.TIMEOUT, "the task did not end", details, finding)
+    held_back = {
+        f.pod for f in scenario.faults if f.kind is FaultKind.DELAY_SEND and "JOB_REQUEST" in f.on
+    }
     for pod, outcome in run.workers.items():
         if pod in recorder.faulted:
             continue
+        timed_out = any(
+            isinstance(e, Marker) and e.pod == pod and e.event == "response_timeout"
+            for e in recorder.entries
+        )
+        if timed_out and pod not in held_back and not recorder.answered[pod].is_set():
+            line = _line_of(recorder.entries, "JOB_REQUEST", pod)
+            return _Judgement(
+                Verdict.TIMEOUT,
+                f"pod {pod} never answered: expected JOB_ACCEPT or JOB_REJECT from it within"
+                f" {case.response_timeout:.3g} s (the response timeout) after the modeller's"
+                f" JOB_REQUEST{line}, got nothing",
+                tuple(stderr_detail(stderr[pod])) + details,
+                finding,
+            )
         if outcome.state == "lost" and "sent nothing for" in outcome.problem:
             # What the trace expected when the silence began.
             silence = _check_entries(
                 recorder.entries[: recorder.lost_at.get(pod)], task_id, worker_under_test=True
             )
             where = recorder.ended_from.get(pod, "?")
-            expected = ""
+            owed = ""
             if silence is not None and silence.pod == pod:
-                texts = [t for t in silence.expected if t.startswith("W:")]
-                expected = f"; it had to send one of: {'; '.join(texts)}" if texts else ""
+                names = [t.split()[1] for t in silence.expected if t.startswith("W:")]
+                # What it had to say, not what it merely may (a log line, a check).
+                names = [n for n in dict.fromkeys(names) if n not in _OPTIONAL] or names
+                if names:
+                    owed = f"expected {_one_of(names)} from it"
+            before = _last_line(recorder.entries[: recorder.lost_at.get(pod)])
+            owed = owed or "expected it to speak"
             return _Judgement(
                 Verdict.TIMEOUT,
-                f"pod {pod} went silent: it sent nothing for {IDLE_WAIT * scale:g} s in state"
-                f" {where}, where the protocol expects it to speak{expected}",
+                f"pod {pod} went silent in state {where}: {owed} within"
+                f" {IDLE_WAIT * scale:g} s after {before}, got nothing",
                 tuple(silence.render("trace").splitlines()) if silence else details,
                 silence,
             )
         if outcome.state == "unconfirmed":
+            line = _line_of(recorder.entries, "TASK_CANCEL", pod)
             return _Judgement(
                 Verdict.FAIL,
-                f"pod {pod} ignored TASK_CANCEL: no TASK_ABORT within {CANCEL_WAIT * scale:g} s"
-                " of the modeller's TASK_CANCEL (a cancelled worker answers with"
-                " TASK_ABORT(CANCELLED_BY_MODELLER) and ends)",
+                f"pod {pod} ignored TASK_CANCEL: expected TASK_ABORT from it within"
+                f" {CANCEL_WAIT * scale:g} s after the modeller's TASK_CANCEL{line}, got nothing"
+                " (a cancelled worker answers with TASK_ABORT(CANCELLED_BY_MODELLER) and ends)",
                 details,
                 finding,
                 rule="W-4.15",
@@ -334,7 +427,7 @@ def _modeller_expectations(scenario: Scenario) -> dict[str, set[str]]:
         any(o.startswith("aborted") and "CANCELLED" not in o for o in allowed)
         for allowed in explicit_own.values()
     )
-    missing = bool(rejected or scenario.silent)
+    missing = bool(rejected or scenario.unanswering)
     cancel_all = own_abort or (scenario.require_all_pods and missing)
     expected: dict[str, set[str]] = {}
     for pod in answering:
@@ -380,12 +473,24 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
         return _Judgement(
             Verdict.FAIL, f"{text}; the line: {quoted}", stderr, rule=_problem_rule(raw)
         )
+    # A pod whose answer the modeller, gone already, never got may stay unanswered.
+    silent = scenario.unanswering + tuple(sorted(recorder.undelivered))
     finding = _check_entries(
-        recorder.entries, task_id, silent=scenario.silent, interleaved=recorder.interleaved
+        recorder.entries, task_id, silent=silent, interleaved=recorder.interleaved
     )
     details = tuple(finding.render("trace").splitlines()) if finding else ()
     if finding is not None and finding.text is not None:
         return _Judgement(Verdict.FAIL, finding.message, details, finding)
+    watch = case.watch
+    if watch is not None and watch.expired is not None:
+        overdue = watch.expired
+        state = recorder.states.get(overdue.pod, "?")
+        return _Judgement(
+            Verdict.TIMEOUT,
+            f"{overdue.text()} (the kit's pod {overdue.pod} was waiting in state {state})",
+            stderr + details,
+            finding,
+        )
     if case.exited and case.exit_code not in case.clean_exits:
         statuses = " or ".join(str(code) for code in sorted(case.clean_exits))
         return _Judgement(
@@ -401,7 +506,17 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             Verdict.FAIL, case.job_problems[0], tuple(case.job_problems[1:]), rule="M-6.1"
         )
     expected = _modeller_expectations(scenario)
+    # An answer that reached the modeller after the task had ended is owed nothing: such a
+    # pod may end on its own timeout, whatever else the scenario expected of it.
+    # So may a pod whose answer the modeller, gone already, never got.
+    unowed = (
+        (watch.unowed() if watch is not None else frozenset())
+        | _answered_after_an_abort(recorder.entries)
+        | recorder.undelivered
+    )
     for pod, allowed in expected.items():
+        if pod in unowed:
+            allowed = allowed | {"aborted:MODELLER_TIMEOUT"}
         first_abort = next(
             (
                 f"{other} aborted ({report.abort_reason.value})"
@@ -434,9 +549,15 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             else ""
         )
         if found == "aborted:MODELLER_TIMEOUT":
-            hint = ""
-            if "aborted:CANCELLED_BY_MODELLER" in allowed and first_abort:
+            owed_to = watch.owed_to(pod) if watch is not None else []
+            ended = case.ended_at.get(pod)
+            if owed_to and ended is not None:
+                what = "; ".join(o.gave_up_text(ended - o.since) for o in owed_to)
+                hint = f"; {what}"
+            elif "aborted:CANCELLED_BY_MODELLER" in allowed and first_abort:
                 hint = f"; the modeller should have cancelled it after {first_abort}"
+            else:
+                hint = ""
             return _Judgement(
                 Verdict.TIMEOUT,
                 f"pod {pod} gave up waiting for the modeller in state {waiting}:"
@@ -479,7 +600,14 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             finding,
             rule="M-6.3",
         )
-    if finding is not None:
+    # A kit pod that stopped mid-task because the modeller had gone is not at fault.
+    kit_pod_cut_off = (
+        finding is not None
+        and finding.text is None
+        and finding.pod in recorder.undelivered
+        and (finding.rule or "").startswith("W-")
+    )
+    if finding is not None and not kit_pod_cut_off:
         return _Judgement(Verdict.FAIL, finding.message, details, finding)
     return _pass()
 
@@ -489,7 +617,7 @@ def judge_deadline(scenario: Scenario, recorder: Recorder, timeout: float) -> _J
     finding = _check_entries(
         recorder.entries,
         f"conform-{scenario.name}",
-        silent=scenario.silent,
+        silent=scenario.unanswering,
         interleaved=recorder.interleaved,
     )
     waiting = ", ".join(
