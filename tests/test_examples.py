@@ -434,13 +434,17 @@ MODELLER_BUGS: dict[str, Broken] = {
     "no-response-timeout": (
         "silent-pod",
         Verdict.TIMEOUT,
-        ("never stopped waiting for kit/pod-c",),
+        (
+            "expected TASK_START to kit/pod-",
+            "and the response timeout (",
+            "for kit/pod-c to answer the JOB_REQUEST, got nothing",
+        ),
         "M-4.18",
     ),
     "short-response-wait": (
         "slow-answer",
-        Verdict.TIMEOUT,
-        ("pod kit/pod-b gave up waiting", "within the response timeout, 4 s"),
+        Verdict.FAIL,
+        ("the modeller cancelled pod kit/pod-b", "within the response timeout, 4 s"),
         "M-4.18",
     ),
     "ignore-require-all": (

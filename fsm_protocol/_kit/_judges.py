@@ -490,6 +490,7 @@ def judge_modeller_case(case: ModellerCase, scale: float) -> _Judgement:
             f"{overdue.text()} (the kit's pod {overdue.pod} was waiting in state {state})",
             stderr + details,
             finding,
+            rule=overdue.rule,
         )
     if case.exited and case.exit_code not in case.clean_exits:
         statuses = " or ".join(str(code) for code in sorted(case.clean_exits))

@@ -38,6 +38,7 @@ class Owed:
     line: int
     cause: str
     wait: float
+    rule: str = "M-4.26"  # the rule a modeller that never sends it breaks
 
     @property
     def deadline(self) -> float:
@@ -56,6 +57,13 @@ class Owed:
             f"expected {self.message} to {self.pod} after {self.cause}, got nothing in the"
             f" {waited:.2g} s until the pod's own timer ran out"
         )
+
+
+def _rule(link: _Link, message: str) -> str:
+    """The rule broken by a modeller that never sends ``message`` it owes ``link``'s pod."""
+    if message == "TASK_CANCEL":
+        return "M-4.19" if link.late else "M-4.22"
+    return {"ONLINE_RESPONSE": "M-4.30", "ALGORITHM_EXCHANGE": "M-4.7"}.get(message, "M-4.26")
 
 
 def _cause(link: _Link, message: str, line: int, checker_cause: str) -> str:
@@ -102,7 +110,13 @@ class OwedWatch:
         now = trio.current_time()
         self.owed: dict[tuple[str, str], Owed] = {
             (pod, "JOB_REQUEST"): Owed(
-                pod, "JOB_REQUEST", now, 0, "the CONFORMANCE_SCENARIO line", REQUEST_WAIT * scale
+                pod,
+                "JOB_REQUEST",
+                now,
+                0,
+                "the CONFORMANCE_SCENARIO line",
+                REQUEST_WAIT * scale,
+                "M-6.1",
             )
             for pod in self.pods
         }
@@ -127,26 +141,37 @@ class OwedWatch:
         checker = self.checker
         task = checker.tasks.get(self.task_id)
         links = task.links if task is not None else {}
-        wanted: dict[tuple[str, str], tuple[int, str, float]] = {}
+        wanted: dict[tuple[str, str], tuple[int, str, float, str]] = {}
         for pod in self.pods:
             if pod not in links:
                 old = self.owed.get((pod, "JOB_REQUEST"))
                 if old is not None:
-                    wanted[(pod, "JOB_REQUEST")] = (old.line, old.cause, old.wait)
+                    wanted[(pod, "JOB_REQUEST")] = (old.line, old.cause, old.wait, old.rule)
         if task is not None and checker.finding is None:
-            unanswered = any(link.leaf == "requested" for link in links.values())
+            unanswered = sorted(link.pod for link in links.values() if link.leaf == "requested")
             base = OWED_WAIT * self.scale
             for link in links.values():
                 for message, (line, cause) in (link.owed or {}).items():
-                    wanted[(link.pod, message)] = (line, _cause(link, message, line, cause), base)
+                    wanted[(link.pod, message)] = (
+                        line,
+                        _cause(link, message, line, cause),
+                        base,
+                        _rule(link, message),
+                    )
                 if link.leaf in _READY and task.all_ready():
                     # While a pod has not answered, the modeller may wait out its response
-                    # timeout before the barrier opens.
-                    extra = self.response_timeout if unanswered else 0.0
+                    # timeout before the barrier opens (M-4.18), and then must go on.
+                    cause = f"every accepted pod had sent TASK_START (line {checker.line})"
+                    if unanswered:
+                        cause += (
+                            f" and the response timeout ({self.response_timeout:.3g} s) for"
+                            f" {', '.join(unanswered)} to answer the JOB_REQUEST"
+                        )
                     wanted[(link.pod, "TASK_START")] = (
                         checker.line,
-                        f"every accepted pod had sent TASK_START (line {checker.line})",
-                        base + extra,
+                        cause,
+                        base + (self.response_timeout if unanswered else 0.0),
+                        "M-4.18" if unanswered else "M-4.26",
                     )
                 if link.leaf == _DONE and task.all_done() and not link.cancel_sent:
                     wanted[(link.pod, "TASK_COMPLETE")] = (
@@ -154,6 +179,7 @@ class OwedWatch:
                         f'every counted pod had sent BATCHES_COMPLETE "TASK_COMPLETE"'
                         f" (line {checker.line})",
                         base,
+                        "M-4.26",
                     )
         changed = False
         for key, owed in list(self.owed.items()):
@@ -163,9 +189,9 @@ class OwedWatch:
                 ended = links.get(owed.pod)
                 if ended is not None and not ended.row and ended.ended_by.startswith("recv:"):
                     self.abandoned.setdefault(owed.pod, []).append(owed)
-        for key, (line, cause, wait) in wanted.items():
+        for key, (line, cause, wait, rule) in wanted.items():
             if key not in self.owed:
-                self.owed[key] = Owed(key[0], key[1], now, line, cause, wait)
+                self.owed[key] = Owed(key[0], key[1], now, line, cause, wait, rule)
                 changed = True
         if changed or checker.finding is not None:
             self._changed.set()

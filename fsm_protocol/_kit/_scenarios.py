@@ -855,7 +855,12 @@ def _modeller_rule_cases() -> tuple[Scenario, ...]:
             echo=Echo(items=_items(4), batch_size=2),
             pods=(_A, _B),
             response_timeout_s=4.0,
-            faults=(Fault(_B, FaultKind.DELAY_SEND, ("JOB_ACCEPT",), seconds=0.8),),
+            # pod-a is slow to start, so the task is still running when pod-b's answer
+            # comes: a modeller that stopped waiting early must deal with it as late.
+            faults=(
+                Fault(_B, FaultKind.DELAY_SEND, ("JOB_ACCEPT",), seconds=0.8),
+                Fault(_A, FaultKind.DELAY_SEND, ("TASK_START",), seconds=1.5),
+            ),
         ),
     )
 
