@@ -7,9 +7,10 @@ ends it. Which event is allowed, and where it leads, is the chart's business.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -488,12 +489,16 @@ class WorkerBindings:
         ctx.send(self.message(MessageType.TASK_START))
 
     async def _run(self, items: list[Item], info: BatchInfo) -> Any:
+        results = self._call_run_batch(items, info)
+        if inspect.isawaitable(results):
+            results = await results
+        return _checked(items, results)
+
+    def _call_run_batch(self, items: list[Item], info: BatchInfo) -> Any:
+        """The algorithm's answer for ``items``: its results, or an awaitable of them."""
         assert self.plan is not None
         self.run_items.update(i.name for i in items)
-        results = await call_maybe_async(self.plan.algorithm.run_batch, items, info)
-        if len(results) != len(items):
-            raise ValueError(f"run_batch returned {len(results)} results for {len(items)} items")
-        return results
+        return self.plan.algorithm.run_batch(items, info)
 
     def _deliver(
         self, ctx: ActivityContext, items: list[Item], results: Any, batch: int | None
@@ -561,19 +566,53 @@ class WorkerBindings:
         if self._deliver(ctx, items, results, None):
             ctx.post("run_done")
 
-    async def do_run_batch(self, ctx: ActivityContext) -> None:
+    def do_run_batch(self, ctx: ActivityContext) -> Awaitable[None] | None:
+        """Run the current batch, then announce the next one (or the end of the batches).
+
+        A plain function, so a plain ``run_batch`` runs without a task of its
+        own; an async one (or one that returns an awaitable) is finished by the
+        awaitable this returns.
+        """
         batch_id = self.current_batch
         items = self.batches[batch_id]
         try:
-            results = await self._run(items, BatchInfo(batch_id))
+            results = self._call_run_batch(items, BatchInfo(batch_id))
+            if inspect.isawaitable(results):
+                return self._finish_batch(ctx, batch_id, items, results)
+            results = _checked(items, results)
         except Exception as exc:
-            self._user_error("run_batch", exc, items, retried=True)
-            self.retry_queue.extend(items)
-            ctx.post("batch_failed", exc)
+            self._batch_failed(ctx, items, exc)
         else:
-            self.consecutive_failures = 0
-            if not self._deliver(ctx, items, results, batch_id):
+            if not self._batch_ran(ctx, batch_id, items, results):
+                return None
+        self._announce_next(ctx, batch_id)
+        return None
+
+    async def _finish_batch(
+        self, ctx: ActivityContext, batch_id: int, items: list[Item], pending: Awaitable[Any]
+    ) -> None:
+        try:
+            results = _checked(items, await pending)
+        except Exception as exc:
+            self._batch_failed(ctx, items, exc)
+        else:
+            if not self._batch_ran(ctx, batch_id, items, results):
                 return
+        self._announce_next(ctx, batch_id)
+
+    def _batch_failed(self, ctx: ActivityContext, items: list[Item], error: Exception) -> None:
+        self._user_error("run_batch", error, items, retried=True)
+        self.retry_queue.extend(items)
+        ctx.post("batch_failed", error)
+
+    def _batch_ran(
+        self, ctx: ActivityContext, batch_id: int, items: list[Item], results: Any
+    ) -> bool:
+        """Send a batch's results; False when the usage limit ended the task."""
+        self.consecutive_failures = 0
+        return self._deliver(ctx, items, results, batch_id)
+
+    def _announce_next(self, ctx: ActivityContext, batch_id: int) -> None:
         if batch_id + 1 < len(self.batches):
             ctx.send(self.message(MessageType.CURRENT_BATCH_ID, batch_id + 1))
         else:
@@ -636,6 +675,13 @@ class WorkerBindings:
             skipped=tuple(self.skipped),
             errors=tuple(self.errors),
         )
+
+
+def _checked(items: Sequence[Item], results: Any) -> Any:
+    """``results`` of a run of ``items``, if there is one per item; raises ValueError if not."""
+    if len(results) != len(items):
+        raise ValueError(f"run_batch returned {len(results)} results for {len(items)} items")
+    return results
 
 
 async def run_worker(
