@@ -115,9 +115,10 @@ class _Plan:
 
     do: str | None
     timers: tuple[tuple[float | str, str], ...]
+    method: str = attrs.field(init=False)  # the bindings' method: do_<do>
 
-    @property
-    def method(self) -> str:
+    @method.default
+    def _method(self) -> str:
         return f"do_{self.do}"
 
 
@@ -333,6 +334,9 @@ class Executor:
         # when it began (and what plain activities of the round post): a modeller keeps
         # up with however many workers fill its queue, and a worker takes one batch per
         # round, so no side races ahead of the others.
+        # Invariant: every round (and over a network, every event) begins at a checkpoint,
+        # so a run killed while events were on their way acts on none of them (its send
+        # loops may already be gone).
         networked = any(slot.outbox is not None for slot in self._slots.values())
         quota = 0
         while self._live:
@@ -349,9 +353,6 @@ class Executor:
                 quota -= 1
             if networked:
                 await trio.lowlevel.checkpoint()
-            # Killed while an event was on its way: act on nothing more (the
-            # send loop may already be gone).
-            await trio.lowlevel.checkpoint_if_cancelled()
             if item.name is _START:
                 queued = len(events)
                 self._start(item)
@@ -547,7 +548,8 @@ class Executor:
             item.data()
             return
         slot = self._slots[item.key]
-        if item.origin is not None and not self._current(item):
+        origin = item.origin
+        if origin is not None and slot.tokens.get(origin[0]) != origin[1]:
             return  # posted by an activity or timer of a state since left
         machine = slot.machine
         data = item.data
@@ -577,9 +579,11 @@ class Executor:
         if kind == "send:":
             self._seq += 1
             self._transmit(slot, data)
-            self._record(slot, data)
-        elif kind == "recv:":
-            self._record(slot, data)
+        if kind == "send:" or kind == "recv:":
+            if self._keep_trace:
+                self.trace.append(data)
+            if self._on_message is not None:
+                self._on_message(slot.key, data)
         if self._on_step is not None:
             self._on_step(slot.key, step)
         if step.exited or step.entered:
@@ -600,12 +604,6 @@ class Executor:
             except TransportError as exc:
                 slot.send_failed = True  # the peer is gone: later messages cannot reach it
                 self.post(slot.key, slot.eof_event, exc)
-
-    def _record(self, slot: Slot, message: Message) -> None:
-        if self._keep_trace:
-            self.trace.append(message)
-        if self._on_message is not None:
-            self._on_message(slot.key, message)
 
     def _violation(self, slot: Slot, event: str, text: str) -> None:
         self.violations.append(Violation(slot.key, slot.machine.state, event, text))

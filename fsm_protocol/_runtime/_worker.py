@@ -54,6 +54,9 @@ from ._trio_only import require_trio
 
 _LOG = logging.getLogger("fsm_protocol.runtime")
 
+# Bodies that go on the wire as they are (anything else is a typed body to convert).
+_RAW_BODIES = frozenset({dict, list, str, int, float, bool, type(None)})
+
 FAILURE_LIMIT = 5
 """Consecutive failed batches after which a worker gives up (the platform's default)."""
 
@@ -168,6 +171,10 @@ class WorkerBindings:
         self.resume_from = 0
         self.errors: list[ErrorReport] = []
         self.last_error: BaseException | None = None
+        # Looked up once per task: the algorithm's results_body hook, and the
+        # resources_consumed entry of a result of so many items.
+        self._results_body: Callable[[Sequence[Item], Sequence[Any]], Any] | None = None
+        self._consumed: dict[int, tuple[ResourceConsumed, ...]] = {}
 
     def _user_error(
         self, where: str, error: BaseException, items: Sequence[Item] = (), *, retried: bool = False
@@ -191,15 +198,27 @@ class WorkerBindings:
         return self.request.sender if self.request is not None else MODELLER
 
     def message(self, type_: MessageType, body: Any = None, meta: Meta | None = None) -> Message:
-        return Message.make(
-            type_,
-            task_id=self.task_id,
-            sender=self.pod.pod_id,
-            recipient=self.modeller,
-            seq=0,
-            body=body,
-            meta=meta,
-        )
+        request = self.request
+        task_id, modeller = ("", MODELLER) if request is None else (request.task_id, request.sender)
+        if body.__class__ not in _RAW_BODIES:  # a typed body: make() writes its wire form
+            return Message.make(
+                type_,
+                task_id=task_id,
+                sender=self.pod.pod_id,
+                recipient=modeller,
+                seq=0,
+                body=body,
+                meta=meta,
+            )
+        if meta is None:
+            return Message(
+                type=type_, task_id=task_id, sender=self.pod.pod_id, recipient=modeller, seq=0,
+                body=body,
+            )  # fmt: skip
+        return Message(
+            type=type_, task_id=task_id, sender=self.pod.pod_id, recipient=modeller, seq=0,
+            body=body, meta=meta,
+        )  # fmt: skip
 
     # -------------------------------------------------------------- guards
 
@@ -515,7 +534,10 @@ class WorkerBindings:
                 allowed = max(0, len(items) - overrun)
                 over = True
         kept, kept_results = items[:allowed], list(results)[:allowed]
-        body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
+        body_hook = self._results_body
+        if body_hook is None:
+            body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
+            self._results_body = body_hook
         try:
             body = body_hook(kept, kept_results)
             problem = value_problem(body, "results")
@@ -526,7 +548,10 @@ class WorkerBindings:
             # NaN, a non-JSON object, a lone surrogate...: the peer would refuse the line.
             ctx.post("worker_error", ValueError(f"the results cannot be sent: {problem}"))
             return False
-        consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
+        consumed = self._consumed.get(allowed)
+        if consumed is None:
+            consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
+            self._consumed[allowed] = consumed
         self.unsent.setdefault(batch, []).append(_Delivery(kept, items[allowed:]))
         ctx.send(
             self.message(
@@ -577,7 +602,7 @@ class WorkerBindings:
         items = self.batches[batch_id]
         try:
             results = self._call_run_batch(items, BatchInfo(batch_id))
-            if inspect.isawaitable(results):
+            if results.__class__ is not list and inspect.isawaitable(results):
                 return self._finish_batch(ctx, batch_id, items, results)
             results = _checked(items, results)
         except Exception as exc:
