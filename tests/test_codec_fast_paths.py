@@ -138,9 +138,11 @@ LOCAL_VALUES = st.recursive(
         st.text(alphabet=st.characters(codec=None), max_size=4),
         st.sampled_from(["\udce9", "a\ud800b", object(), b"x", 1j]),
     ),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.lists(inner, max_size=3).map(tuple)
-    | st.dictionaries(st.text(max_size=3) | st.sampled_from([1, "\udce9"]), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=3) | st.sampled_from([1, "\udce9"]), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
