@@ -107,6 +107,8 @@ class Slot:
     scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
     # When the peer was last heard from (trio time), for the idle watch.
     heard: float = 0.0
+    # What entering each state of the machine's chart starts (the executor's, cached).
+    plans: Mapping[str, _Plan | None] | None = None
 
 
 @attrs.frozen
@@ -497,7 +499,7 @@ class Executor:
         envelope checks as the receive loop's, or the line's decoding error.
         """
         watch = slot.idle_timeout is not None
-        current_time = trio.current_time
+        current_time = trio.lowlevel.current_clock().current_time
         key = slot.key
 
         def take(message: Message) -> None:
@@ -611,17 +613,20 @@ class Executor:
     # ---------------------------------------------------- activities, timers
 
     def _plan(self, slot: Slot, state_name: str) -> _Plan | None:
-        chart = slot.machine.chart
-        plans = self._plans.get(id(chart))
+        plans = slot.plans
         if plans is None:
-            plans = self._plans[id(chart)] = _plans_of(chart)
+            chart = slot.machine.chart
+            plans = self._plans.get(id(chart))
+            if plans is None:
+                plans = self._plans[id(chart)] = _plans_of(chart)
+            slot.plans = plans
         return plans[state_name]
 
     def _activate(self, slot: Slot, state_name: str) -> None:
         plan = self._plan(slot, state_name)
         if plan is None:
             return  # nothing to start, and nothing it could post later
-        nursery = self._require_nursery()
+        self._require_nursery()
         self._next_token += 1
         token = self._next_token
         slot.tokens[state_name] = token
@@ -643,7 +648,7 @@ class Executor:
             scope = trio.CancelScope()
             slot.scopes[state_name] = scope
             run = _run_activity if slot.outbox is None else _run_activity_after_sends
-            nursery.start_soon(run, scope, activity, context)
+            self._require_nursery().start_soon(run, scope, activity, context)
 
     def _is_async(self, bindings: object, method: str) -> bool:
         """Whether ``bindings``' activity ``method`` is an ``async def`` (cached per class)."""

@@ -629,6 +629,7 @@ _unstructure_message: Final = _converter.get_unstructure_hook(Message)
 _ENVELOPE_KEYS: Final = frozenset({"v", "type", "task_id", "sender", "recipient", "seq", "body"})
 _MESSAGE_KEYS: Final = _ENVELOPE_KEYS | {"meta"}
 _TYPES_BY_VALUE: Final = {member.value: member for member in MessageType}
+_VALUES_BY_TYPE: Final = {member: member.value for member in MessageType}
 _RESOURCE_KEYS: Final = frozenset({"resource_type", "resource_identifier", "amount"})
 
 
@@ -727,7 +728,7 @@ def _fast_wire(message: Message) -> dict[str, Any] | None:
         ]
     return {
         "v": message.v,
-        "type": message.type.value,
+        "type": _VALUES_BY_TYPE[message.type],
         "task_id": message.task_id,
         "sender": message.sender,
         "recipient": message.recipient,
