@@ -330,16 +330,14 @@ class Executor:
     async def _loop(self) -> None:
         internal = self._internal
         events = self._events
-        # Over a network (a send loop per peer) every event gets its scheduler round, as
-        # it always had: the peers, the send loops and a user's cancel see the run at the
-        # pace they always did. In-memory runs take, in each round, the events queued
-        # when it began (and what plain activities of the round post): a modeller keeps
-        # up with however many workers fill its queue, and a worker takes one batch per
-        # round, so no side races ahead of the others.
-        # Invariant: every round (and over a network, every event) begins at a checkpoint,
-        # so a run killed while events were on their way acts on none of them (its send
-        # loops may already be gone).
-        networked = any(slot.outbox is not None for slot in self._slots.values())
+        # Each round takes the events queued when it began (and what plain activities
+        # of the round post): a modeller keeps up with however many workers fill its
+        # queue, and an in-memory worker takes one batch per round, so no side races
+        # ahead of the others. A step that queued a message for a send loop (over a
+        # network) ends the round: the send loop gets its turn at once, as a
+        # transport's own send would take one.
+        # Invariant: every round begins at a checkpoint, so a run killed while events
+        # were on their way acts on none of them (its send loops may already be gone).
         quota = 0
         while self._live:
             if internal:
@@ -353,13 +351,10 @@ class Executor:
                     quota = len(events)
                 item = events.popleft()
                 quota -= 1
-            if networked:
-                await trio.lowlevel.checkpoint()
             if item.name is _START:
                 queued = len(events)
                 self._start(item)
-                if not networked:
-                    quota += len(events) - queued
+                quota += len(events) - queued
                 continue
             self._process(item)
             if item.received:
@@ -370,10 +365,14 @@ class Executor:
                     slot.drained.set()
                     slot.drained = None
             if self._queued:
-                # A send loop has a message to write: give it its round now, as a
-                # transport's own send would take one.
+                # A send loop has a message to write: the round ends, and the next begins
+                # only after it has had its turn (two scheduler batches: trio runs the
+                # tasks of a batch in any order). So this side's messages leave in the
+                # order of their seq even when several links share one stream (stdio).
                 self._queued = False
                 await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
+                quota = len(events)
 
     @staticmethod
     def _applied(slot: Slot, message: Message) -> None:
@@ -642,7 +641,7 @@ class Executor:
 
             activity = getattr(slot.bindings, plan.method)
             context = ActivityContext(key, state_name, post)
-            if slot.outbox is None and not self._is_async(slot.bindings, plan.method):
+            if not self._is_async(slot.bindings, plan.method):
                 self._put(_Item(key, _START, (activity, context), origin))
                 return
             scope = trio.CancelScope()
