@@ -139,10 +139,6 @@ class TcpTransport:
     async def send(self, message: Message) -> None:
         await self.send_line(encode(message))
 
-    async def send_many(self, messages: list[Message]) -> None:
-        """Send ``messages`` in order, in one write."""
-        await self.send_line(b"".join([encode(message) for message in messages]))
-
     async def send_eof(self) -> None:
         """Half-close: the peer sees the end of its input, and its answer can still be read.
 

@@ -389,30 +389,15 @@ class Executor:
     async def _send_loop(self, slot: Slot, outbox: trio.MemoryReceiveChannel[Message]) -> None:
         transport = slot.transport
         assert transport is not None
-        # A transport that can write several messages at once (TCP: one write, one TLS
-        # record) gets all that wait, in order.
-        send_many: Callable[[list[Message]], Awaitable[None]] | None = getattr(
-            transport, "send_many", None
-        )
         failed = False
         async with outbox:
             async for message in outbox:
-                if failed:
-                    continue  # drain: the peer is gone, later messages cannot reach it
-                waiting = [message]
-                while send_many is not None:
+                if not failed:  # else drain: the peer is gone, later messages cannot reach it
                     try:
-                        waiting.append(outbox.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                try:
-                    if send_many is not None and len(waiting) > 1:
-                        await send_many(waiting)
-                    else:
                         await transport.send(message)
-                except TransportError as exc:
-                    failed = True
-                    self.post(slot.key, slot.eof_event, exc)
+                    except TransportError as exc:
+                        failed = True
+                        self.post(slot.key, slot.eof_event, exc)
         with contextlib.suppress(TransportError):
             await transport.aclose()
 
