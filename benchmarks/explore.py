@@ -64,6 +64,7 @@ SPEED = Bounds(
     faults=frozenset({"cancel", "reject", "crash", "fail-in-batch"}),
 )
 
+LADDER_FAULTS = ("late-accept", "cancel", "reject", "crash", "limit", "fail-in-batch", "duplicate")
 # Smallest first: fewer workers, then fewer items, then one fault at a time.
 LADDER = [
     Bounds(workers=1, items=1, batch_size=1),
@@ -71,7 +72,7 @@ LADDER = [
     *(
         Bounds(workers=w, items=1, batch_size=1, faults=frozenset({fault}))
         for w in (1, 2)
-        for fault in ("late-accept", "cancel", "reject", "crash", "limit", "fail-in-batch")
+        for fault in LADDER_FAULTS
     ),
     Bounds(workers=2, items=2, batch_size=1),
     Bounds(workers=1, items=2, batch_size=1, faults=frozenset({"fail-in-batch"})),

@@ -58,16 +58,23 @@ class Lines:
 
 
 class PodLink:
-    """One pod's conversation: its lines from the shared stdin, ours to the shared stdout."""
+    """One pod's conversation: its lines from the shared stdin, ours to the shared stdout.
 
-    def __init__(self, out: trio.lowlevel.FdStream, lock: trio.Lock) -> None:
+    ``send_nowait`` queues the line behind every earlier one of the task: the
+    runtime stamps ``seq`` when it calls it, and one writer (``write_out``)
+    keeps that order on stdout, so the modeller's seq rises by 1 in write order.
+    """
+
+    def __init__(self, out: trio.MemorySendChannel[bytes]) -> None:
         self._out = out
-        self._lock = lock
         self.inbox, self._incoming = trio.open_memory_channel[Message](math.inf)
 
     async def send(self, message: Message) -> None:
-        async with self._lock:
-            await self._out.send_all(encode(message))
+        self.send_nowait(message)
+        await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, message: Message) -> None:
+        self._out.send_nowait(encode(message))
 
     async def receive(self) -> Message:
         return await self._incoming.receive()
@@ -84,9 +91,8 @@ async def main() -> int:
     except (trio.EndOfChannel, DecodeError) as exc:
         print(f"engine_modeller: no scenario line: {exc}", file=sys.stderr)
         return 2
-    out = trio.lowlevel.FdStream(sys.stdout.fileno())
-    lock = trio.Lock()
-    links = {pod: PodLink(out, lock) for pod in scenario.pods}
+    out, pending = trio.open_memory_channel[bytes](math.inf)
+    links = {pod: PodLink(out) for pod in scenario.pods}
     jobs, configs = {}, {}
     for pod in scenario.pods:
         protocol = {**scenario.job.protocol, **scenario.job_overrides.get(pod, {})}
@@ -124,19 +130,27 @@ async def main() -> int:
         for link in links.values():
             link.inbox.close()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(route)
-        run = await run_modeller(
-            task_id=control.task_id,
-            jobs=jobs,
-            configs=configs,
-            links=links,
-            algorithm=None,
-            timeouts=TaskTimeouts(response_timeout_s=scenario.response_timeout_s),
-            require_all_pods=scenario.require_all_pods,
-            cancel=cancel,
-        )
-        nursery.cancel_scope.cancel()
+    async def write_out() -> None:
+        stdout = trio.lowlevel.FdStream(sys.stdout.fileno())
+        async for line in pending:
+            await stdout.send_all(line)
+
+    async with trio.open_nursery() as writer:
+        writer.start_soon(write_out)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(route)
+            run = await run_modeller(
+                task_id=control.task_id,
+                jobs=jobs,
+                configs=configs,
+                links=links,
+                algorithm=None,
+                timeouts=TaskTimeouts(response_timeout_s=scenario.response_timeout_s),
+                require_all_pods=scenario.require_all_pods,
+                cancel=cancel,
+            )
+            nursery.cancel_scope.cancel()
+        out.close()  # write_out ends once every line is written
     print(f"engine_modeller: task ended {run.status.value}", file=sys.stderr)
     return 0
 

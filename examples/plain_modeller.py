@@ -19,10 +19,38 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 Message = dict[str, Any]  # one decoded JSON line
 Lines = queue.Queue[bytes | None]  # stdin's lines, None at its end
+
+# bug -> (the type of the one message it spoils, what it does, the spoiled message or line)
+SPOILED: dict[str, tuple[str, str, Callable[[Message], Message | str]]] = {
+    "not-json": ("TASK_START", "writes TASK_START as a bare word", lambda m: m["type"]),
+    "huge-line": (
+        "LOG_MESSAGE",
+        "writes a LOG_MESSAGE longer than 16 MiB",
+        lambda m: {**m, "body": {"level": "INFO", "message": "x" * (16 * 1024 * 1024)}},
+    ),
+    "extra-field": ("TASK_START", "adds a field to the envelope", lambda m: {**m, "pod": "you"}),
+    "float-v": ("TASK_START", 'writes "v": 1.0', lambda m: {**m, "v": 1.0}),
+    "unknown-type": ("TASK_START", "writes TASK_START as START", lambda m: {**m, "type": "START"}),
+    "int-task-id": ("TASK_START", "writes the task id as a number", lambda m: {**m, "task_id": 7}),
+    "string-seq": ("TASK_START", "writes seq as a string", lambda m: {**m, "seq": str(m["seq"])}),
+    "no-body": (
+        "TASK_START",
+        "leaves the body out of a message without one",
+        lambda m: {k: v for k, v in m.items() if k != "body"},
+    ),
+    "null-meta": ("TASK_START", 'writes "meta": null', lambda m: {**m, "meta": None}),
+    "negative-algorithm-index": (
+        "TASK_START",
+        "writes meta.algorithm_index -1",
+        lambda m: {**m, "meta": {"algorithm_index": -1}},
+    ),
+    "body-on-marker": ("TASK_START", "gives TASK_START a body", lambda m: {**m, "body": {}}),
+}
 
 BUGS = {
     "no-barrier": "sends TASK_START to each pod as soon as that pod is ready",
@@ -34,10 +62,29 @@ BUGS = {
     "wrong-seq": "counts seq per pod instead of per task",
     "no-setup": "never sends ALGORITHM_EXCHANGE",
     "hang-at-end": "does not exit when the task is over",
+    # One bug for each rule of the rule book (docs/conformance.md) a modeller can break;
+    # tests/test_examples.py names the rule the kit must cite for each.
+    "send-worker-type": "sends a pod NUMBER_OF_BATCHES, a worker's message",
+    "bad-job-request": 'writes "batched_execution": "yes" in its JOB_REQUEST',
+    "string-setup": "sends a string as ALGORITHM_EXCHANGE's body",
+    "wrong-token": "answers ONLINE_CHECK with another token",
+    "bad-log-message": "sends a LOG_MESSAGE with a numeric level",
+    "request-twice": "sends each pod its JOB_REQUEST twice",
+    "start-twice": "sends each pod TASK_START twice",
+    "cancel-twice": "sends each cancelled pod TASK_CANCEL twice",
+    "no-response-timeout": "waits for every pod's answer forever",
+    "short-response-wait": "waits a tenth of a second for the pods' answers",
+    "ignore-require-all": "runs the task though require_all_pods and a pod rejected",
+    "say-nothing": "reads the scenario and exits without a word",
+    "ignore-overrides": "sends every pod the same job, without its job_overrides",
+    "require-overrides": "fails on a scenario line without job_overrides",
+    "log-before-answer": "sends a LOG_MESSAGE to a pod that has not answered yet",
+    "log-after-end": "sends a LOG_MESSAGE after TASK_COMPLETE",
+    **{bug: what for bug, (_, what, _) in SPOILED.items()},
 }
 
 CANCEL_WAIT = 5.0  # how long a cancelled pod has to confirm with TASK_ABORT
-RECORD_EVERY = 0.3  # lose-quick-start: how often pending accepts are recorded
+RECORD_EVERY = 0.5  # lose-quick-start: how long an accept waits to be recorded
 
 
 class Pod:
@@ -73,7 +120,7 @@ class Modeller:
         self.own_abort = False
         self.require_all = False
         self.pending_accepts: dict[str, float] = {}
-        self.last_record = time.monotonic()
+        self.spoiled = False
 
     def send(self, pod: str, kind: str, body: object = None) -> None:
         if self.bug == "wrong-seq":
@@ -91,13 +138,19 @@ class Modeller:
             "body": body,
             "meta": {},
         }
-        sys.stdout.write(json.dumps(message) + "\n")
+        line: Message | str = message
+        if self.bug in SPOILED and SPOILED[self.bug][0] == kind and not self.spoiled:
+            self.spoiled = True
+            line = SPOILED[self.bug][2](message)
+        sys.stdout.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
         sys.stdout.flush()
 
     def cancel(self, pod: Pod) -> None:
         if pod.running and pod.cancelled_at is None:
             pod.cancelled_at = time.monotonic()
             self.send(pod.name, "TASK_CANCEL")
+            if self.bug == "cancel-twice":
+                self.send(pod.name, "TASK_CANCEL")
 
     def cancel_others(self, but: Pod | None = None) -> None:
         for pod in self.pods.values():
@@ -123,6 +176,8 @@ class Modeller:
             if pod.running:
                 pod.started = True
                 self.send(pod.name, "TASK_START")
+                if self.bug == "start-twice":
+                    self.send(pod.name, "TASK_START")
         if self.own_abort:
             return
         if self.bug == "early-complete":
@@ -134,6 +189,8 @@ class Modeller:
         for pod in finished:
             self.send(pod.name, "TASK_COMPLETE")
             pod.state = "ended"
+            if self.bug == "log-after-end":
+                self.send(pod.name, "LOG_MESSAGE", {"level": "INFO", "message": "goodbye"})
 
     def over(self) -> bool:
         return all(pod.state in ("ended", "left_out") for pod in self.pods.values())
@@ -157,11 +214,15 @@ class Modeller:
             if self.bug == "lose-quick-start":
                 self.pending_accepts[pod.name] = time.monotonic()
             if pod.protocol.get("initial_setup") and self.bug != "no-setup":
-                self.send(pod.name, "ALGORITHM_EXCHANGE", {"echo": True})
-            self.send(pod.name, "LOG_MESSAGE", {"level": "INFO", "message": "welcome"})
+                setup = "echo" if self.bug == "string-setup" else {"echo": True}
+                self.send(pod.name, "ALGORITHM_EXCHANGE", setup)
+            level = 20 if self.bug == "bad-log-message" else "INFO"
+            self.send(pod.name, "LOG_MESSAGE", {"level": level, "message": "welcome"})
+            if self.bug == "send-worker-type":
+                self.send(pod.name, "NUMBER_OF_BATCHES", 1)
         elif kind == "JOB_REJECT":
             pod.state = "ended"
-            if self.require_all:
+            if self.require_all and self.bug != "ignore-require-all":
                 self.cancel_others(but=pod)
         elif kind == "TASK_START":
             if pod.name in self.pending_accepts:
@@ -173,7 +234,10 @@ class Modeller:
             pod.done = True
         elif kind == "ONLINE_CHECK":
             if self.bug != "no-online-response":
-                self.send(pod.name, "ONLINE_RESPONSE", message.get("body"))
+                token = message.get("body")
+                if self.bug == "wrong-token":
+                    token = f"{token}-not"
+                self.send(pod.name, "ONLINE_RESPONSE", token)
         elif kind == "TASK_ABORT":
             was_cancelled = pod.cancelled_at is not None
             pod.state = "ended"
@@ -193,13 +257,31 @@ class Modeller:
         self.task_id = scenario["task_id"]
         body = scenario["body"]
         job = body["job"]
-        overrides = body.get("job_overrides") or {}
+        if self.bug == "require-overrides":
+            overrides = dict(body["job_overrides"])  # KeyError: the field is optional
+        else:
+            overrides = body.get("job_overrides") or {}
+        if self.bug == "ignore-overrides":
+            overrides = {}
+        if self.bug == "say-nothing":
+            return
         self.require_all = bool(body.get("require_all_pods"))
         answer_by = time.monotonic() + float(body["response_timeout_s"])
+        if self.bug == "no-response-timeout":
+            answer_by = float("inf")
+        if self.bug == "short-response-wait":
+            answer_by = time.monotonic() + 0.1
         for name in body["pods"]:
             protocol = {**job["protocol"], **overrides.get(name, {})}
             self.pods[name] = Pod(name, protocol)
-            self.send(name, "JOB_REQUEST", {**job, "protocol": protocol})
+            request = {**job, "protocol": protocol}
+            if self.bug == "bad-job-request":
+                request["batched_execution"] = "yes"
+            self.send(name, "JOB_REQUEST", request)
+            if self.bug == "request-twice":
+                self.send(name, "JOB_REQUEST", request)
+            if self.bug == "log-before-answer":
+                self.send(name, "LOG_MESSAGE", {"level": "INFO", "message": "hello"})
         while not self.over():
             now = time.monotonic()
             if now >= answer_by and not self.answers_in():
@@ -212,9 +294,9 @@ class Modeller:
             for pod in self.pods.values():
                 if pod.cancelled_at is not None and now - pod.cancelled_at > CANCEL_WAIT:
                     pod.state = "ended"  # it never confirmed; stop waiting for it
-            if self.pending_accepts and now - self.last_record >= RECORD_EVERY:
-                self.pending_accepts.clear()
-                self.last_record = now
+            for name, since in list(self.pending_accepts.items()):
+                if now - since >= RECORD_EVERY:  # each accept is recorded this long after it
+                    del self.pending_accepts[name]
             wait = 0.05 if self.answers_in() else max(0.0, min(0.05, answer_by - now))
             try:
                 line = lines.get(timeout=wait)

@@ -19,9 +19,99 @@ import os
 import select
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 Message = dict[str, Any]  # one decoded JSON line
+
+# bug -> (the type of the one message it spoils, what it does, the spoiled message or line)
+SPOILED: dict[str, tuple[str, str, Callable[[Message], Message | str]]] = {
+    "not-json": ("CONFIGURING_TASK", "writes CONFIGURING_TASK as a bare word", lambda m: m["type"]),
+    "huge-line": (
+        "LOG_MESSAGE",
+        "writes a LOG_MESSAGE longer than 16 MiB",
+        lambda m: {**m, "body": {"level": "INFO", "message": "x" * (16 * 1024 * 1024)}},
+    ),
+    "extra-field": ("JOB_ACCEPT", "adds a field to the envelope", lambda m: {**m, "pod": "me"}),
+    "float-v": ("JOB_ACCEPT", 'writes "v": 1.0', lambda m: {**m, "v": 1.0}),
+    "unknown-type": (
+        "CONFIGURING_TASK",
+        "writes CONFIGURING_TASK as CONFIGURING",
+        lambda m: {**m, "type": "CONFIGURING"},
+    ),
+    "other-task": (
+        "CONFIGURING_TASK",
+        "writes CONFIGURING_TASK for another task",
+        lambda m: {**m, "task_id": "another-task"},
+    ),
+    "int-task-id": (
+        "CONFIGURING_TASK",
+        "writes the task id as a number",
+        lambda m: {**m, "task_id": 7},
+    ),
+    "string-seq": (
+        "CONFIGURING_TASK",
+        "writes seq as a string",
+        lambda m: {**m, "seq": str(m["seq"])},
+    ),
+    "no-body": (
+        "CONFIGURING_TASK",
+        "leaves the body out of a message without one",
+        lambda m: {k: v for k, v in m.items() if k != "body"},
+    ),
+    "null-meta": ("CONFIGURING_TASK", 'writes "meta": null', lambda m: {**m, "meta": None}),
+    "negative-algorithm-index": (
+        "EVALUATION_RESULTS",
+        "writes meta.algorithm_index -1",
+        lambda m: {**m, "meta": {**m["meta"], "algorithm_index": -1}},
+    ),
+    "wrong-recipient": (
+        "CONFIGURING_TASK",
+        "sends CONFIGURING_TASK to someone other than the modeller",
+        lambda m: {**m, "recipient": "somebody-else"},
+    ),
+    "accept-names-other": (
+        "JOB_ACCEPT",
+        "names another pod in its JOB_ACCEPT",
+        lambda m: {**m, "body": {"ACCEPT": "another/pod"}},
+    ),
+    "unknown-reject-reason": (
+        "JOB_REJECT",
+        "rejects with a reason the spec does not know",
+        lambda m: {**m, "body": {"BAD_JOB": next(iter(m["body"].values()))}},
+    ),
+    "body-on-marker": (
+        "CONFIGURING_TASK",
+        "gives CONFIGURING_TASK a body",
+        lambda m: {**m, "body": {}},
+    ),
+    "zero-batches": ("NUMBER_OF_BATCHES", "sends NUMBER_OF_BATCHES 0", lambda m: {**m, "body": 0}),
+    "negative-batch-id": (
+        "CURRENT_BATCH_ID",
+        "sends CURRENT_BATCH_ID -1",
+        lambda m: {**m, "body": -1},
+    ),
+    "unknown-batches-complete": (
+        "BATCHES_COMPLETE",
+        'sends BATCHES_COMPLETE "DONE"',
+        lambda m: {**m, "body": "DONE"},
+    ),
+    "unknown-abort-reason": (
+        "TASK_ABORT",
+        "aborts with a reason the spec does not know",
+        lambda m: {**m, "body": {**m["body"], "reason": "NO_ITEMS"}},
+    ),
+    "int-online-check": (
+        "ONLINE_CHECK",
+        "sends a number as ONLINE_CHECK's token",
+        lambda m: {**m, "body": 7},
+    ),
+    "bad-log-message": (
+        "LOG_MESSAGE",
+        "sends a LOG_MESSAGE with a numeric level",
+        lambda m: {**m, "body": {"level": 20, "message": "hello"}},
+    ),
+}
 
 BUGS = {
     "one-based-batches": "numbers batches from 1, like the docs page does",
@@ -41,6 +131,27 @@ BUGS = {
     "no-abort-on-eof": "exits quietly when its input ends mid-task",
     "linger": "does not exit when its input ends",
     "always-streams": "streams batches even when batched_execution is false",
+    # One bug for each rule of the rule book (docs/conformance.md) a worker can break;
+    # tests/test_examples.py names the rule the kit must cite for each.
+    "double-accept": "answers the JOB_REQUEST twice",
+    "configure-first": "sends CONFIGURING_TASK before PREPARING_DATA",
+    "no-setup-wait": "does not wait for ALGORITHM_EXCHANGE before its batches",
+    "no-start-wait": "does not wait for the modeller's TASK_START",
+    "estimate-twice": "sends its estimate NUMBER_OF_BATCHES twice",
+    "abort-instead-of-reject": "answers an invalid job with TASK_ABORT instead of JOB_REJECT",
+    "abort-as-cancelled": "aborts with CANCELLED_BY_MODELLER though nobody cancelled",
+    "log-before-answer": "sends a LOG_MESSAGE before its JOB_ACCEPT",
+    "ignore-start-timeout": "waits for the modeller's TASK_START forever",
+    "soft-start-wait": "waits for TASK_START with its soft and hard timeouts",
+    "reject-valid": "rejects every job",
+    "run-without-items": "runs a job without items instead of aborting with NO_DATA",
+    "reverse-items": "sends a batch's results in reverse order",
+    "retry-fail-alone": "lets items of fail_alone succeed on their retry",
+    "retry-single-run": "drops failing items of a non-batched run instead of aborting",
+    "no-failure-limit": "never gives up after consecutive failed batches",
+    "ignore-test-run": "runs every item of a test run",
+    "abort-at-end": "ends a job that completes with TASK_ABORT(WORKER_ERROR)",
+    **{bug: what for bug, (_, what, _) in SPOILED.items()},
 }
 
 ECHO = "conformance.Echo"
@@ -76,6 +187,7 @@ class Worker:
         self.hard = 180.0
         self.start_wait = 1170.0
         self.checks = 0
+        self.spoiled = False
 
     # ------------------------------------------------------------ input
 
@@ -106,6 +218,8 @@ class Worker:
 
     def wait_for(self, wanted: str, *, start: bool = False) -> Message:
         """Wait for one message type, answering the modeller's silence with ONLINE_CHECK."""
+        if self.bug == "soft-start-wait":
+            start = False
         quiet = self.start_wait if start else self.soft
         checking = False
         while True:
@@ -155,7 +269,11 @@ class Worker:
             "body": body,
             "meta": meta or {},
         }
-        sys.stdout.write(json.dumps(message) + "\n")
+        line: Message | str = message
+        if self.bug in SPOILED and SPOILED[self.bug][0] == kind and not self.spoiled:
+            self.spoiled = True
+            line = SPOILED[self.bug][2](message)
+        sys.stdout.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
         sys.stdout.flush()
         self.seq += 1
 
@@ -182,10 +300,28 @@ class Worker:
         self.task_id = first["task_id"]
         job = first["body"]
         problems = self.configure(job)
+        if self.bug == "log-before-answer":
+            self.send("LOG_MESSAGE", {"level": "INFO", "message": "plain_worker is thinking"})
+        if self.bug == "reject-valid" and not problems:
+            problems = ["this worker runs no jobs"]
+        if problems and self.bug == "abort-instead-of-reject":
+            self.send(
+                "TASK_ABORT",
+                {
+                    "message": "; ".join(problems),
+                    "reason": "WORKER_ERROR",
+                    "exception_type": None,
+                    "traceback_summary": None,
+                },
+                {"reason": "WORKER_ERROR"},
+            )
+            return 0
         if problems:
             self.send("JOB_REJECT", {"TASK_SETUP_ERROR": problems})
             return 0
         self.send("JOB_ACCEPT", {"ACCEPT": self.me})
+        if self.bug == "double-accept":
+            self.send("JOB_ACCEPT", {"ACCEPT": self.me})
         self.send("LOG_MESSAGE", {"level": "INFO", "message": "plain_worker accepted the job"})
         try:
             self.run(job)
@@ -219,6 +355,8 @@ class Worker:
     def configure(self, job: Message) -> list[str]:
         options = job.get("options") or {}
         self.start_wait = float(options.get("task_start_timeout_s", 1170))
+        if self.bug == "ignore-start-timeout":
+            self.start_wait = 1e6  # about 11 days
         self.soft = float(options.get("soft_timeout_s", 180))
         self.hard = float(options.get("hard_timeout_s", 180))
         protocol = job.get("protocol") or {}
@@ -251,7 +389,7 @@ class Worker:
     def run(self, job: Message) -> None:
         protocol = job["protocol"]
         items = list(protocol.get("items", []))
-        if job.get("test_run"):
+        if job.get("test_run") and self.bug != "ignore-test-run":
             items = items[:1]
         size = max(1, protocol.get("batch_size", 1))
         fail_in_batch = set(protocol.get("fail_in_batch", []))
@@ -259,12 +397,18 @@ class Worker:
         limit = protocol.get("inference_limit")
         usage = limit["total_usage"] if limit else 0
 
+        if self.bug == "configure-first":
+            self.send("CONFIGURING_TASK")
         if items:  # nothing to load otherwise; the marker is optional
             self.send("PREPARING_DATA")
-        self.send("CONFIGURING_TASK")
+        if self.bug != "configure-first":
+            self.send("CONFIGURING_TASK")
         if not items:
-            raise Abort("NO_DATA", "there are no items to run")
-        if protocol.get("initial_setup"):
+            if self.bug == "abort-as-cancelled":
+                raise Abort("CANCELLED_BY_MODELLER", "there are no items to run")
+            if self.bug != "run-without-items":
+                raise Abort("NO_DATA", "there are no items to run")
+        if protocol.get("initial_setup") and self.bug != "no-setup-wait":
             self.wait_for("ALGORITHM_EXCHANGE")
 
         def charge(run: list[str]) -> tuple[list[str], bool]:
@@ -287,6 +431,8 @@ class Worker:
             self.send("NUMBER_OF_BATCHES", 1)
             self.send("TASK_START")
             self.wait_for("TASK_START", start=True)
+            if self.bug == "retry-single-run":
+                items = [i for i in items if i not in fail_in_batch and i not in fail_alone]
             if any(item in fail_in_batch or item in fail_alone for item in items):
                 raise Abort("WORKER_ERROR", "an item failed")
             kept, over = charge(items)
@@ -303,10 +449,13 @@ class Worker:
         self.send("NUMBER_OF_BATCHES", -1)
         self.send("CURRENT_BATCH_ID", first_id)
         self.send("NUMBER_OF_BATCHES", len(batches))
+        if self.bug == "estimate-twice":
+            self.send("NUMBER_OF_BATCHES", len(batches))
         self.send("TASK_START")
         if self.bug == "wrong-seq":
             self.seq += 1
-        self.wait_for("TASK_START", start=True)
+        if self.bug != "no-start-wait":
+            self.wait_for("TASK_START", start=True)
         if self.bug == "silent":
             while True:  # never speaks again, but leaves when its input ends
                 self.read(None)
@@ -321,7 +470,7 @@ class Worker:
             if any(item in fail_in_batch or item in fail_alone for item in batch):
                 failures += 1
                 retry += batch
-                if failures >= FAILURE_LIMIT:
+                if failures >= FAILURE_LIMIT and self.bug != "no-failure-limit":
                     raise Abort("WORKER_ERROR", f"{FAILURE_LIMIT} consecutive batches failed")
                 continue
             failures = 0
@@ -329,6 +478,8 @@ class Worker:
             kept, over = charge(batch)
             if self.bug == "lose-item" and len(kept) > 1:
                 kept = kept[:-1]
+            if self.bug == "reverse-items":
+                kept = kept[::-1]
             self.results(kept, batch_id)
             if over:
                 raise Abort("LIMITS_EXCEEDED", "the inference limit was reached")
@@ -338,7 +489,7 @@ class Worker:
         for item in retry:
             if self.bug == "crash-on-retry":
                 raise RuntimeError(f"cannot retry {item}")
-            if item in fail_alone:
+            if item in fail_alone and self.bug != "retry-fail-alone":
                 continue
             succeeded += 1
             kept, over = charge([item])
@@ -351,6 +502,8 @@ class Worker:
         self.finish()
 
     def finish(self) -> None:
+        if self.bug == "abort-at-end":
+            raise Abort("WORKER_ERROR", "plain_worker gives up at the end")
         self.send("BATCHES_COMPLETE", "TASK_COMPLETE")
         self.wait_for("TASK_COMPLETE")
         if self.bug == "send-after-end":

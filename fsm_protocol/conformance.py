@@ -124,10 +124,11 @@ def run_conformance(
     scenarios: Sequence[str | Scenario] | None = None,
     seed: int | None = None,
     generated: int | None = None,
-    timeout: float = 10.0,
+    timeout: float | None = None,
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
+    jobs: int | None = None,
 ) -> Report:
     """Test an implementation of ``role`` started as ``command``.
 
@@ -140,14 +141,19 @@ def run_conformance(
             and always in the report, so a failure can be replayed.
         generated: How many generated scenarios; by default 10 with the whole
             catalogue and 0 with named scenarios.
-        timeout: The deadline of each case, in seconds; the kit kills the
-            processes of a case that overruns it (verdict TIMEOUT).
+        timeout: The last-resort cap on one case, in seconds (by default 60
+            times ``time_scale``); the kit kills the processes of a case that
+            overruns it (verdict TIMEOUT). Every step of a case has its own,
+            shorter wait, so a broken implementation meets one of those first.
         time_scale: Multiplies every timing of the kit, for slow implementations.
         transport: How the kit reaches the command: ``"stdio"``, or ``"tcp"`` on
             loopback, with ``{host}``, ``{port}``, ``{pod}`` (worker) or ``{port}`` /
             ``{port_file}`` and ``{task}`` (modeller) filled in the command; see
             docs/conformance.md, "Over TCP".
         on_case: Called with each case's result as soon as it is known.
+        jobs: How many cases may run at once (the report keeps the catalogue's
+            order): by default 2 over stdio and 1 over TCP. Cases whose meaning
+            depends on timing (a fault, short timeouts) always run alone.
 
     Returns:
         The report: a verdict per case, the coverage, the seed.
@@ -165,6 +171,7 @@ def run_conformance(
         "time_scale": time_scale,
         "transport": transport,
         "on_case": on_case,
+        "jobs": jobs,
     }
 
     import trio

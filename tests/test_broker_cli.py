@@ -73,10 +73,8 @@ def assert_every_result_once(
         for m in map(json.loads, trace.read_text().splitlines())
     )
     assert [key for key, n in applied.items() if n > 1] == []
-    # The checker does not know options.resume_from_batch: a run whose pods start at a
-    # later batch (as over direct TCP) fails its rule W-4.5, so it is not checked here.
-    if not resumed_from_batch:
-        assert main(["check", str(trace)]) == 0
+    # A resumed run's pods start at a later batch (options.resume_from_batch): check knows.
+    assert main(["check", str(trace)]) == 0
 
 
 def test_a_signed_task_runs_through_a_local_server_from_the_cli(

@@ -348,6 +348,54 @@ def test_the_modellers_seq_rises_by_one_in_write_order_whatever_the_recipient() 
     assert finding.message.startswith("seq 3 from the modeller in task 't'; expected 2")
 
 
+def _interleaved(lines: list[str]) -> Any:
+    checker = TraceChecker(interleaved=True)
+    checker.feed_lines(lines)
+    return checker.finish().finding
+
+
+def test_an_observer_of_several_streams_accepts_the_modellers_seq_read_out_of_order() -> None:
+    """The kit over TCP reads each pod's connection on its own: write order across them is lost."""
+    trace = _Trace().opening("a", "b")
+    trace.m("TASK_START", "a").m("TASK_START", "b")
+    trace.lines[-2:] = [trace.lines[-1], trace.lines[-2]]  # seq 3 read before seq 2
+    assert TraceChecker().feed_lines(trace.lines) is not None  # one stream: the exact order
+    assert TraceChecker(interleaved=True).feed_lines(trace.lines) is None
+
+
+def test_an_observer_of_several_streams_still_catches_a_repeated_modeller_seq() -> None:
+    trace = _Trace().opening("a", "b")
+    trace.seq["modeller"] -= 1
+    trace.m("TASK_START", "a")
+    finding = _interleaved(trace.lines)
+    assert finding is not None and finding.rule == "E-2.6"
+    assert "was used before; expected 2" in finding.message
+
+
+def test_an_observer_of_several_streams_catches_a_number_never_written() -> None:
+    trace = _Trace().opening("a", "b")
+    trace.seq["modeller"] += 1  # seq 2 is skipped
+    trace.m("TASK_START", "a").m("TASK_START", "b")
+    finding = _interleaved(trace.lines)
+    assert finding is not None and finding.rule == "E-2.6"
+    assert "seq 2 in task 't' never arrived on any stream, though seq 4 did" in finding.message
+
+
+def test_an_observer_of_several_streams_catches_a_seq_falling_on_one_stream() -> None:
+    trace = _Trace().opening("a", "b")
+    trace.m("TASK_START", "a").m("TASK_START", "b")
+    lines = [json.loads(line) for line in trace.lines]
+    # Stream a gets seq 2 and then seq 0; every number is used once.
+    (request_a,) = [m for m in lines if m["type"] == "JOB_REQUEST" and m["recipient"] == "a"]
+    (start_a,) = [m for m in lines if m["type"] == "TASK_START" and m["recipient"] == "a"]
+    request_a["seq"], start_a["seq"] = start_a["seq"], request_a["seq"]
+    finding = _interleaved([json.dumps(m) for m in lines])
+    assert finding is not None and finding.rule == "E-2.6"
+    assert "seq 0 from the modeller to a in task 't' after seq 2 on the same stream" in (
+        finding.message
+    )
+
+
 def test_a_modeller_seq_gap_is_reported_where_it_happens() -> None:
     trace = _Trace().opening("a")
     trace.seq["modeller"] += 1  # skips one number
@@ -506,6 +554,17 @@ def test_a_late_accept_is_owed_its_cancel_even_when_the_pod_aborts() -> None:
     assert check_trace([*lines, json.dumps(late)]).ok
 
 
+def test_accepts_that_come_after_every_other_worker_ended_are_owed_nothing() -> None:
+    # a aborts before b and c have answered: they are left out of a task that has ended,
+    # so their accepts, late, are owed no TASK_CANCEL (M-4.19), however many there are.
+    trace = _Trace()
+    job_lines = _Trace().opening("a", "b", "c", items=()).lines[:3]
+    trace.lines, trace.seq = list(job_lines), {"modeller": 3}
+    trace.w("JOB_ACCEPT", "a", {"ACCEPT": "a"}).w("TASK_ABORT", "a", _abort("NO_DATA"))
+    trace.w("JOB_ACCEPT", "c", {"ACCEPT": "c"}).w("JOB_ACCEPT", "b", {"ACCEPT": "b"})
+    assert check_trace(trace.lines).ok
+
+
 def test_nothing_from_a_pod_after_its_own_end_even_after_a_crossing() -> None:
     lines = (TRACES / "rules" / "E-4.24.jsonl").read_text().splitlines()
     assert check_trace(lines[:-1]).ok  # the abort crossing TASK_COMPLETE is valid
@@ -609,3 +668,34 @@ def test_an_invalid_line_cites_the_envelope_rule_of_its_field(
     checker.feed_lines(lines[:3])
     finding = checker.feed(json.dumps(obj))
     assert finding is not None and finding.rule == rule, finding
+
+
+def _resumed(first: int, resume_option: object) -> list[str]:
+    """The rule book's two-batch streaming trace, its batches numbered from ``first``."""
+    lines = [
+        json.loads(line)
+        for line in (TRACES / "rules" / "W-4.5.jsonl").read_text().split("\n")
+        if line
+    ]
+    batch = first - 1
+    for message in lines:
+        if message["type"] == "JOB_REQUEST" and resume_option is not None:
+            message["body"]["options"]["resume_from_batch"] = resume_option
+        if message["type"] == "CURRENT_BATCH_ID":
+            batch += 1
+            message["body"] = batch
+        if message["type"] == "EVALUATION_RESULTS":
+            message["meta"]["batch_number"] = batch
+    return [json.dumps(message) for message in lines]
+
+
+def test_a_resumed_task_starts_at_the_batch_its_job_names() -> None:
+    """``modeller serve --resume`` asks its pods to start at a later batch (docs/network.md)."""
+    assert check_trace(_resumed(0, None)).ok
+    assert check_trace(_resumed(3, 3)).ok
+    finding = check_trace(_resumed(0, 3)).finding
+    assert finding is not None and finding.rule == "W-4.5"
+    assert "with body 3 (the next batch id)" in " ".join(finding.expected)
+    # Not a resumed task: a value that is not a batch id is no resume.
+    assert check_trace(_resumed(0, "3")).ok
+    assert check_trace(_resumed(0, -1)).ok

@@ -64,6 +64,8 @@ async def test_unknown_scenarios_and_arguments_are_config_errors() -> None:
         await conform(role="worker", command=[])
     with pytest.raises(ConfigError, match="unknown transport 'pigeon'"):
         await conform(role="worker", command=WORKER, transport="pigeon")
+    with pytest.raises(ConfigError, match="jobs must be at least 1, found 0"):
+        await conform(role="worker", command=WORKER, jobs=0)
     with pytest.raises(ConfigError, match="other role"):
         await conform(role="modeller", command=WORKER, scenarios=[catalogue(Role.WORKER)[0]])
 
@@ -98,8 +100,32 @@ async def test_a_silent_worker_times_out_and_never_hangs_the_kit() -> None:
     report = await _one("worker", _py("import time; time.sleep(60)"), "single-run", time_scale=0.25)
     (case,) = report.cases
     assert case.verdict is Verdict.TIMEOUT
-    assert "went silent" in case.reason and "state requested" in case.reason
+    assert case.reason.startswith(
+        "pod kit/pod-a never answered: expected JOB_ACCEPT or JOB_REJECT from it within 1.25 s"
+        " (the response timeout) after the modeller's JOB_REQUEST (line 1), got nothing"
+    )
     assert time.monotonic() - started < 10
+
+
+async def test_a_modeller_that_owes_a_job_request_is_named_at_its_own_wait() -> None:
+    """No whole-case deadline: the kit's wait for the owed JOB_REQUEST ends the case."""
+    started = time.monotonic()
+    sleeper = _py("import time; time.sleep(60)")
+    report = await _one("modeller", sleeper, "single-run", time_scale=0.25)
+    (case,) = report.cases
+    assert case.verdict is Verdict.TIMEOUT
+    assert case.reason.startswith(
+        "expected JOB_REQUEST to kit/pod-a within 1.25 s after the CONFORMANCE_SCENARIO line,"
+        " got nothing"
+    )
+    assert time.monotonic() - started < 8
+
+
+async def test_pods_left_out_by_a_cancel_are_not_blamed_for_not_answering() -> None:
+    # seed 1's generated-8: three pods and no items; the first one's NO_DATA abort ends the
+    # task before the others' answers are read, which is no fault of theirs.
+    report = await _one("worker", WORKER, "generated-8", generated=10)
+    report.assert_passed()
 
 
 async def test_the_case_deadline_kills_what_is_left() -> None:

@@ -56,9 +56,6 @@ async def test_the_engine_worker_passes_over_tcp() -> None:
     assert [case.name for case in report.cases] == WORKER_CASES
 
 
-@pytest.mark.xfail(
-    strict=True, reason="runtime stamps modeller seq before write; fixed by seq-at-write"
-)
 async def test_the_engine_modeller_passes_over_tcp() -> None:
     report = await conform(
         role="modeller", command=MODELLER, scenarios=MODELLER_CASES, transport="tcp", seed=1

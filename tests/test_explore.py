@@ -14,10 +14,10 @@ from fsm_protocol._check._checker import TraceChecker
 from fsm_protocol._cli._main import main
 from fsm_protocol._core._chart import Chart, Role
 from fsm_protocol._explore._charts import load_for_explore
-from fsm_protocol._explore._explorer import ExploreResult, explore
+from fsm_protocol._explore._explorer import Explorer, ExploreResult, System, explore
 from fsm_protocol._explore._model import Bounds
 from fsm_protocol._export._sequence import read_trace, to_mermaid_sequence
-from fsm_protocol._wire._messages import encode
+from fsm_protocol._wire._messages import MessageType, encode
 
 EXPLORE = Path(__file__).parent.parent / "fsm_protocol" / "_explore"
 
@@ -45,6 +45,18 @@ LOST_LINK_CANCELS_NOBODY = (
     "modeller.yaml",
     "- {event: link_lost, target: lost, actions: [note_link_lost, cancel_others, check_progress]}",
     "- {event: link_lost, target: lost, actions: [note_link_lost, check_progress]}",
+)
+DUPLICATE_RESULT_ALLOWED = (
+    "modeller.yaml",
+    '- {event: recv:EVALUATION_RESULTS, guards: [is_batch_result, "!duplicate_result"], '
+    "actions: [store_result]}",
+    "- {event: recv:EVALUATION_RESULTS, guards: [is_batch_result], actions: [store_result]}",
+)
+ESTIMATE_GUARD_REMOVED = (
+    "worker.yaml",
+    '- {event: send:NUMBER_OF_BATCHES, guards: [is_estimate, "!estimate_sent"], '
+    "actions: [note_estimate]}",
+    "- {event: send:NUMBER_OF_BATCHES, guards: [is_estimate], actions: [note_estimate]}",
 )
 CANCEL_REASON_LOST = (
     "worker.yaml",
@@ -103,6 +115,8 @@ def _bounds(workers: int, items: int, batch: int, faults: str = "") -> Bounds:
     ("workers", "items", "batch", "faults"),
     [
         (1, 3, 2, "cancel,reject,late-accept,crash,silence,limit,fail-in-batch,fail-alone"),
+        (1, 2, 1, "duplicate,cancel,crash,fail-in-batch"),
+        (2, 2, 1, "duplicate,reject"),
         (2, 2, 1, "cancel,crash"),
         (2, 2, 2, "reject,late-accept,limit"),
         (2, 2, 1, "fail-in-batch,fail-alone"),
@@ -213,6 +227,92 @@ def test_a_run_that_can_never_end_is_a_no_progress_violation(tmp_path: Path) -> 
     assert _charts().run(_bounds(2, 1, 1, "silence")).verdict == "ok"
 
 
+def _check_finding(result: ExploreResult) -> tuple[int, str | None, str]:
+    """What ``fsm-protocol check`` says of the counterexample: (line, rule, message)."""
+    assert result.counterexample is not None
+    checker = TraceChecker()
+    checker.feed_lines(encode(m) for m in result.counterexample.trace)
+    finding = checker.finish().finding
+    assert finding is not None, "check accepts the counterexample"
+    return finding.line, finding.rule, finding.message
+
+
+def test_a_modeller_that_takes_a_duplicate_result_is_found(tmp_path: Path) -> None:
+    # Fault `duplicate`: one worker sends a batch result twice. The shipped modeller refuses
+    # the second (bad_input: the link is lost); the mutant takes it.
+    bounds = _bounds(1, 1, 1, "duplicate")
+    shipped = _charts().run(bounds)
+    # Both ends (with and without the duplicate) are trace-checked: check must report the
+    # duplicate at its line, and nothing before it.
+    assert shipped.verdict == "ok" and shipped.ends == 2 and shipped.traces_checked == 2
+    result = _charts(modeller=_mutated(tmp_path, DUPLICATE_RESULT_ALLOWED)).run(bounds)
+    assert result.counterexample is not None
+    violation = result.counterexample.violation
+    assert violation.check == "duplicate-result" and "W-4.11" in violation.message
+    steps = result.counterexample.steps
+    assert steps[-3].endswith("(fault duplicate: its batch result goes out twice)")
+    assert steps[-2] == "the modeller reads EVALUATION_RESULTS(batch 0: i0) from explore/w0"
+    assert steps[-1] == (
+        "the modeller reads EVALUATION_RESULTS(batch 0: i0) from explore/w0 again (fault duplicate)"
+    )
+    # check rejects the trace at the duplicate, for the same rule.
+    line, rule, message = _check_finding(result)
+    trace = result.counterexample.trace
+    assert line == len(trace) and trace[-1].type == MessageType.EVALUATION_RESULTS
+    assert rule == "W-4.11" and "no duplicate results" in message
+
+
+def test_a_worker_chart_that_lets_a_second_estimate_out_is_found(tmp_path: Path) -> None:
+    # The worker offers its batch-count estimate at every batch; the chart's
+    # "!estimate_sent" guard lets only the first out. Without it a second goes out, and
+    # the modeller refuses it.
+    bounds = _bounds(1, 1, 1)
+    assert _charts().run(bounds).verdict == "ok"
+    result = _charts(worker=_mutated(tmp_path, ESTIMATE_GUARD_REMOVED)).run(bounds)
+    assert result.counterexample is not None
+    violation = result.counterexample.violation
+    assert violation.check == "refused" and "recv:NUMBER_OF_BATCHES" in violation.message
+    line, rule, message = _check_finding(result)
+    trace = result.counterexample.trace
+    assert line == len(trace) and trace[-1].type == MessageType.NUMBER_OF_BATCHES
+    estimates = [m for m in trace if m.type == MessageType.NUMBER_OF_BATCHES and m.body == 1]
+    assert len(estimates) == 2
+    assert rule == "W-4.10" and "NUMBER_OF_BATCHES is allowed there only at most once" in message
+
+
+@pytest.mark.parametrize(
+    ("mutant", "bounds"),
+    [
+        (None, _bounds(2, 1, 1, "silence")),
+        (None, _bounds(1, 2, 1, "crash,cancel")),
+        (LOST_LINK_CANCELS_NOBODY, _bounds(2, 1, 1, "silence")),
+    ],
+)
+def test_the_progress_check_settles_every_state_as_a_reverse_search_does(
+    tmp_path: Path, mutant: tuple[str, str, str] | None, bounds: Bounds
+) -> None:
+    # The no-progress check marks, backwards in a few passes, the states from which an
+    # end is reachable; on graphs with cycles that must be exactly what a search over
+    # the reversed edges finds (passes=0), however few passes it is allowed.
+    modeller = _mutated(tmp_path, mutant) if mutant is not None else None
+    system = System(
+        bounds, load_for_explore(Role.WORKER), load_for_explore(Role.MODELLER, modeller)
+    )
+    explorer = Explorer(system, symmetry=False, por=False, check_traces=False)
+    result = explorer.run()  # the check runs once the graph is complete
+    if mutant is None:
+        assert result.verdict == "ok"
+    else:
+        assert result.counterexample is not None
+        assert result.counterexample.violation.check == "no-progress"
+    assert len(explorer.edge_start) == len(explorer.states) + 1
+    reverse = explorer.reaching_ends(passes=0)
+    assert 0 < reverse.count(1) <= len(explorer.states)
+    assert (reverse.find(0) >= 0) is (mutant is not None)
+    for passes in (1, 2, 4, 100):
+        assert explorer.reaching_ends(passes=passes) == reverse
+
+
 # ------------------------------------------------------------------ reductions
 
 
@@ -228,6 +328,9 @@ def test_a_run_that_can_never_end_is_a_no_progress_violation(tmp_path: Path) -> 
         (NO_CANCEL_OF_OTHERS, _bounds(2, 1, 1, "limit")),
         (COMPLETION_REMOVED, _bounds(2, 1, 1)),
         (CANCEL_REASON_LOST, _bounds(1, 1, 1, "cancel")),
+        (None, _bounds(2, 2, 1, "duplicate,crash")),
+        (DUPLICATE_RESULT_ALLOWED, _bounds(2, 1, 1, "duplicate")),
+        (ESTIMATE_GUARD_REMOVED, _bounds(2, 1, 1)),
     ],
 )
 def test_reductions_change_no_verdict(

@@ -317,6 +317,55 @@ def _result(pod: str, batch: int) -> Message:
     )
 
 
+def test_row_4_a_message_is_durable_only_once_the_results_before_it_are_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a broker may acknowledge (ack_when="durable"): nothing a crash could still lose."""
+    events: list[object] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(_results.os, "fsync", fsync)
+    folder = ResultsFolder(tmp_path, "t-durable")
+    events.clear()  # making the folder synced its marker file
+    folder.on_durable = lambda pod, message: events.append((pod, message.type.value, message.seq))
+
+    def batch_id(pod: str, seq: int, batch: int) -> Message:
+        return Message.make(
+            MessageType.CURRENT_BATCH_ID,
+            task_id="t",
+            sender=pod,
+            recipient="modeller",
+            seq=seq,
+            body=batch,
+        )
+
+    log = Message.make(
+        MessageType.LOG_MESSAGE,
+        task_id="t",
+        sender="a/p",
+        recipient="modeller",
+        seq=2,
+        body={"level": "INFO", "message": "hi"},
+    )
+    folder.on_message("a/p", batch_id("a/p", 0, 0))  # nothing to write: durable at once
+    folder.on_message("a/p", _result("a/p", 1))
+    folder.on_message("a/p", log)  # behind a result not synced yet: it waits too
+    folder.on_message("b/p", _result("b/p", 0))
+    assert events == [("a/p", "CURRENT_BATCH_ID", 0)]
+    folder.on_message("a/p", batch_id("a/p", 3, 1))  # a batch boundary: sync, then settle
+    assert events[1:] == [
+        "fsync",
+        ("a/p", "LOG_MESSAGE", 2),
+        ("b/p", "EVALUATION_RESULTS", 0),
+        ("a/p", "CURRENT_BATCH_ID", 3),
+    ]
+    folder.close()
+
+
 # ------------------------------------------------------------------- row 5, 11
 
 
@@ -701,3 +750,8 @@ def test_kill_9_then_resume_ends_with_the_results_of_an_uninterrupted_run(
     assert outcome["status"] == "complete"
     # Only the last kept batch of each pod was asked for again.
     assert len(outcome["results"]) <= 40 - before + len(pods)
+    # The killed run left its trace as .partial; the resumed run's trace, whose pods start
+    # at later batches, passes check.
+    task_folder = folder / "results" / "t-cli"
+    assert (task_folder / "trace.ndjson.partial").exists()
+    assert main(["check", str(task_folder / "trace-2.ndjson")]) == 0

@@ -108,6 +108,7 @@ def test_ids_are_unique_and_name_their_section() -> None:
 
 def test_every_kit_case_named_exists() -> None:
     names = {(role.value, s.name) for role in Role for s in catalogue(role)}
+    assert [rule.id for rule in RULES if not rule.kit] == [], "rules that need a kit case"
     for rule in RULES:
         for case in rule.kit:
             role, _, name = case.partition(":")

@@ -568,6 +568,40 @@ def abort_body(reason: str) -> dict[str, Any]:
     return {"message": "stop", "reason": reason, "exception_type": None, "traceback_summary": None}
 
 
+async def test_an_around_run_hook_that_fails_on_exit_loses_no_result() -> None:
+    class Span:
+        def __init__(self, task_id: str) -> None:
+            pass
+
+        async def __aenter__(self) -> None:
+            pass
+
+        async def __aexit__(self, *exc: object) -> None:
+            raise RuntimeError("the tracing backend is down")
+
+    outcome = await run_task(echo(), [Pod("a/p")], hooks=Hooks(around_run=Span))
+    assert outcome.status is TaskStatus.COMPLETE
+    assert outcome.results
+    (error,) = [e for e in outcome.errors if e.where == "around_run"]
+    assert error.type == "RuntimeError" and error.message == "the tracing backend is down"
+    assert "raise RuntimeError" in error.traceback
+
+
+async def test_an_around_run_hook_that_fails_on_entry_stops_the_task_before_it_starts() -> None:
+    class Span:
+        def __init__(self, task_id: str) -> None:
+            pass
+
+        async def __aenter__(self) -> None:
+            raise RuntimeError("no span")
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+    with pytest.raises(RuntimeError, match="no span"):
+        await run_task(echo(), [Pod("a/p")], hooks=Hooks(around_run=Span))
+
+
 async def test_hooks_see_every_step_and_message() -> None:
     steps: list[str] = []
     messages: list[str] = []

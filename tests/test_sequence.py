@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -26,6 +27,7 @@ from fsm_protocol._cli._main import main
 from fsm_protocol._export._sequence import (
     Arrow,
     Note,
+    message_label,
     plan_sequence,
     read_trace,
     to_mermaid_sequence,
@@ -157,6 +159,19 @@ def test_mermaid_sequence_diagram() -> None:
     assert "    W1->>M: NUMBER_OF_BATCHES -1\n" in text
     assert "    W1->>M: EVALUATION_RESULTS batch 2\n" in text
     assert "    W1->>M: BATCHES_COMPLETE TASK_COMPLETE\n" in text
+
+
+def test_a_message_to_a_stranger_gets_its_own_lifeline() -> None:
+    # A broken worker may write to someone other than the modeller; the diagram of its
+    # failing trace must still draw (the kit draws every failing case).
+    trace = list(worker_messages("pod-a", 1))
+    trace.insert(2, attrs.evolve(trace[2], recipient="somebody-else"))
+    plan = plan_sequence(trace)
+    assert plan.workers == ("pod-a", "somebody-else")
+    text = to_mermaid_sequence(trace)
+    assert "    participant W2 as somebody-else\n" in text
+    assert f"    W1->>W2: {message_label(trace[2])}\n" in text
+    ET.fromstring(to_sequence_svg(trace))
 
 
 def test_svg_is_well_formed_and_shows_everything_drawn() -> None:

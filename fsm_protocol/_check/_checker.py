@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import json
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -52,8 +53,27 @@ from .._base._errors import ConfigError, DecodeError, InternalError
 from .._core._chart import Chart
 from .._core._compiled import BoundArc, compile_chart
 from .._core._shipped import shipped_chart
-from .._wire._catalogue import BODY_GUARDS, MODELLER, SENDERS, WORKER, only_sent_by, result_slot
-from .._wire._messages import DEFAULT_MAX_LINE_BYTES, _json_decoder, decode
+from .._wire._catalogue import (
+    BODY_GUARDS,
+    MODELLER,
+    SENDERS,
+    WORKER,
+    first_batch_id,
+    only_sent_by,
+    result_slot,
+)
+from .._wire._messages import (
+    _PLAIN_PARSE_MAX_BYTES,
+    _STRUCTURE,
+    DEFAULT_MAX_LINE_BYTES,
+    MAX_CONTAINERS,
+    MAX_SAFE_INTEGER,
+    _json_decoder,
+    _keeps_value_rule,
+    _plain_extent,
+    _plain_json_decoder,
+    decode,
+)
 from ._rules import RULE_BY_ID
 
 # --- Results ------------------------------------------------------------------------------
@@ -185,76 +205,91 @@ _EARLY_END_REASONS: Final = frozenset(
 )
 
 
-def _is_count(body: Any) -> bool:
-    return body.__class__ is int and (body == -1 or body >= 1)
+# The body checks of the fast path: the body's extent (its keys, objects and arrays, see
+# _plain_extent) if decode() accepts it, else -1 (then decode() judges the line).
 
 
-def _is_batch_id(body: Any) -> bool:
-    return body.__class__ is int and body >= 0
+def _count_extent(body: Any) -> int:
+    ok = body.__class__ is int and (body == -1 or 1 <= body <= MAX_SAFE_INTEGER)
+    return 0 if ok else -1
 
 
-def _is_null(body: Any) -> bool:
-    return body is None
+def _batch_id_extent(body: Any) -> int:
+    return 0 if body.__class__ is int and 0 <= body <= MAX_SAFE_INTEGER else -1
 
 
-def _is_str(body: Any) -> bool:
-    return body.__class__ is str
+def _null_extent(body: Any) -> int:
+    return 0 if body is None else -1
 
 
-def _is_any(body: Any) -> bool:
-    return True
+def _str_extent(body: Any) -> int:
+    return 0 if body.__class__ is str else -1
 
 
-def _is_object(body: Any) -> bool:
-    return body.__class__ is dict
+def _any_extent(body: Any) -> int:
+    return _plain_extent(body, 2)
 
 
-def _is_batches_complete(body: Any) -> bool:
-    return body.__class__ is str and body in ("BATCHES_ONLY", "TASK_COMPLETE")
+def _object_extent(body: Any) -> int:
+    return _plain_extent(body, 2) if body.__class__ is dict else -1
 
 
-def _is_accept(body: Any) -> bool:
-    return body.__class__ is dict and len(body) == 1 and body.get("ACCEPT").__class__ is str
+def _batches_complete_extent(body: Any) -> int:
+    return 0 if body.__class__ is str and body in ("BATCHES_ONLY", "TASK_COMPLETE") else -1
+
+
+def _accept_extent(body: Any) -> int:
+    ok = body.__class__ is dict and len(body) == 1 and body.get("ACCEPT").__class__ is str
+    return 2 if ok else -1
 
 
 # Bodies cheap to check here; every other type goes through the full decoder.
-_FAST_BODY: Final[Mapping[str, Callable[[Any], bool]]] = {
-    "EVALUATION_RESULTS": _is_any,
-    "CURRENT_BATCH_ID": _is_batch_id,
-    "NUMBER_OF_BATCHES": _is_count,
-    "TASK_START": _is_null,
-    "PREPARING_DATA": _is_null,
-    "CONFIGURING_TASK": _is_null,
-    "PREPARING_DATA_BATCHES": _is_null,
-    "TASK_COMPLETE": _is_null,
-    "TASK_CANCEL": _is_null,
-    "BATCHES_COMPLETE": _is_batches_complete,
-    "ONLINE_CHECK": _is_str,
-    "ONLINE_RESPONSE": _is_str,
-    "ALGORITHM_EXCHANGE": _is_object,
-    "JOB_ACCEPT": _is_accept,
+_FAST_BODY: Final[Mapping[str, Callable[[Any], int]]] = {
+    "EVALUATION_RESULTS": _any_extent,
+    "CURRENT_BATCH_ID": _batch_id_extent,
+    "NUMBER_OF_BATCHES": _count_extent,
+    "TASK_START": _null_extent,
+    "PREPARING_DATA": _null_extent,
+    "CONFIGURING_TASK": _null_extent,
+    "PREPARING_DATA_BATCHES": _null_extent,
+    "TASK_COMPLETE": _null_extent,
+    "TASK_CANCEL": _null_extent,
+    "BATCHES_COMPLETE": _batches_complete_extent,
+    "ONLINE_CHECK": _str_extent,
+    "ONLINE_RESPONSE": _str_extent,
+    "ALGORITHM_EXCHANGE": _object_extent,
+    "JOB_ACCEPT": _accept_extent,
 }
 
 
-def _meta_ok(meta: Any) -> bool:
-    """A sufficient check of ``meta``: True only if :func:`decode` accepts it too."""
+def _meta_extent(meta: Any) -> int:
+    """A sufficient check of ``meta``: its extent if :func:`decode` accepts it too, else -1."""
     if meta.__class__ is not dict:
-        return False
+        return -1
+    if not meta:
+        return 1
+    if len(meta) == 1:  # the usual meta of results
+        batch = meta.get("batch_number", -1)
+        if batch is None or (batch.__class__ is int and 0 <= batch <= MAX_SAFE_INTEGER):
+            return 2
+    extent = 1 + len(meta)
     for key, value in meta.items():
         if key == "batch_number" or key == "algorithm_index":
             if value is None and key == "batch_number":
                 continue
-            if value.__class__ is not int or value < 0:
-                return False
+            if value.__class__ is not int or not 0 <= value <= MAX_SAFE_INTEGER:
+                return -1
         elif key == "total_batches":
-            if value is not None and value.__class__ is not int:
-                return False
+            if value is not None and (
+                value.__class__ is not int or not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+            ):
+                return -1
         elif key == "reason":
             if value is not None and value.__class__ is not str:
-                return False
+                return -1
         elif key == "resources_consumed":
             if value.__class__ is not list:
-                return False
+                return -1
             for entry in value:
                 if (
                     entry.__class__ is not dict
@@ -262,14 +297,24 @@ def _meta_ok(meta: Any) -> bool:
                     or entry.get("resource_type").__class__ is not str
                     or entry.get("resource_identifier").__class__ is not str
                     or entry.get("amount").__class__ is not int
+                    or not -MAX_SAFE_INTEGER <= entry["amount"] <= MAX_SAFE_INTEGER
                 ):
-                    return False
-    return True
+                    return -1
+            extent += 1 + 4 * len(value)
+        else:  # ignored by decode(), but still held to the value rule
+            inner = _plain_extent(value, 3)
+            if inner < 0:
+                return -1
+            extent += inner
+    return extent
 
 
-# The C scanner of the codec's own decoder (NaN and Infinity rejected), without the
-# two regular-expression calls json.JSONDecoder.decode adds around it.
-_scan: Final[Callable[[str, int], tuple[Any, int]]] = _json_decoder.scan_once  # type: ignore[attr-defined]
+# A line's structure bytes and newlines, which the fast path counts.
+_MARKS: Final = _STRUCTURE + b"\n"
+
+# The C scanner of the codec's plain decoder (NaN and Infinity rejected, no value-rule hooks),
+# without the two regular-expression calls json.JSONDecoder.decode adds around it.
+_scan: Final[Callable[[str, int], tuple[Any, int]]] = _plain_json_decoder.scan_once  # type: ignore[attr-defined]
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -458,10 +503,12 @@ class _Task:
     __slots__ = (
         "barrier_open",
         "checker",
+        "last_in",
         "links",
         "modeller",
         "next_seq",
         "own_abort",
+        "seq_ahead",
         "task_id",
     )
 
@@ -471,6 +518,10 @@ class _Task:
         self.modeller = modeller
         self.links: dict[str, _Link] = {}
         self.next_seq = 0
+        # Only when the trace interleaves streams: the modeller's numbers seen above
+        # next_seq (they were read before a lower one written to another stream).
+        self.seq_ahead: set[int] | None = None
+        self.last_in: dict[str, int] | None = None  # the last such number per stream
         self.barrier_open = False
         self.own_abort: str | None = None
 
@@ -1182,6 +1233,12 @@ class TraceChecker:
         require_echo_accept: Also require a worker to accept a valid
             ``conformance.Echo`` job (the kit's expectation W-5.1; the spec lets
             any pod refuse any job, so a trace alone does not).
+        interleaved: The lines come from several streams (one TCP connection
+            per pod) in the order an observer read them, which need not be the
+            order they were written. The modeller's seq (E-2.6) is then checked
+            as such an observer can: rising on each stream, each number once,
+            and none missing below the highest seen. Without it (a trace file,
+            one stdout) the exact +1 is checked in line order.
     """
 
     def __init__(
@@ -1192,8 +1249,10 @@ class TraceChecker:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         chart: Chart | None = None,
         require_echo_accept: bool = False,
+        interleaved: bool = False,
     ) -> None:
         self.chart = chart or shipped_chart("modeller")
+        self.interleaved = interleaved
         self.table = _table(self.chart)
         self.echo = echo
         self.unanswered_ok = frozenset(unanswered_ok)
@@ -1310,18 +1369,26 @@ class TraceChecker:
         return self.finding
 
     def _feed(self, raw: bytes | str) -> None:
-        # The hot path, written for speed: one C JSON scan, then only the checks
-        # that prove decode() would accept the line. Anything unusual (and every
-        # type whose body is not cheap to check) goes through decode() itself.
+        # The hot path, written for speed: byte scans and one plain C JSON scan, then
+        # only the checks that prove decode() would accept the line, the wire value rule
+        # included. Anything unusual (and every type whose body is not cheap to check)
+        # goes through decode() itself.
         self.raw = raw
         obj: Any
         try:
-            text = raw.decode() if isinstance(raw, bytes) else raw
+            if isinstance(raw, bytes):
+                data, text = raw, raw.decode()
+            else:
+                data, text = raw.encode(), raw  # a lone surrogate fails here
+            if len(data) > self.max_line_bytes or (
+                len(data) > _PLAIN_PARSE_MAX_BYTES
+                and data.count(b"[") + data.count(b"{") > MAX_CONTAINERS
+            ):
+                raise ValueError("not on the fast path")  # decode() refuses it unparsed
             obj, end = _scan(text, 0)
-            if end != len(text) and (end != len(text) - 1 or text[end] != "\n"):
+            newline = len(text) - end  # 1 for the line's own "\n", 0 without one
+            if newline and (newline != 1 or text[end] != "\n"):
                 raise ValueError("not one JSON value")
-            if text.find("\n", 0, end) != -1:
-                raise ValueError("a newline inside the line")
             size = len(obj)
             typ = obj["type"]
             task_id = obj["task_id"]
@@ -1329,23 +1396,32 @@ class TraceChecker:
             recipient = obj["recipient"]
             seq = obj["seq"]
             version = obj["v"]
+            body_extent = _FAST_BODY[typ](obj["body"])
+            meta_extent = _meta_extent(obj["meta"]) if size == 8 else 0
             if (
                 (size != 8 and (size != 7 or "meta" in obj))
-                or not _FAST_BODY[typ](obj["body"])
+                or body_extent < 0
+                or meta_extent < 0
                 or version.__class__ is not int
                 or version != 1
                 or task_id.__class__ is not str
                 or sender.__class__ is not str
                 or recipient.__class__ is not str
                 or seq.__class__ is not int
-                or seq < 0
-                or (size == 8 and not _meta_ok(obj["meta"]))
+                or not 0 <= seq <= MAX_SAFE_INTEGER
                 or (
                     typ == "EVALUATION_RESULTS" and (size == 7 or "batch_number" not in obj["meta"])
                 )
-                or len(raw) > self.max_line_bytes
             ):
                 raise ValueError("not on the fast path")
+            # The wire value rule, proved by counting (see _wire/_messages.py, "Plain parsing"),
+            # with newlines counted too: the envelope is one object with `size` keys, and the
+            # line may end in its own newline; any other one is whitespace inside the line.
+            marks = 1 + size + meta_extent + body_extent + newline
+            if len(data) - len(data.translate(None, _MARKS)) != marks and (
+                text.find("\n", 0, end) != -1 or not _keeps_value_rule(text, data)
+            ):
+                raise ValueError("not within the value rule, or a newline inside the line")
         except (
             ValueError,
             KeyError,
@@ -1378,9 +1454,12 @@ class TraceChecker:
                     f"the modeller ({sender}) sent {typ}, which only workers send",
                     "M-3.1",
                 )
-            if seq != task.next_seq:
-                self._bad_seq(sender, seq, task.next_seq, task, task.links.get(recipient))
-            task.next_seq = seq + 1
+            if seq != task.next_seq or task.seq_ahead:
+                if not self.interleaved:
+                    self._bad_seq(sender, seq, task.next_seq, task, task.links.get(recipient))
+                self._seq_across_streams(task, seq, recipient)
+            else:
+                task.next_seq = seq + 1
             link = task.links.get(recipient)
             if link is None:
                 if typ != "JOB_REQUEST":
@@ -1493,6 +1572,47 @@ class TraceChecker:
             "E-2.6",
         )
 
+    def _seq_across_streams(self, task: _Task, seq: int, recipient: str) -> None:
+        """E-2.6 as an observer of interleaved streams sees it: each number once, rising per stream.
+
+        None missing is checked when the task is dropped or the trace ends.
+        """
+        link = task.links.get(recipient)
+        if seq < task.next_seq or (task.seq_ahead is not None and seq in task.seq_ahead):
+            self._bad_seq(task.modeller, seq, task.next_seq, task, link)
+        last_in = task.last_in
+        if last_in is None:
+            last_in = task.last_in = {}
+        last = last_in.get(recipient, -1)
+        if seq < last:
+            self.violate(
+                link,
+                f"seq {seq} from the modeller to {recipient} in task {task.task_id!r} after seq"
+                f" {last} on the same stream; each sender's seq rises in the order it writes",
+                "E-2.6",
+            )
+        last_in[recipient] = seq
+        ahead = task.seq_ahead
+        if ahead is None:
+            ahead = task.seq_ahead = set()
+        ahead.add(seq)
+        while task.next_seq in ahead:
+            ahead.remove(task.next_seq)
+            task.next_seq += 1
+
+    def _seq_gap(self, task: _Task) -> Finding | None:
+        """The modeller's first number never seen, when later ones were (interleaved streams)."""
+        if not task.seq_ahead:
+            return None
+        return self._finding(
+            None,
+            f"the modeller's seq {task.next_seq} in task {task.task_id!r} never arrived on any"
+            f" stream, though seq {max(task.seq_ahead)} did (each sender's seq goes up by exactly"
+            " 1 with every message it writes, whoever receives it)",
+            "E-2.6",
+            at_end=True,
+        )
+
     def _new_task(self, obj: Mapping[str, Any]) -> _Task:
         if obj["type"] != "JOB_REQUEST":
             gone = (
@@ -1519,7 +1639,10 @@ class TraceChecker:
         link.batched = body.get("batched_execution") is True
         protocol = body.get("protocol", {})
         link.initial_setup = protocol.get("initial_setup") is True
-        if self.echo and protocol.get("class_name") == ECHO:
+        # A resumed task (our extension, docs/network.md) starts at a later batch, and an
+        # earlier run delivered the batches before it: no item account can be kept.
+        link.next_batch_id = first_batch_id(body.get("options"))
+        if self.echo and protocol.get("class_name") == ECHO and not link.next_batch_id:
             test_run = body.get("test_run") is True
             key = (json.dumps(protocol, sort_keys=True), link.batched, test_run)
             plans = self.plans
@@ -1537,8 +1660,12 @@ class TraceChecker:
     # ------------------------------------------------------------- stepping
 
     def _take(self, link: _Link, event: str, obj: Any, arcs: tuple[BoundArc, ...]) -> None:
+        # The first arc whose guards all hold (nested loops: no generator per message).
         for arc in arcs:
-            if all(guard(link, obj) is want for guard, want in arc.guards):
+            for guard, want in arc.guards:
+                if guard(link, obj) is not want:
+                    break
+            else:
                 break
         else:
             self._guards_failed(link, event, obj, arcs)
@@ -1584,8 +1711,15 @@ class TraceChecker:
 
     def _drain(self) -> None:
         while self.queue:
-            link, event, cause = self.queue.popleft()
-            self._fire(link, event, cause)
+            touched: dict[_Task, None] = {}
+            while self.queue:
+                link, event, cause = self.queue.popleft()
+                self._fire(link, event, cause)
+                touched[link.task] = None
+            # A cancel can leave a pod that never answered out of a task whose other
+            # workers have all ended: it is owed nothing from then on (M-4.19).
+            for task in touched:
+                self._after_change(task)
 
     def _open_barrier(self, task: _Task) -> None:
         # The modeller stopped waiting for answers: whoever has not answered is left out.
@@ -1615,6 +1749,9 @@ class TraceChecker:
                 self._drop(old)
 
     def _drop(self, task: _Task) -> None:
+        gap = self._seq_gap(task)
+        if gap is not None:
+            raise _Stop(gap)
         del self.tasks[task.task_id]
         self.dropped += 1
         if self._last_task is task:
@@ -1768,6 +1905,10 @@ class TraceChecker:
                     rule="E-4.27",
                 )
             )
+        for task in self.tasks.values():
+            gap = self._seq_gap(task)
+            if gap is not None:
+                raise _Stop(gap)
         waiting: list[tuple[_Link, str]] = []
         for task in self.tasks.values():
             for link in task.links.values():
@@ -2000,22 +2141,47 @@ def _table(chart: Chart) -> Mapping[str, Row]:
 # --- Reading ---------------------------------------------------------------------------------
 
 
-def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
-    """Lines of a binary stream, never holding more than one line of ``max_line_bytes``.
+_READ_CHUNK: Final = 256 * 1024
 
-    A longer line is cut at the limit plus one byte, which the checker then
-    reports as too long, so a huge line cannot exhaust memory.
+
+def read_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
+    """Lines of a binary stream, each ending in its newline (the last one maybe not).
+
+    A longer line than ``max_line_bytes`` is cut at the limit plus one byte, which the
+    checker then reports as too long, and nothing after it is read, so a huge line cannot
+    exhaust memory: at most one chunk and one line are held. The same lines as
+    ``stream.readline(max_line_bytes + 1)`` would give, but split in C a chunk at a time.
     """
-    readline = stream.readline
-    limit = max_line_bytes + 1
+    return itertools.chain.from_iterable(_line_batches(stream, max_line_bytes + 1, _READ_CHUNK))
+
+
+def _line_batches(stream: IO[bytes], limit: int, size: int) -> Iterator[list[bytes]]:
+    """The lines of each chunk of up to ``size`` bytes read, the last one cut at ``limit``."""
+    # read1 returns what one read of the source gives, so a pipe is checked as it comes.
+    read = getattr(stream, "read1", stream.read)
+    tail = b""
     while True:
-        raw = readline(limit)
-        if not raw:
+        chunk = read(size)
+        if not chunk:
+            if tail:
+                yield [tail]
             return
-        if len(raw) == limit and not raw.endswith(b"\n"):
-            yield raw  # too long: the checker stops here
+        data = tail + chunk if tail else chunk
+        if b"\r" in data:  # splitlines would break at "\r" too: split at "\n" only
+            lines = [line + b"\n" for line in data.split(b"\n")]
+            tail = lines.pop()[:-1]  # what follows the last "\n"
+        else:
+            lines = data.splitlines(keepends=True)
+            tail = b"" if data.endswith(b"\n") else lines.pop()
+        if len(data) > limit and lines and max(map(len, lines)) > limit:
+            for index, line in enumerate(lines):
+                if len(line) > limit:
+                    yield [*lines[:index], line[:limit]]  # too long: the checker stops here
+                    return
+        if len(tail) >= limit:
+            yield [*lines, tail[:limit]]
             return
-        yield raw
+        yield lines
 
 
 def check_stream(stream: IO[bytes], checker: TraceChecker | None = None) -> CheckResult:

@@ -151,7 +151,11 @@ RULES: Final[tuple[Rule, ...]] = (
         "modeller:two-pods",
         reading="Strict: a trace checker sees everything, so it checks the exact +1 in the"
         " order the lines were written, the modeller's messages to different pods included"
-        " (a modeller must stamp seq when it writes, not when it decides to send).",
+        " (a modeller must stamp seq when it writes, not when it decides to send). Over TCP"
+        " each pod has its own connection and the kit reads them concurrently, so it cannot"
+        " see the order of writes across them: it checks what such an observer can"
+        " (TraceChecker(interleaved=True)): rising on each connection, each number once,"
+        " none missing below the highest seen.",
     ),
     _r(
         "E-2.7",
@@ -305,6 +309,8 @@ RULES: Final[tuple[Rule, ...]] = (
         ANY,
         "LOG_MESSAGE's body is {level: str, message: str}.",
         "decode(): field $.body of LOG_MESSAGE",
+        "worker:single-run",
+        "modeller:single-run",
     ),
     # --- 4. Order, per worker -------------------------------------------------------------
     _r(
@@ -349,6 +355,10 @@ RULES: Final[tuple[Rule, ...]] = (
         " batch id is the previous one + 1.",
         "chart guard is_next_batch_id; counting allows only recv:CURRENT_BATCH_ID",
         "worker:batches",
+        reading="Extension: a job whose options.resume_from_batch is an int N >= 0 (a task"
+        " resumed by modeller serve --resume, docs/network.md) starts at batch N instead of 0;"
+        " the item account of such a pod is not checked, since an earlier run delivered the"
+        " batches before N.",
     ),
     _r(
         "W-4.6",
@@ -397,6 +407,7 @@ RULES: Final[tuple[Rule, ...]] = (
         "A positive NUMBER_OF_BATCHES (an estimate) is sent at most once, after"
         " CURRENT_BATCH_ID(0) and before BATCHES_ONLY.",
         "chart guards is_estimate, estimate_seen; only batches allows it",
+        "worker:batches",
     ),
     _r(
         "W-4.11",
@@ -471,6 +482,7 @@ RULES: Final[tuple[Rule, ...]] = (
         "kit: the trace has no clock; the checker reads the modeller's first TASK_START as the"
         " end of the wait (chart event response_timeout)",
         "modeller:silent-pod",
+        "modeller:slow-answer",
         "modeller:late-accept",
         by=KIT,
     ),
@@ -561,6 +573,8 @@ RULES: Final[tuple[Rule, ...]] = (
         "An empty trace is a violation.",
         "the checker's end of trace",
         "modeller:single-run",
+        reading="Only a modeller under test can break it live: a worker's trace starts with the"
+        " kit's JOB_REQUEST.",
     ),
     _r(
         "W-4.28",
@@ -568,6 +582,8 @@ RULES: Final[tuple[Rule, ...]] = (
         "The worker waits for the modeller's TASK_START for task_start_timeout_s, measured from"
         " its own TASK_START, and then aborts with MODELLER_TIMEOUT.",
         "kit: the trace has no clock",
+        "worker:start-timeout",
+        "worker:slow-start",
         by=KIT,
     ),
     _r(
@@ -596,10 +612,11 @@ RULES: Final[tuple[Rule, ...]] = (
         WORKER,
         "A worker that wants to be tested supports conformance.Echo: it accepts a valid Echo job.",
         "kit: TraceChecker(require_echo_accept=True); not a trace rule",
+        "worker:single-run",
         reading="Permissive for traces: the spec never requires a pod to accept a job (any"
         " JOB_REJECT reason is a valid answer), so `fsm-protocol check` does not flag a"
-        " rejection. Only the kit, which needs the worker to run the job, may expect it, by"
-        " checking its traces with require_echo_accept=True (it does not yet).",
+        " rejection. Only the kit, which needs the worker to run the job, expects it: it"
+        " checks the traces of a worker under test with require_echo_accept=True.",
         by=KIT,
     ),
     _r(
@@ -715,6 +732,7 @@ RULES: Final[tuple[Rule, ...]] = (
         MODELLER,
         "job_overrides is optional in the control line.",
         "kit: the control line is not part of a task's trace",
+        "modeller:no-job-overrides",
         reading="Permissive: a control line without job_overrides is the same as {}.",
         by=KIT,
     ),

@@ -275,7 +275,7 @@ def run_modeller_serve_broker(args: argparse.Namespace) -> int:
                     algorithm=algorithm,
                     timeouts=task.timeouts,
                     require_all_pods=task.require_all_pods,
-                    on_message=folder.on_message if folder is not None else None,
+                    results=folder,
                     rejoin=args.resume,
                     log=log,
                 )

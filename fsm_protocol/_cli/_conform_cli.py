@@ -173,7 +173,12 @@ def add_conform(subparsers: Subparsers) -> None:
         help="how many generated scenarios to add (default 10, or 0 with --scenario)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="S", help="per-case deadline (default 10)"
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="last-resort cap on one case (default 60 x the time scale); every step of a case"
+        " has its own, shorter wait",
     )
     parser.add_argument(
         "--time-scale",
@@ -181,6 +186,14 @@ def add_conform(subparsers: Subparsers) -> None:
         default=1.0,
         metavar="X",
         help="multiply the kit's timings (timeouts, delays) by X, for slow implementations",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run up to N cases at once (default 2 over stdio, 1 over TCP); cases that depend"
+        " on timing always run alone",
     )
     parser.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     parser.add_argument("--junit", metavar="FILE.xml", help="write a JUnit XML report here")
@@ -241,6 +254,7 @@ def _run_conform(args: argparse.Namespace) -> int:
                 time_scale=args.time_scale,
                 transport=args.transport,
                 on_case=on_case,
+                jobs=args.jobs,
             )
         )
     except ConfigError as exc:

@@ -57,7 +57,8 @@ from .._net._tcp import (
 from .._runtime._modeller import ModellerRun, TaskStatus, TaskTimeouts, run_modeller
 from .._runtime._results import ResultsFolder, to_json_bytes
 from .._runtime._transport import Transport
-from .._runtime._worker import RESUME_OPTION, Pod, WorkerReport, run_worker
+from .._runtime._worker import Pod, WorkerReport, run_worker
+from .._wire._catalogue import RESUME_OPTION
 from .._wire._messages import (
     MAX_WAIT_S,
     MODELLER,

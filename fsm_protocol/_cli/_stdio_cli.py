@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import trio
 
 from .._algo._algorithms import ListDatasource
-from .._base._errors import ConfigError, DecodeError
+from .._base._errors import BrokenTransportError, ConfigError, DecodeError
 from .._runtime._modeller import ModellerRun, run_modeller
 from .._runtime._transport import Transport
 from .._runtime._worker import Pod, run_worker
@@ -135,6 +135,40 @@ class _Out:
 
 
 @final
+class _SharedOut:
+    """Stdout shared by every pod's conversation, written in the order the modeller sends.
+
+    The runtime stamps ``seq`` when it hands a message to ``send_nowait``; one
+    writer takes the lines in that order, so stdout shows the modeller's seq
+    rising by exactly 1 (spec section 2) however many pods share it.
+    """
+
+    def __init__(self, stream: trio.abc.SendStream) -> None:
+        self._stream = stream
+        self._lines, self._pending = trio.open_memory_channel[bytes](math.inf)
+        self.failure: str | None = None
+
+    def put(self, message: Message) -> None:
+        if self.failure is not None:
+            raise BrokenTransportError(self.failure)
+        self._lines.send_nowait(encode(message))
+
+    async def write_all(self) -> None:
+        """Write every line put, in order, until :meth:`close`; then return."""
+        async with self._pending:
+            async for line in self._pending:
+                if self.failure is not None:
+                    continue  # stdout is gone: what is left cannot reach anyone
+                try:
+                    await self._stream.send_all(line)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.failure = f"stdout closed: {exc}"
+
+    def close(self) -> None:
+        self._lines.close()
+
+
+@final
 class _WorkerStdio:
     """One pod's conversation over stdin and stdout; the first line was read already."""
 
@@ -162,12 +196,17 @@ class _WorkerStdio:
 class _PodLink:
     """One pod's conversation in the modeller: its lines, routed from the shared stdin."""
 
-    def __init__(self, out: _Out) -> None:
+    def __init__(self, out: _SharedOut) -> None:
         self._out = out
         self.inbox, self._incoming = trio.open_memory_channel[Message](math.inf)
 
     async def send(self, message: Message) -> None:
-        await self._out.write(message)
+        await trio.lowlevel.checkpoint()
+        self._out.put(message)
+
+    def send_nowait(self, message: Message) -> None:
+        """Queue ``message`` behind every earlier one of the task, whichever pod it is for."""
+        self._out.put(message)
 
     async def receive(self) -> Message:
         return await self._incoming.receive()
@@ -325,7 +364,7 @@ async def run_modeller_stdio_task(
     except trio.EndOfChannel:
         raise ControlLineError(f"{_CONTROL}: missing (the input ended first)") from None
     task_id, task = read_control_line(first, max_line_bytes=max_line_bytes)
-    out = _Out(stdout)
+    out = _SharedOut(stdout)
     links = {pod: _PodLink(out) for pod in task.pods}
     protocols = _registry(())
     configs = {pod: _config(protocols, job) for pod, job in task.jobs.items()}
@@ -356,19 +395,24 @@ async def run_modeller_stdio_task(
             link.inbox.close()
 
     transports: dict[str, Transport] = dict(links)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(route)
-        run = await run_modeller(
-            task_id=task_id,
-            jobs=task.jobs,
-            configs=configs,
-            links=transports,
-            algorithm=algorithm,
-            timeouts=task.timeouts,
-            require_all_pods=task.require_all_pods,
-            cancel=cancel,
-        )
-        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as writer:
+        writer.start_soon(out.write_all)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(route)
+                run = await run_modeller(
+                    task_id=task_id,
+                    jobs=task.jobs,
+                    configs=configs,
+                    links=transports,
+                    algorithm=algorithm,
+                    timeouts=task.timeouts,
+                    require_all_pods=task.require_all_pods,
+                    cancel=cancel,
+                )
+                nursery.cancel_scope.cancel()
+        finally:
+            out.close()  # the writer ends once every line put is written
     return run
 
 

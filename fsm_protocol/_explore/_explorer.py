@@ -2,16 +2,18 @@
 
 The system is one modeller (one modeller-chart machine per worker, plus the
 rules that span them) and N worker-chart machines, joined by FIFO channels,
-one per direction per worker. A global state is a tuple of small ints: flags,
-then one number per worker that stands for (its link's leaf and data, its
-leaf and data and the rest of its running activity, its status, both
+one per direction per worker. A global state is one int: flag bits, then one
+interned number per worker (its *part*) that stands for (its link's leaf and
+data, its leaf and data and the rest of its running activity, its status, both
 channels). The search is breadth first, so the first violation found has a
 shortest path in the graph explored.
 
 Every step is an engine step: :class:`Machine.fire` on the compiled table with
 the bindings of :mod:`._model`. Steps are memoised per component (a worker's
-local state and event; the modeller's links and event), so each distinct local
-step runs the engine once and the search itself only combines tuples.
+part; the modeller's flags, links and event), so each distinct local step runs
+the engine once, and the search itself only adds to the state int (a worker's
+own move is its new part minus its old, shifted to its place) and looks parts
+up in the memo of a modeller step's change to them.
 
 Reductions (each can be turned off, and tests show they change no verdict):
 
@@ -29,6 +31,7 @@ Reductions (each can be turned off, and tests show they change no verdict):
 
 from __future__ import annotations
 
+import gc
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -58,10 +61,12 @@ from .._wire._messages import (
 )
 from ._model import (
     ABORT_REASONS,
+    DUPLICATE,
     EOF,
     FAULTS,
     L_INITIAL,
     OFFER,
+    OFFER_SEND,
     W_INITIAL,
     Bounds,
     LinkBindings,
@@ -74,15 +79,16 @@ from ._model import (
 )
 
 # Worker status.
-# Worker status: below CRASHED it is running. At most one worker may crash and
-# one go silent; which one is chosen at the start, so the fault stays that
-# worker's own step.
+# Worker status: below CRASHED it is running. At most one worker may crash, one
+# go silent and one send a result twice; which one is chosen at the start, so
+# the fault stays that worker's own step.
 ALIVE: Final = 0
 MAY_CRASH: Final = 1
 MAY_GO_SILENT: Final = 2
-CRASHED: Final = 3
-SILENT: Final = 4
-ENDED: Final = 5
+MAY_DUPLICATE: Final = 3
+CRASHED: Final = 4
+SILENT: Final = 5
+ENDED: Final = 6
 
 # Global flags.
 OWN_ABORT: Final = 1
@@ -92,7 +98,17 @@ USED_CANCEL: Final = 8
 USED_CRASH: Final = 16
 USED_SILENCE: Final = 32
 USED_LATE: Final = 64
+USED_DUPLICATE: Final = 128
+# The flags that the modeller's part of a step depends on (see Explorer._context).
+_CONTEXT_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED | USED_CANCEL | USED_LATE
 _MODELLER_FLAGS: Final = OWN_ABORT | USER_CANCELLED | MODELLER_ENDED
+# A global state is one int: the flags in the low _FLAG_BITS, then each worker's
+# part (an interned id) in _PART_BITS of its own. One int hashes and compares
+# faster than a tuple, and a step of one worker is one addition to it.
+_FLAG_BITS: Final = 8
+_FLAG_MASK: Final = (1 << _FLAG_BITS) - 1
+_PART_BITS: Final = 32
+_PART_MASK: Final = (1 << _PART_BITS) - 1
 
 # Step kinds (the first field of a label).
 W_RECV: Final = 0  # worker i reads its input
@@ -110,6 +126,9 @@ USER_CANCEL_EVENT: Final = "user_cancel"
 START_EVENT: Final = "start"
 
 TASK_ID: Final = "t-explore"
+# The branch number of a worker step's variant in which the ``duplicate`` fault
+# sends the step's batch result a second time.
+DUP_BRANCH: Final = 1 << 16
 
 Label = tuple[int, int, Any, int]  # kind, worker, argument, branch
 
@@ -243,6 +262,10 @@ class System:
         self._lloc_id: dict[Any, int] = {}
         self.pw: list[tuple[int, int, int, tuple[Msg, ...], tuple[Msg, ...]]] = []
         self._pw_id: dict[Any, int] = {}
+        # Per part, what the search reads of it on every state: its link, and the
+        # head of its worker-to-modeller channel (None when empty).
+        self.pw_ll: list[int] = []
+        self.pw_head: list[Any] = []
         self._wmemo: dict[Any, Any] = {}
         self._mmemo: dict[Any, Any] = {}
         self._rmemo: dict[Any, Any] = {}
@@ -271,7 +294,11 @@ class System:
         found = self._pw_id.get(key)
         if found is None:
             found = self._pw_id[key] = len(self.pw)
+            if found > _PART_MASK:
+                raise InternalError("more distinct worker parts than a state can number")
             self.pw.append(key)
+            self.pw_ll.append(key[0])
+            self.pw_head.append(key[4][0] if key[4] else None)
         return found
 
     # ---------------------------------------------------------------- worker
@@ -340,6 +367,11 @@ class System:
             if machine.is_final:
                 yield (self.intern_w(leaf, data, pend), sends, None, event)
                 continue
+            if event.startswith(OFFER_SEND):
+                event = event[6:]
+                if not machine.accepts(event, msg):
+                    work.append((leaf, data, pend, sends, k + 1))  # the chart says no
+                    continue
             violation = self._abort_rule(bindings, msg) if event == "send:TASK_ABORT" else None
             try:
                 step = machine.fire(event, msg)
@@ -466,10 +498,16 @@ class System:
                 if violation is not None:
                     log.append(("send", j, data))
                     break
+            if name.startswith("recv:") and len(data) == 4:
+                # A result the duplicate fault sent again: the chart must refuse it (W-4.11).
+                violation = self._duplicate(link, data, log)
+                continue
             try:
                 machine.fire(name, data)
             except ProtocolViolation as exc:
                 violation = self._refusal("modeller", name, exc)
+                if name.startswith("recv:"):
+                    log.append(("recv", j, data))  # it was on the wire: the trace shows it
                 break
             if name.startswith("recv:"):
                 log.append(("recv", j, data))
@@ -512,6 +550,12 @@ class System:
             and before == _signature(task.links[index])
             and all(new_lls[j] == lls[j] and not sends[j] for j in range(len(lls)) if j != index)
         )
+        # Links and their machines point at each other, and at the task: break those
+        # cycles, so that reference counting frees them (the search runs without the
+        # cyclic collector, see Explorer.run).
+        for link in task.links:
+            del link.machine
+        task.links.clear()
         return (
             flags,
             new_lls,
@@ -520,6 +564,33 @@ class System:
             tuple(log),
             ended_now,
             local,
+        )
+
+    @staticmethod
+    def _duplicate(
+        link: LinkBindings, data: tuple[Any, ...], log: list[tuple[str, int, Any]]
+    ) -> Violation | None:
+        """The modeller reads a batch result a second time: it must refuse it, as bad input.
+
+        The refusal goes the runtime's way: ``bad_input`` (the link is lost, the others
+        are cancelled). The trace then holds the worker's protocol error, which
+        :meth:`Explorer._trace_check` expects ``check`` to report at that line.
+        """
+        machine, j = link.machine, link.index
+        log.append((DUPLICATE, j, None))
+        log.append(("recv", j, data[:3]))
+        try:
+            machine.fire(f"recv:{data[0]}", data)
+        except ProtocolViolation as exc:
+            if machine.accepts("bad_input", exc):
+                machine.fire("bad_input", exc)
+                log.append(("internal", j, "bad_input"))
+            return None
+        return Violation(
+            "duplicate-result",
+            f"the modeller took a second {data[0]} for batch {data[2]} from worker {{w{j}}}: "
+            "the protocol allows one result per batch (rule W-4.11), and the chart must refuse "
+            "the second",
         )
 
     def _send_rules(self, task: ModellerTask, link: LinkBindings, typ: str) -> Violation | None:
@@ -576,6 +647,11 @@ class System:
                 for w in range(n):
                     if role[w] == ALIVE:
                         roles.append([MAY_GO_SILENT if j == w else r for j, r in enumerate(role)])
+        if "duplicate" in faults:
+            for role in list(roles):
+                for w in range(n):
+                    if role[w] == ALIVE:
+                        roles.append([MAY_DUPLICATE if j == w else r for j, r in enumerate(role)])
         found = []
         for wl in self.initial_workers():
             for role in roles:
@@ -612,11 +688,12 @@ class Explorer:
         self.progress = progress
         self.check_traces = check_traces
         self.faults = system.bounds.faults
-        self.index: dict[tuple[int, ...], int] = {}
-        self.states: list[tuple[int, ...]] = []
+        self.index: dict[int, int] = {}
+        self.states: list[int] = []  # encoded: see _encode
         self.parent = array("q")
         self.label: list[Label | None] = []
-        self.edges_src = array("q")
+        # The graph, forward: state s's successors are edges_dst[edge_start[s]:edge_start[s + 1]].
+        self.edge_start = array("q")
         self.edges_dst = array("q")
         self.ends: list[int] = []
         self.orbit_total = 0
@@ -625,25 +702,24 @@ class Explorer:
         self.traces_checked = 0
         self.trace_keys: set[Any] = set()
         self._previous_order: list[str] = []
-        self._local_cache: dict[tuple[int, int], tuple[tuple[Any, ...], bool]] = {}
+        self.n = system.bounds.workers
+        self.shifts = [_FLAG_BITS + _PART_BITS * k for k in range(self.n)]
+        self._messages: dict[Any, tuple[Message, bytes]] = {}
+        self._accounts: dict[tuple[Any, ...], tuple[int, bool, int]] = {}
+        self._local_cache: dict[int, tuple[tuple[Any, ...], bool, bool]] = {}
+        self._plans: dict[Any, tuple[Any, ...]] = {}
+        self._contexts: dict[Any, tuple[Any, ...]] = {}
+        self._changes: dict[Any, dict[int, int]] = {}
 
     # ------------------------------------------------------------ successors
 
-    def _canon(self, flags: int, pws: list[int]) -> tuple[int, ...]:
-        if self.symmetry:
-            pws.sort()
-        return (flags, *pws)
+    def _local(self, pw: int, ended: int, i: int) -> tuple[tuple[Any, ...], bool, bool]:
+        """Worker ``i``'s own moves from its part ``pw`` (cached): (moves, busy, ample).
 
-    def _local(self, pw: int, ended: int) -> tuple[tuple[Any, ...], bool]:
-        """One worker's own moves from its part ``pw`` (cached): (moves, busy).
-
-        A move is (kind, argument, branch, new part, violation, flags it sets);
-        busy: it can read a message or run an activity.
+        A move is (label, new part, violation, flags it sets); busy: it can read a
+        message or run an activity; ample: its moves may be expanded alone (its
+        input channel is not empty, or the modeller has ended).
         """
-        key = (pw, ended)
-        found = self._local_cache.get(key)
-        if found is not None:
-            return found
         system = self.system
         comp = system.pw[pw]
         _, wl, ws, m2w, _ = comp
@@ -662,109 +738,263 @@ class Explorer:
         moves = []
         for kind, arg in steps:
             for label, new_flags, new, violation in self._apply(flags, [pw], [comp], kind, 0, arg):
-                moves.append((kind, arg, label[3], new[0], violation, new_flags & ~flags))
-        found = self._local_cache[key] = (tuple(moves), busy)
+                delta = (new[0] - pw) << self.shifts[i]
+                moves.append(
+                    ((kind, i, arg, label[3]), new[0], violation, new_flags & ~flags, delta)
+                )
+        found = (tuple(moves), busy, busy and bool(m2w or ended))
+        self._local_cache[(pw * 2 + (1 if ended else 0)) * self.n + i] = found
         return found
 
-    def successors(self, state: tuple[int, ...]) -> tuple[list[Any], bool]:
-        """The moves to expand from ``state``, and whether it is quiescent.
+    def _plan(
+        self, mflags: int, lls: tuple[int, ...], kind: int, i: int, arg: Any, msg: Any = None
+    ) -> tuple[Any, ...]:
+        """A modeller step as the search applies it (cached by the caller).
 
-        A move is (label, flags, parts in this state's worker order, violation).
-        Quiescent: no message can be read and no activity has output left. Only
-        then may timers expire, and only after a fault that silenced a party
-        (crash, silence); otherwise a quiescent state that is not an end is a
-        deadlock.
+        (label, flags it sets, changes, violation, local): ``changes`` lists, for
+        each worker whose part changes, (position, memo of part to new part, the
+        change), so a step from a state only looks parts up in those memos.
         """
         system = self.system
-        flags = state[0]
-        pws = state[1:]
-        n = len(pws)
+        used = 0
+        if kind == M_RECV:
+            result = system.read(mflags, lls, i, msg)
+        else:
+            if kind == CANCEL:
+                event, used = USER_CANCEL_EVENT, USED_CANCEL
+            elif kind == LATE:
+                event, used = arg, USED_LATE
+            else:
+                event = arg
+            result = system.modeller_step(mflags, lls, i, event, None)
+        new_flags, lls2, sends, violation, _log, ended_now, local = result
+        changes = []
+        for j in range(len(lls)):
+            popped = j == i and kind == M_RECV
+            if popped or lls2[j] != lls[j] or sends[j] or ended_now:
+                change = (lls2[j], sends[j], popped, ended_now)
+                memo = self._changes.get(change)
+                if memo is None:
+                    memo = self._changes[change] = {}
+                changes.append((j, memo, change))
+        label = (kind, i, result if kind == M_RECV else arg, 0)
+        return (label, new_flags | used, tuple(changes), violation, local)
+
+    def _changed(self, p: int, change: tuple[Any, ...], memo: dict[int, int]) -> int:
+        """Part ``p`` after a modeller step's ``change`` to it (see :meth:`_modeller_move`)."""
+        ll2, sends, popped, ended_now = change
+        _, wl, ws, m2w, w2m = self.system.pw[p]
+        if popped:
+            w2m = w2m[1:]
+        if ws < CRASHED:
+            if sends:
+                m2w = m2w + sends
+            if ended_now:
+                m2w = (*m2w, EOF)
+        if ended_now:
+            w2m = ()
+        found = memo[p] = self.system.intern_pw((ll2, wl, ws, m2w, w2m))
+        return found
+
+    def successors(self, state: int) -> tuple[list[Any], bool]:
+        """The moves to expand from ``state`` (see :meth:`_encode`), and whether it is quiescent.
+
+        A move is (successor state, label, violation). Quiescent: no message can
+        be read and no activity has output left. Only then may timers expire,
+        and only after a fault that silenced a party (crash, silence); otherwise
+        a quiescent state that is not an end is a deadlock.
+
+        This is the search's hot loop: everything a step needs of a worker's part
+        or of the modeller is cached (:meth:`_local`, :meth:`_plan`), so a state
+        costs a few dictionary look-ups, and a worker's own move, without the
+        symmetry reduction, one addition to the encoded state.
+        """
+        system = self.system
+        flags = state & _FLAG_MASK
+        shifts = self.shifts
+        pws = [(state >> shift) & _PART_MASK for shift in shifts]
+        n = self.n
         ended = flags & MODELLER_ENDED
-        faults = self.faults
         por = self.por
-        table = system.pw
-        comps = [table[p] for p in pws]
+        symmetry = self.symmetry
         mflags = flags & _MODELLER_FLAGS
-        lls = tuple([c[0] for c in comps])
+        heads = system.pw_head
+        part_ll = system.pw_ll
+        lls = tuple([part_ll[p] for p in pws])
+        plans: tuple[Any, ...] = ()
+        memos: list[dict[Any, tuple[Any, ...]]] = []
+        if not ended:
+            context = (flags & _CONTEXT_FLAGS, lls)
+            found_context = self._contexts.get(context)
+            if found_context is None:
+                found_context = self._context(*context)
+            plans, memos = found_context
         busy = False
         local_moves = []
         ample_worker = -1
         ample_read = -1
-        reads: list[tuple[int, Any]] = []
+        reads: list[tuple[Any, ...]] = []
         enabled = 0
         local_get = self._local_cache.get
-        read_get = system._rmemo.get
+        plan_get = self._plans.get
+        base = 1 if ended else 0
         for i in range(n):
-            comp = comps[i]
-            cached = local_get((pws[i], ended))
-            moves, own = cached if cached is not None else self._local(pws[i], ended)
+            p = pws[i]
+            cached = local_get((p * 2 + base) * n + i)
+            moves, own, alone = cached if cached is not None else self._local(p, ended, i)
             local_moves.append(moves)
             enabled += len(moves)
             if own:
                 busy = True
-                if ample_worker < 0 and (comp[3] or ended):
+                if ample_worker < 0 and alone:
                     # Every move of this worker: what the modeller sends later queues
                     # behind the message at the head, so nothing can overtake these.
                     ample_worker = i
-            w2m = comp[4]
-            if w2m and not ended:
+            head = heads[p]
+            if head is not None and not ended:
                 busy = True
-                head = w2m[0]
-                result = read_get((mflags, lls, i, head))
-                if result is None:
-                    result = system.read(mflags, lls, i, head)
-                reads.append((i, result))
-                if ample_read < 0 and result[6]:
-                    ample_read = i
+                plan = memos[i].get(head)
+                if plan is None:
+                    plan = memos[i][head] = self._plan(mflags, lls, M_RECV, i, None, head)
+                reads.append(plan)
+                if ample_read < 0 and plan[4]:
+                    ample_read = len(reads) - 1
         out: list[Any] = []
         if por and ample_read >= 0:
-            result = next(r for j, r in reads if j == ample_read)
-            out.append(
-                self._modeller_move(flags, pws, comps, M_RECV, ample_read, result, result, 0)
-            )
+            self._steps(out, state, pws, [reads[ample_read]])
             self.enabled_total += enabled + len(reads)
             self.expanded_total += 1
             return out, False
         if por and ample_worker >= 0:
-            self._moves(out, flags, pws, ample_worker, local_moves[ample_worker])
+            self._moves(out, state, pws, ample_worker, local_moves[ample_worker])
             self.enabled_total += enabled + len(reads)
             self.expanded_total += len(local_moves[ample_worker])
             return out, False
-        for i in range(n):
-            for kind, arg, branch, new_pw, violation, bits in local_moves[i]:
-                new = list(pws)
-                new[i] = new_pw
-                out.append(((kind, i, arg, branch), flags | bits, new, violation))
-        for i, result in reads:
-            out.append(self._modeller_move(flags, pws, comps, M_RECV, i, result, result, 0))
+        if symmetry:
+            for i in range(n):
+                self._moves(out, state, pws, i, local_moves[i])
+        else:
+            # _moves without symmetry, written out: the hottest loop of the search.
+            append = out.append
+            for moves in local_moves:
+                for label, _, violation, bits, delta in moves:
+                    append(((state + delta) | bits, label, violation))
+        if reads:
+            self._steps(out, state, pws, reads)
+        count = enabled + len(reads)
+        if not ended and plans:
+            # The user's cancel and late answers, when asked for and still unused.
+            self._steps(out, state, pws, plans)
+            count += len(plans)
+        if busy:
+            if por:  # the partial-order factor's tally (1 without the reduction)
+                self.enabled_total += count
+                self.expanded_total += count
+            return out, False
         global_steps: list[tuple[int, int, Any]] = []
-        if not ended and faults:
-            if "cancel" in faults and not flags & USED_CANCEL:
-                global_steps.append((CANCEL, -1, None))
-            if "late-accept" in faults and not flags & USED_LATE:
-                for i in range(n):
-                    leaf = system.lloc[comps[i][0]][0]
-                    if "response_timeout" in system.mc.expected[leaf]:
-                        global_steps.append((LATE, i, "response_timeout"))
-        if not busy and flags & (USED_CRASH | USED_SILENCE):
+        if flags & (USED_CRASH | USED_SILENCE):
+            comps = [system.pw[p] for p in pws]
             timer_steps: list[list[tuple[int, Any]]] = [[] for _ in range(n)]
             self._timers(comps, timer_steps, global_steps, ended)
             for i in range(n):
                 global_steps.extend((k, i, a) for k, a in timer_steps[i])
+        timer_plans = []
         for kind, i, arg in global_steps:
-            out.extend(self._apply(flags, list(pws), comps, kind, i, arg))
-        self.enabled_total += enabled + len(reads) + len(global_steps)
-        self.expanded_total += enabled + len(reads) + len(global_steps)
-        return out, not busy
+            if kind == W_TIMER:
+                comps = [system.pw[p] for p in pws]
+                for label, new_flags, new, violation in self._apply(
+                    flags, list(pws), comps, kind, i, arg
+                ):
+                    out.append((self._encode(new_flags, new), label, violation))
+                continue
+            step_key = (mflags, lls, i, kind, arg)
+            found = plan_get(step_key)
+            if found is None:
+                found = self._plans[step_key] = self._plan(mflags, lls, kind, i, arg)
+            timer_plans.append(found)
+        if timer_plans:
+            self._steps(out, state, pws, timer_plans)
+        count += len(global_steps)
+        if por:
+            self.enabled_total += count
+            self.expanded_total += count
+        return out, True
 
-    @staticmethod
-    def _moves(
-        out: list[Any], flags: int, pws: tuple[int, ...], i: int, moves: tuple[Any, ...]
+    def _context(self, cflags: int, lls: tuple[int, ...]) -> tuple[Any, ...]:
+        """What the modeller offers, given its flags and links (cached): (steps, reads).
+
+        ``steps`` are the plans of the user's cancel and of late answers, when
+        those faults are asked for and still unused; ``reads[i]`` maps the
+        message at the head of worker ``i``'s channel to the plan of reading it
+        (filled as the search meets them).
+        """
+        system = self.system
+        faults = self.faults
+        mflags = cflags & _MODELLER_FLAGS
+        plans = []
+        if "cancel" in faults and not cflags & USED_CANCEL:
+            plans.append(self._plan(mflags, lls, CANCEL, -1, None))
+        if "late-accept" in faults and not cflags & USED_LATE:
+            for i in range(self.n):
+                if "response_timeout" in system.mc.expected[system.lloc[lls[i]][0]]:
+                    plans.append(self._plan(mflags, lls, LATE, i, "response_timeout"))
+        reads: list[dict[Any, tuple[Any, ...]]] = [{} for _ in range(self.n)]
+        found = self._contexts[(cflags, lls)] = (tuple(plans), reads)
+        return found
+
+    def _encode(self, flags: int, pws: list[int]) -> int:
+        """A state as one int: the flags, then each worker's part (sorted, with symmetry)."""
+        if self.symmetry:
+            pws.sort()
+        state = flags
+        for shift, p in zip(self.shifts, pws, strict=True):
+            state |= p << shift
+        return state
+
+    def _decode(self, state: int) -> tuple[int, ...]:
+        """``(flags, part of worker 0, part of worker 1, ...)`` of an encoded state."""
+        return (state & _FLAG_MASK, *((state >> shift) & _PART_MASK for shift in self.shifts))
+
+    def _steps(
+        self, out: list[Any], state: int, pws: list[int], plans: Sequence[tuple[Any, ...]]
     ) -> None:
-        for kind, arg, branch, new_pw, violation, bits in moves:
-            new = list(pws)
-            new[i] = new_pw
-            out.append(((kind, i, arg, branch), flags | bits, new, violation))
+        """Append the successors that the modeller steps ``plans`` lead to."""
+        symmetry = self.symmetry
+        shifts = self.shifts
+        changed = self._changed
+        keep = state & ~_MODELLER_FLAGS
+        for label, bits, changes, violation, _ in plans:
+            if symmetry:
+                new = list(pws)
+                for j, memo, change in changes:
+                    p = new[j]
+                    q = memo.get(p)
+                    new[j] = q if q is not None else changed(p, change, memo)
+                succ = self._encode(keep & _FLAG_MASK | bits, new)
+            else:
+                succ = keep
+                for j, memo, change in changes:
+                    p = pws[j]
+                    q = memo.get(p)
+                    if q is None:
+                        q = changed(p, change, memo)
+                    succ += (q - p) << shifts[j]
+                succ |= bits
+            out.append((succ, label, violation))
+
+    def _moves(
+        self, out: list[Any], state: int, pws: list[int], i: int, moves: tuple[Any, ...]
+    ) -> None:
+        """Append the successors of worker ``i``'s own ``moves``."""
+        if self.symmetry:
+            flags = state & _FLAG_MASK
+            for label, q, violation, bits, _ in moves:
+                new = list(pws)
+                new[i] = q
+                out.append((self._encode(flags | bits, new), label, violation))
+        else:
+            for label, _, violation, bits, delta in moves:
+                out.append(((state + delta) | bits, label, violation))
 
     def _timers(
         self,
@@ -812,6 +1042,14 @@ class Explorer:
                 new = list(pws)
                 new[i] = system.intern_pw((ll, wl2, ws2, () if ws2 == ENDED else m2w, out))
                 yield (kind, i, arg, branch), flags, new, violation
+                if ws == MAY_DUPLICATE and violation is None and not flags & MODELLER_ENDED:
+                    doubled = _doubled(sends)
+                    if doubled is not None:
+                        new = list(pws)
+                        ws3 = ENDED if ws2 == ENDED else ALIVE
+                        m2w3 = () if ws3 == ENDED else m2w
+                        new[i] = system.intern_pw((ll, wl2, ws3, m2w3, w2m + doubled))
+                        yield (kind, i, arg, branch | DUP_BRANCH), flags | USED_DUPLICATE, new, None
             return
         if kind in (CRASH, SILENCE):
             ll, wl, ws, m2w, w2m = comps[i]
@@ -876,14 +1114,28 @@ class Explorer:
     # ---------------------------------------------------------------- search
 
     def run(self) -> ExploreResult:
+        # The search makes millions of tuples that live to the end and no reference
+        # cycles but a few (the modeller step's bindings and machines): the cyclic
+        # collector would scan the growing state table again and again, for nothing.
+        # It is off while the search runs (the few cycles a step makes are broken by hand).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self) -> ExploreResult:
         start = time.perf_counter()
         system = self.system
         index = self.index
         states = self.states
         parent = self.parent
         labels = self.label
-        src, dst = self.edges_src, self.edges_dst
-        for s in system.initial_states():
+        starts, dst = self.edge_start, self.edges_dst
+        for initial in system.initial_states():
+            s = self._encode(initial[0], list(initial[1:]))
             if s not in index:
                 index[s] = len(states)
                 states.append(s)
@@ -894,39 +1146,45 @@ class Explorer:
         transitions = 0
         last_report = start
         head = 0
-        symmetry = self.symmetry
+        successors = self.successors
+        index_get = index.get
+        states_append = states.append
+        parent_append = parent.append
+        labels_append = labels.append
+        starts_append = starts.append
+        dst_append = dst.append
+        limit = self.max_states if self.max_states is not None else -1
+        progress = self.progress
         try:
             while head < len(states):
                 state = states[head]
                 current = head
                 head += 1
-                if self.max_states is not None and len(states) > self.max_states:
+                if 0 <= limit < len(states):
                     verdict = "limit"
                     break
-                moves, quiescent = self.successors(state)
+                moves, quiescent = successors(state)
                 if quiescent:
-                    self._quiescent(current, state, moves)
-                for label, flags, pws, violation in moves:
-                    transitions += 1
-                    if symmetry:
-                        pws.sort()
-                    succ = (flags, *pws)
-                    found = index.get(succ)
+                    self._quiescent(current, self._decode(state), moves)
+                transitions += len(moves)
+                starts_append(len(dst))
+                for succ, label, violation in moves:
+                    found = index_get(succ)
                     if found is None:
                         found = index[succ] = len(states)
-                        states.append(succ)
-                        parent.append(current)
-                        labels.append(label)
-                    src.append(current)
-                    dst.append(found)
+                        states_append(succ)
+                        parent_append(current)
+                        labels_append(label)
+                    dst_append(found)
                     if violation is not None:
                         raise _Found(violation, found)
-                if self.progress is not None and head & 0x3FFF == 0:
+                if progress is not None and head & 0x3FFF == 0:
                     now = time.perf_counter()
                     if now - last_report >= 1.0:
                         last_report = now
-                        self.progress(len(states), now - start)
+                        progress(len(states), now - start)
             if verdict == "ok":
+                starts_append(len(dst))
                 self._progress_check()
         except _Found as found:
             verdict = "violation"
@@ -936,7 +1194,7 @@ class Explorer:
             # The mean orbit over an even sample of at most 65,536 states.
             stride = max(1, len(states) // 65536)
             sample = states[::stride]
-            orbit = sum(self._orbit(s) for s in sample) / max(1, len(sample))
+            orbit = sum(self._orbit(self._decode(s)) for s in sample) / max(1, len(sample))
         else:
             orbit = 1.0
         por_factor = self.enabled_total / self.expanded_total if self.expanded_total else 1.0
@@ -971,7 +1229,7 @@ class Explorer:
     def _quiescent(self, current: int, state: tuple[int, ...], moves: list[Any]) -> None:
         system = self.system
         if not system.is_end(state):
-            if not any(label[0] in (W_TIMER, M_TIMER) for label, _, _, _ in moves):
+            if not any(label[0] in (W_TIMER, M_TIMER) for _, label, _ in moves):
                 raise _Found(self._deadlock(state), current)
             return
         self.ends.append(current)
@@ -997,7 +1255,6 @@ class Explorer:
     def _items(self, state: tuple[int, ...]) -> Violation | None:
         """Spec section 5: every item delivered exactly once, or failed, or cut, or not run."""
         system = self.system
-        bounds = system.bounds
         for n, p in enumerate(state[1:]):
             ll, wl, _, _, _ = system.pw[p]
             link = system.lloc[ll][1]
@@ -1011,10 +1268,7 @@ class Explorer:
                     at_state=True,
                     message=f"an item of worker {{w{n}}} was delivered twice",
                 )
-            prediction = predict_echo(_echo_config(bounds, data), batched=bounds.batched)
-            deliverable = 0
-            for name in prediction.items_with(Fate.DELIVERED):
-                deliverable |= 1 << int(name[1:])
+            deliverable, complete, failed = self._account(data)
             extra = received & ~deliverable
             if extra:
                 return Violation(
@@ -1024,7 +1278,7 @@ class Explorer:
                     "which its Echo job does not deliver",
                 )
             if completed:
-                if not prediction.complete:
+                if not complete:
                     return Violation(
                         "items",
                         at_state=True,
@@ -1038,9 +1292,6 @@ class Explorer:
                         message=f"worker {{w{n}}} completed without delivering "
                         f"{_names(deliverable & ~received)}",
                     )
-                failed = 0
-                for name in prediction.items_with(Fate.FAILED):
-                    failed |= 1 << int(name[1:])
                 if data[7] != failed:
                     return Violation(
                         "items",
@@ -1051,6 +1302,20 @@ class Explorer:
                     )
         return None
 
+    def _account(self, data: tuple[Any, ...]) -> tuple[int, bool, int]:
+        """What a worker's Echo job delivers and fails (bitmasks), and whether it completes."""
+        found = self._accounts.get(data)
+        if found is None:
+            bounds = self.system.bounds
+            prediction = predict_echo(_echo_config(bounds, data), batched=bounds.batched)
+            deliverable = failed = 0
+            for name in prediction.items_with(Fate.DELIVERED):
+                deliverable |= 1 << int(name[1:])
+            for name in prediction.items_with(Fate.FAILED):
+                failed |= 1 << int(name[1:])
+            found = self._accounts[data] = (deliverable, prediction.complete, failed)
+        return found
+
     def _trace_check(self, current: int) -> None:
         """Check one run to each distinct outcome with the trace checker (``fsm-protocol check``).
 
@@ -1059,36 +1324,54 @@ class Explorer:
         """
         system = self.system
         outcome = []
-        for p in self.states[current][1:]:
+        state = self._decode(self.states[current])
+        for p in state[1:]:
             ll, wl, ws, _, _ = system.pw[p]
             lleaf, ldata = system.lloc[ll]
             wleaf, wdata, _ = system.wloc[wl]
             outcome.append((lleaf, wleaf, ws, ldata[9], wdata[10], wdata[0], wdata[1]))
-        key = (self.states[current][0], tuple(sorted(outcome)))
+        key = (state[0], tuple(sorted(outcome)))
         if key in self.trace_keys:
             return
         self.trace_keys.add(key)
-        _, trace, markers, order = self.replay(current)
-        state = self.states[current]
+        _, _, markers, order, lines = self.replay(current, describe=False)
         silent = [
             pod for pod, p in zip(order, state[1:], strict=True) if self.system.pw[p][2] == SILENT
         ]
         checker = TraceChecker(chart=self.spec_chart, unanswered_ok=silent)
+        # A result the duplicate fault sent again is the worker's protocol error:
+        # check must report it, at its line, as the first finding (rule W-4.11).
+        duplicate = next((at + 1 for at, _, event in markers if event == DUPLICATE), None)
+        internal = [m for m in markers if m[2] != DUPLICATE]
         at = 0
-        for position, message in enumerate(trace):
-            while at < len(markers) and markers[at][0] <= position:
-                _, pod, event = markers[at]
+        for position, line in enumerate(lines):
+            while at < len(internal) and internal[at][0] <= position:
+                _, pod, event = internal[at]
                 checker.internal(TASK_ID, pod, event, excuse=event in _EXCUSED)
                 at += 1
-            if checker.feed(encode(message)) is not None:
+            if checker.feed(line) is not None:
                 break
-        while at < len(markers):
-            _, pod, event = markers[at]
+        while at < len(internal):
+            _, pod, event = internal[at]
             checker.internal(TASK_ID, pod, event, excuse=event in _EXCUSED)
             at += 1
         result = checker.finish()
         self.traces_checked += 1
-        if not result.ok:
+        if duplicate is not None:
+            finding = result.finding
+            if finding is None or finding.line != duplicate or finding.rule != "W-4.11":
+                said = "accepts it" if finding is None else finding.render()
+                raise _Found(
+                    Violation(
+                        "trace",
+                        f"line {duplicate} of this run is a batch result sent twice (fault "
+                        f"duplicate), which fsm-protocol check should report there under rule "
+                        f"W-4.11; it says: {said}",
+                        at_state=True,
+                    ),
+                    current,
+                )
+        elif not result.ok:
             assert result.finding is not None
             raise _Found(
                 Violation(
@@ -1101,33 +1384,7 @@ class Explorer:
 
     def _progress_check(self) -> None:
         """No run may go on for ever without progress: from every state an end is reachable."""
-        count = len(self.states)
-        if not count:
-            return
-        src, dst = self.edges_src, self.edges_dst
-        # Reverse adjacency (CSR) and a backwards search from the ends.
-        degree = [0] * (count + 1)
-        for d in dst:
-            degree[d + 1] += 1
-        for k in range(count):
-            degree[k + 1] += degree[k]
-        fill = degree[:]
-        back = array("q", bytes(8 * len(dst)))
-        for s, d in zip(src, dst, strict=True):
-            back[fill[d]] = s
-            fill[d] += 1
-        reach = bytearray(count)
-        todo = list(self.ends)
-        for e in todo:
-            reach[e] = 1
-        while todo:
-            d = todo.pop()
-            for k in range(degree[d], degree[d + 1]):
-                s = back[k]
-                if not reach[s]:
-                    reach[s] = 1
-                    todo.append(s)
-        stuck = reach.find(0)
+        stuck = self.reaching_ends().find(0)
         if stuck >= 0:
             raise _Found(
                 Violation(
@@ -1138,6 +1395,63 @@ class Explorer:
                 ),
                 stuck,
             )
+
+    def reaching_ends(self, passes: int = 4) -> bytearray:
+        """Per state of a finished search, 1 if some run from it reaches an end, else 0.
+
+        Backwards over the states, in up to ``passes`` passes: a state reaches an
+        end if one of its successors does. Most edges lead to a state found later
+        (breadth first), so one pass settles nearly all; a pass that settles
+        nothing more ends it. If the passes run out first, a search backwards
+        over the reversed edges settles the rest.
+        """
+        count = len(self.states)
+        starts, dst = self.edge_start, self.edges_dst
+        reach = bytearray(count)
+        for e in self.ends:
+            reach[e] = 1
+        pending: Sequence[int] = range(count - 1, -1, -1)
+        for _ in range(passes):
+            left = []
+            for s in pending:
+                if reach[s]:
+                    continue
+                for k in range(starts[s], starts[s + 1]):
+                    if reach[dst[k]]:
+                        reach[s] = 1
+                        break
+                else:
+                    left.append(s)
+            if not left or len(left) == len(pending):
+                return reach
+            pending = left
+        self._reach_backwards(reach)
+        return reach
+
+    def _reach_backwards(self, reach: bytearray) -> None:
+        """Mark in ``reach`` every state from which a marked one is reachable (reverse search)."""
+        count = len(self.states)
+        starts, dst = self.edge_start, self.edges_dst
+        degree = [0] * (count + 1)
+        for d in dst:
+            degree[d + 1] += 1
+        for k in range(count):
+            degree[k + 1] += degree[k]
+        fill = degree[:]
+        back = array("q", bytes(8 * len(dst)))
+        for s in range(count):
+            for k in range(starts[s], starts[s + 1]):
+                d = dst[k]
+                back[fill[d]] = s
+                fill[d] += 1
+        todo = [s for s in range(count) if reach[s]]
+        while todo:
+            d = todo.pop()
+            for k in range(degree[d], degree[d + 1]):
+                s = back[k]
+                if not reach[s]:
+                    reach[s] = 1
+                    todo.append(s)
 
     # ---------------------------------------------------------- counterexample
 
@@ -1151,17 +1465,19 @@ class Explorer:
         return path
 
     def replay(
-        self, target: int
-    ) -> tuple[list[str], list[Message], list[tuple[int, str, str]], list[str]]:
+        self, target: int, *, describe: bool = True
+    ) -> tuple[list[str], list[Message], list[tuple[int, str, str]], list[str], list[bytes]]:
         """Re-run the path to ``target``: its steps, the modeller's trace, the internal markers.
 
-        Returns the pod names in the order of ``target``'s workers as well.
+        Returns the pod names in the order of ``target``'s workers as well, and
+        the trace's lines as ``fsm-protocol check`` reads them. Without
+        ``describe``, the steps are not put in words (they stay empty).
         """
         system = self.system
         path = self._path(target)
         names = _pods(system.bounds.workers)
         # Each stored state keeps its workers sorted; ``order[k]`` is the pod at position k.
-        initial = self.states[path[0]]
+        initial = self._decode(self.states[path[0]])
         order = list(names)
         initial_pws = list(initial[1:])
         events: list[tuple[str, int, Any]] = []
@@ -1177,7 +1493,7 @@ class Explorer:
         previous_order = list(order)
         for k in range(1, len(path)):
             previous_order = list(order)
-            prev = self.states[path[k - 1]]
+            prev = self._decode(self.states[path[k - 1]])
             label = self.label[path[k]]
             assert label is not None
             kind, i, arg, branch = label
@@ -1185,7 +1501,8 @@ class Explorer:
             pws = list(prev[1:])
             comps = [system.pw[p] for p in pws]
             pod = order[i]
-            steps.append(self._describe(kind, pod, arg, comps[i], branch))
+            if describe:
+                steps.append(self._describe(kind, pod, arg, comps[i], branch))
             if kind in (M_RECV, M_TIMER, LATE, CANCEL):
                 lls = tuple(c[0] for c in comps)
                 if kind == M_RECV:
@@ -1209,12 +1526,15 @@ class Explorer:
                     break
             assert produced is not None
             new_flags, new_pws = produced
+            if self._encode(new_flags, list(new_pws)) != self.states[path[k]]:
+                # The search's cached steps and the engine's own disagree: a bug here.
+                raise InternalError(f"replaying step {k} of a path reached another state")
             if self.symmetry:
                 ranked = sorted(range(len(new_pws)), key=lambda m: new_pws[m])
                 order = [order[m] for m in ranked]
-        trace, markers = self._render(events, path[-1], order)
+        trace, markers, lines = self._render(events, path[-1], order)
         self._previous_order = previous_order
-        return steps, trace, markers, order
+        return steps, trace, markers, order, lines
 
     def _describe(self, kind: int, pod: str, arg: Any, comp: Any, branch: int) -> str:
         system = self.system
@@ -1223,16 +1543,16 @@ class Explorer:
         if kind == W_ACT:
             pend = system.wloc[comp[1]][2]
             state, outs = pend[arg]
-            what = ", then ".join(
-                f"sends {_show(msg)}" if event.startswith("send:") else f"posts {event}"
-                for event, msg in outs
-            )
+            what = ", then ".join(_output(event, msg) for event, msg in outs)
+            if branch & DUP_BRANCH:
+                what += " (fault duplicate: its batch result goes out twice)"
             return f"{pod} ({state}) {what}"
         if kind == W_TIMER:
             return f"{pod}: timer {arg} expires"
         if kind == M_RECV:
             msg = comp[4][0]
-            return f"the modeller reads {_show(msg)} from {pod}"
+            again = " again (fault duplicate)" if len(msg) == 4 else ""
+            return f"the modeller reads {_show(msg)} from {pod}{again}"
         if kind == M_TIMER:
             return f"the modeller's timer {arg} for {pod} expires"
         if kind == LATE:
@@ -1247,23 +1567,29 @@ class Explorer:
 
     def _render(
         self, events: list[tuple[str, int, Any]], target: int, order: list[str]
-    ) -> tuple[list[Message], list[tuple[int, str, str]]]:
-        """The modeller's trace of the path (wire messages with real seqs), and internal events."""
+    ) -> tuple[list[Message], list[tuple[int, str, str]], list[bytes]]:
+        """The modeller's trace of the path (wire messages with real seqs, and encoded), and
+        internal events."""
         system = self.system
         bounds = system.bounds
         names = _pods(bounds.workers)
-        state = self.states[target]
+        state = self._decode(self.states[target])
         configs = {}
         for pod, p in zip(order, state[1:], strict=True):
             configs[pod] = _echo_config(bounds, system.wloc[system.pw[p][1]][1])
         modeller_seq = 0
         worker_seq = dict.fromkeys(names, 0)
         trace: list[Message] = []
+        lines: list[bytes] = []
         markers: list[tuple[int, str, str]] = []
+        memo = self._messages
         for kind, j, payload in events:
             pod = names[j]
             if kind == "internal":
                 markers.append((len(trace), pod, payload))
+                continue
+            if kind == DUPLICATE:
+                markers.append((len(trace), pod, DUPLICATE))
                 continue
             if kind == "send":
                 sender, recipient, seq = MODELLER, pod, modeller_seq
@@ -1271,13 +1597,19 @@ class Explorer:
             else:
                 sender, recipient, seq = pod, MODELLER, worker_seq[pod]
                 worker_seq[pod] += 1
-            trace.append(
-                _message(payload, sender, recipient, seq, pod, names, configs[pod], bounds)
-            )
-        return trace, markers
+            key = (payload, sender, seq, pod, configs[pod])
+            found = memo.get(key)
+            if found is None:
+                message = _message(
+                    payload, sender, recipient, seq, pod, names, configs[pod], bounds
+                )
+                found = memo[key] = (message, encode(message))
+            trace.append(found[0])
+            lines.append(found[1])
+        return trace, markers, lines
 
     def counterexample(self, target: int, violation: Violation) -> Counterexample:
-        steps, trace, markers, order = self.replay(target)
+        steps, trace, markers, order, _ = self.replay(target)
         named = violation.named(order if violation.at_state else self._previous_order)
         return Counterexample(named, tuple(steps), tuple(trace), tuple(markers))
 
@@ -1295,8 +1627,22 @@ def _machine(table: BoundTable, leaf: str, bindings: object) -> Machine:
     return machine
 
 
+def _doubled(sends: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``sends`` with its first batch result sent twice, the second marked; None if none."""
+    for k, msg in enumerate(sends):
+        if msg[0] == "EVALUATION_RESULTS" and msg[2] is not None:
+            return (*sends[: k + 1], (*msg, DUPLICATE), *sends[k + 1 :])
+    return None
+
+
 def _recv_event(msg: Msg) -> str:
     return "link_lost" if msg == EOF else f"recv:{msg[0]}"
+
+
+def _output(event: str, msg: Any) -> str:
+    if event.startswith(OFFER_SEND):
+        return f"offers {_show(msg)} (its chart decides)"
+    return f"sends {_show(msg)}" if event.startswith("send:") else f"posts {event}"
 
 
 def _names(mask: int) -> str:
@@ -1306,7 +1652,7 @@ def _names(mask: int) -> str:
 def _show(msg: Any) -> str:
     if msg == EOF:
         return "the end of the stream"
-    typ, body, batch = msg
+    typ, body, batch = msg[:3]
     if typ == "EVALUATION_RESULTS":
         where = "no batch" if batch is None else f"batch {batch}"
         return f"EVALUATION_RESULTS({where}: {', '.join(_item(i) for i in body) or 'no items'})"

@@ -47,9 +47,15 @@ FAULTS: Final = (
     "limit",
     "fail-in-batch",
     "fail-alone",
+    "duplicate",
 )
 
 EOF: Final[Msg] = ("EOF", None, None)
+# An output event ``OFFER_SEND + "NUMBER_OF_BATCHES"`` is a send the activity *offers*:
+# it goes out only if the chart takes it, and is dropped otherwise (no violation).
+OFFER_SEND: Final = "offer:send:"
+# The mark of a message that the ``duplicate`` fault sent a second time (its 4th field).
+DUPLICATE: Final = "duplicate"
 ONLINE_TOKEN: Final = "online"
 
 # What each cause of an abort means, from the worker chart's events (spec section 4/5):
@@ -376,7 +382,12 @@ class WorkerBindings:
     def do_run_batch(self, choice: Any) -> list[Output]:
         batch_id = self.cur
         items = self.bounds.batch_items(batch_id)
-        out: list[Output] = []
+        # A streaming worker may learn its batch count as it goes: the estimate is offered
+        # at every batch, and the chart's guard ("!estimate_sent") lets out only the first.
+        # The runtime checks the same flag in Python and sends one; here the chart decides.
+        out: list[Output] = [
+            (OFFER_SEND + "NUMBER_OF_BATCHES", ("NUMBER_OF_BATCHES", self.bounds.batches, None))
+        ]
         if choice is not None:
             self.retry += tuple((item, item in choice) for item in items)
             self.fib |= 1 << batch_id

@@ -237,6 +237,8 @@ def plan_sequence(
     for i, m in enumerate(wire):
         other = m.recipient if m.sender == modeller else m.sender
         workers.setdefault(other, []).append(i)
+        if modeller not in (m.sender, m.recipient):
+            workers.setdefault(m.recipient, [])  # a stray recipient still gets its lifeline
     hidden: set[int] = set()
     notes: dict[int, Note] = {}
     if fold:

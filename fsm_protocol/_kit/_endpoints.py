@@ -62,7 +62,9 @@ class ModellerEndpoint(Protocol):
     """One modeller under test, as the kit's pods reach it.
 
     :meth:`run` reads the modeller's messages until it stops writing and
-    hands each to its pod's ``transport(pod)``.
+    hands each to its pod's ``transport(pod)``. An endpoint that reads several
+    streams concurrently (one connection per pod) sets ``interleaved = True``:
+    its lines are then not in the order the modeller wrote them.
     """
 
     def transport(self, pod: str) -> Transport: ...
@@ -101,10 +103,38 @@ ModellerLauncher = Callable[
 
 
 @final
+class _WholeLines:
+    """A worker's stdio conversation whose refused lines keep all their bytes.
+
+    ``decode()`` keeps an excerpt of a bad line; the kit records the whole line
+    (at most the line limit + 1 byte), so the checker cites the rule that line
+    breaks, not the framing rule an excerpt would.
+    """
+
+    def __init__(self, peer: ProcessPeer) -> None:
+        self.inner = StdioTransport(peer)
+        self.peer = peer
+
+    async def send(self, message: Message) -> None:
+        await self.inner.send(message)
+
+    async def receive(self) -> Message:
+        line = await self.peer.read_line()
+        try:
+            return decode(line, max_line_bytes=self.peer.max_line_bytes)
+        except DecodeError as exc:
+            exc.line = line
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@final
 class _StdioWorker:
     def __init__(self, peer: ProcessPeer) -> None:
         self.peer = peer
-        self.transport: Transport = StdioTransport(peer)
+        self.transport: Transport = _WholeLines(peer)
 
     async def write_raw(self, line: bytes) -> None:
         await self.peer.write(line)
@@ -435,6 +465,9 @@ class _TcpModeller:
     ) -> None:
         self.peer = peer
         self.conns = conns
+        # Each pod's connection is read on its own: lines written to two of them may be
+        # read in either order, so the trace cannot show the order they were written.
+        self.interleaved = len(conns) > 1
         self.folder = folder
         self._on_line = on_line
         self._on_problem = on_problem

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -40,6 +41,8 @@ class Recorder:
         self.faulted: set[str] = set()
         self.swallowed: set[str] = set()
         self.cut: set[str] = set()  # pods the kit stopped listening to
+        # Kit pods whose line could not be written: the modeller had gone.
+        self.undelivered: set[str] = set()
         self.online_checks: set[str] = set()
         self.problems: list[tuple[str, bytes]] = []
         self.after_fault: dict[str, list[bytes]] = collections.defaultdict(list)
@@ -50,6 +53,14 @@ class Recorder:
         self.lost_at: dict[str, int] = {}
         self.requested_at: dict[str, float] = {}
         self.latency = 0.0
+        # The lines come from several streams read concurrently (one TCP connection per
+        # pod), not from one stream in the order written: see TraceChecker(interleaved=...).
+        self.interleaved = False
+        # Per pod: the set-up-dependent messages it wrote before the kit wrote its
+        # ALGORITHM_EXCHANGE (which a fault held back), so it cannot have waited for it.
+        self.before_setup: dict[str, list[str]] = {}
+        # Sees each line as it is recorded (the modeller case's watch on what is owed).
+        self.on_line: Callable[[bytes], None] | None = None
 
     @property
     def line_count(self) -> int:
@@ -59,4 +70,7 @@ class Recorder:
         self.notes.append(Note(self.line_count, pod, text))
 
     def line(self, raw: bytes) -> None:
-        self.entries.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        raw = raw if raw.endswith(b"\n") else raw + b"\n"
+        self.entries.append(raw)
+        if self.on_line is not None:
+            self.on_line(raw)

@@ -15,8 +15,10 @@ from .._check._checker import Finding, describe_message
 from .._core._chart import Role
 from .._wire._messages import decode
 from ._coverage import Coverage
-from ._limits import FAST_ANSWER
+from ._limits import start_allowance
 from ._scenarios import Scenario, Verdict
+
+_SLOW_START = 0.25  # an answer slower than this is worth a word in the summary
 
 
 @final
@@ -32,7 +34,11 @@ class Note:
 @final
 @attrs.frozen
 class CaseResult:
-    """The verdict of one case, with the evidence: its trace and what the kit noted."""
+    """The verdict of one case, with the evidence: its trace and what the kit noted.
+
+    ``rule`` is the id of the rule of the rule book the case failed on (its
+    reason cites it as ``[ID]``), or None when it passed or no rule says it.
+    """
 
     scenario: Scenario
     verdict: Verdict
@@ -42,6 +48,7 @@ class CaseResult:
     trace: tuple[bytes, ...] = ()
     notes: tuple[Note, ...] = ()
     finding: Finding | None = None
+    rule: str | None = None
 
     @property
     def name(self) -> str:
@@ -95,9 +102,9 @@ class Report:
     time_scale: float = 1.0
 
     @property
-    def slowdown(self) -> float:
-        """How much the kit stretched its timings for a slow-answering command."""
-        return max(1.0, self.answer_latency_s / FAST_ANSWER)
+    def startup_allowance_s(self) -> float:
+        """What the kit added to the waits that include a process start (at the end)."""
+        return start_allowance(self.answer_latency_s)
 
     @property
     def passed(self) -> bool:
@@ -115,10 +122,11 @@ class Report:
             f" {c[Verdict.TIMEOUT]} timed out; {self.coverage.summary()}; seed {self.seed}"
             f" (replay with --seed {self.seed})"
         )
-        if self.slowdown > 1:
+        if self.answer_latency_s > _SLOW_START:
             text += (
-                f"; the command took {self.answer_latency_s:.2f} s to answer, so later cases ran"
-                f" {self.slowdown:.1f}x slower"
+                f"; the command took up to {self.answer_latency_s:.2f} s to answer its"
+                f" JOB_REQUEST, so the kit allows {self.startup_allowance_s:.2f} s more for an"
+                " answer that includes a start"
             )
         return text
 
@@ -200,6 +208,7 @@ def _case_json(case: CaseResult) -> dict[str, Any]:
         "reason": case.reason,
         "details": list(case.details),
         "duration_s": round(case.duration_s, 3),
+        "rule": case.rule,
     }
     if case.finding is not None:
         data["violation"] = attrs.asdict(case.finding)

@@ -10,8 +10,13 @@ What a trace cannot show is judged from the kit's own outcome: a process
 that crashed, went silent, ignored a cancel, did not exit, or (for a modeller)
 left a pod waiting.
 
-Every case runs under a deadline and its processes are killed at its end, so
-no implementation can hang the kit.
+Every wait of a case is bounded by the step it waits at: the kit's modeller
+gives a silent worker its idle wait and a cancelled one its cancel wait; the
+kit's pods give a modeller that owes them a message (a JOB_REQUEST, a
+TASK_CANCEL, a TASK_START...) the kit's owed wait, and their chart's own timers.
+A verdict then names the message that did not come. A last-resort cap per case
+stops a peer that keeps talking without progressing, and the processes are
+killed at the end of each case, so no implementation can hang the kit.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from .._core._shipped import shipped_chart
 from ._coverage import CoverageRecorder
 from ._endpoints import MODELLER_TRANSPORTS, WORKER_TRANSPORTS, check_tcp_command
 from ._judges import judge_deadline, judge_modeller_case, judge_worker_case
-from ._limits import FAST_ANSWER
+from ._limits import CASE_CAP, start_allowance
 from ._modeller_case import run_modeller_case
 from ._recording import Recorder
 from ._reports import CaseResult, Report
-from ._scenarios import Scenario, select_scenarios
+from ._scenarios import Scenario, Verdict, depends_on_timing, select_scenarios
 from ._worker_case import run_worker_case
 
 CaseHook = Callable[[CaseResult], None]
@@ -45,15 +50,21 @@ async def _run_one(
     *,
     timeout: float,
     scale: float,
+    startup: float,
     coverage: CoverageRecorder,
 ) -> tuple[CaseResult, float]:
-    """Run one case under its deadline; its result, and the slowest answer seen in it."""
+    """Run one case under its last-resort cap; its result, and the slowest answer in it."""
     started = time.monotonic()
     recorder = Recorder(coverage.chart, coverage)
     with trio.move_on_after(timeout) as deadline:
         if scenario.role is Role.WORKER:
             worker_case = await run_worker_case(
-                scenario, command, WORKER_TRANSPORTS[transport], scale=scale, recorder=recorder
+                scenario,
+                command,
+                WORKER_TRANSPORTS[transport],
+                scale=scale,
+                startup=startup,
+                recorder=recorder,
             )
             judgement = judge_worker_case(worker_case, scale)
         else:
@@ -63,15 +74,24 @@ async def _run_one(
             judgement = judge_modeller_case(modeller_case, scale)
     if deadline.cancelled_caught:
         judgement = judge_deadline(scenario, recorder, timeout)
+    # The rule the case failed on: the kit's own, or the checker's finding's; the reason cites it.
+    rule = judgement.rule
+    if rule is None and judgement.finding is not None:
+        rule = judgement.finding.rule
+    rule = rule or None
+    reason = judgement.reason
+    if rule is not None and f"[{rule}]" not in reason:
+        reason += f" [{rule}]"
     result = CaseResult(
         scenario=scenario,
         verdict=judgement.verdict,
-        reason=judgement.reason,
+        reason=reason,
         details=judgement.details,
         duration_s=time.monotonic() - started,
         trace=tuple(e for e in recorder.entries if isinstance(e, bytes)),
         notes=tuple(recorder.notes),
         finding=judgement.finding,
+        rule=None if judgement.verdict is Verdict.PASS else rule,
     )
     return result, recorder.latency
 
@@ -83,10 +103,11 @@ async def conform(
     scenarios: Sequence[str | Scenario] | None = None,
     seed: int | None = None,
     generated: int | None = None,
-    timeout: float = 10.0,
+    timeout: float | None = None,
     time_scale: float = 1.0,
     transport: str = "stdio",
     on_case: CaseHook | None = None,
+    jobs: int | None = None,
 ) -> Report:
     """Test an implementation of ``role`` started as ``command``: the async form.
 
@@ -102,8 +123,13 @@ async def conform(
         raise ConfigError(
             f"unknown transport {transport!r}; available: {', '.join(sorted(launchers))}"
         )
-    if timeout <= 0 or time_scale <= 0:
+    if (timeout is not None and timeout <= 0) or time_scale <= 0:
         raise ConfigError("timeout and time_scale must be positive")
+    if jobs is None:
+        jobs = 2 if transport == "stdio" else 1  # over TCP, one case at a time
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, found {jobs}")
+    cap = CASE_CAP * time_scale if timeout is None else timeout
     if transport == "tcp":
         check_tcp_command(role, command)
     if seed is None:
@@ -115,28 +141,47 @@ async def conform(
         raise ConfigError(f"scenarios for the other role: {', '.join(wrong)}")
     chart = shipped_chart("modeller" if role is Role.WORKER else "worker")
     coverage = CoverageRecorder(chart)
-    results = []
+    results: list[CaseResult | None] = [None] * len(chosen)
     latency = 0.0
-    for scenario in chosen:
-        scale = time_scale * max(1.0, latency / FAST_ANSWER)
+    limiter = trio.CapacityLimiter(jobs)
+
+    async def run(index: int) -> None:
+        nonlocal latency
         result, seen = await _run_one(
-            scenario,
+            chosen[index],
             command,
             transport,
-            timeout=timeout * scale / time_scale,
-            scale=scale,
+            timeout=cap,
+            scale=time_scale,
+            startup=start_allowance(latency),
             coverage=coverage,
         )
         latency = max(latency, seen)
-        results.append(result)
+        results[index] = result
         if on_case is not None:
             on_case(result)
+
+    async def run_limited(index: int) -> None:
+        async with limiter:
+            await run(index)
+
+    # Cases whose meaning depends on timing run alone; the others, up to ``jobs`` at once.
+    index = 0
+    while index < len(chosen):
+        if jobs == 1 or depends_on_timing(chosen[index]):
+            await run(index)
+            index += 1
+            continue
+        async with trio.open_nursery() as nursery:
+            while index < len(chosen) and not depends_on_timing(chosen[index]):
+                nursery.start_soon(run_limited, index)
+                index += 1
     return Report(
         role=role,
         command=tuple(command),
         transport=transport,
         seed=seed,
-        cases=tuple(results),
+        cases=tuple(r for r in results if r is not None),
         coverage=coverage.result(),
         answer_latency_s=latency,
         time_scale=time_scale,

@@ -42,6 +42,29 @@ class FaultKind(str, enum.Enum):
       closes the worker's input).
     * ``garble``: the matching message arrives unreadable.
     * ``swallow``: the matching message, and all after it, are lost in transit.
+
+    When the kit plays the pods, ``drop`` loses the matching message and ends
+    the pod's input, and ``garble`` hands it to the pod unreadable. The kinds
+    below make the kit a misbehaving peer, to reach the transitions of its chart
+    that a correct implementation under test never provokes:
+
+    * ``end``: kit pods: the matching message arrives, and the pod's input
+      ends right after it.
+    * ``hold_until_abort``: kit pods: the matching message waits until the pod
+      decides to abort on its own (``seconds`` is the longest wait); with
+      ``drop`` or ``garble`` too, it is then lost or garbled.
+    * ``log``: the kit's side sends a LOG_MESSAGE on the pod's link as its own
+      machine enters a state named in ``on``.
+    * ``skip_markers``: the kit's pod leaves out the optional PREPARING_DATA and
+      PREPARING_DATA_BATCHES markers (``on`` is empty).
+    * ``fail_setup``: the kit's pod's algorithm raises in its setup, so the pod
+      aborts with WORKER_ERROR (``on`` is empty).
+    * ``slow_setup``: the kit's pod's algorithm takes ``seconds`` over its setup,
+      so the modeller's ALGORITHM_EXCHANGE arrives while it prepares.
+    * ``spoof_log``, ``spoof_response``: the kit's link hands the pod a
+      LOG_MESSAGE, or an ONLINE_RESPONSE, that the modeller never sent, as the
+      pod enters a state named in ``on``. The trace holds only what the modeller
+      wrote; the kit's note says what it handed the pod.
     """
 
     DELAY_SEND = "delay_send"
@@ -50,6 +73,15 @@ class FaultKind(str, enum.Enum):
     DROP = "drop"
     GARBLE = "garble"
     SWALLOW = "swallow"
+    # --- the kit as a misbehaving peer (chart coverage) ---
+    END = "end"
+    HOLD_UNTIL_ABORT = "hold_until_abort"
+    LOG = "log"
+    SKIP_MARKERS = "skip_markers"
+    FAIL_SETUP = "fail_setup"
+    SLOW_SETUP = "slow_setup"
+    SPOOF_LOG = "spoof_log"
+    SPOOF_RESPONSE = "spoof_response"
 
 
 @final
@@ -138,10 +170,13 @@ class Scenario:
         expect: For ``role=modeller``: a pod's outcome when the default rule
             (Echo's prediction, and cancellation after an abort) does not say it:
             ``"complete"``, ``"rejected"`` or ``"aborted:<REASON>"``; several
-            allowed outcomes are separated by ``|``.
+            allowed outcomes are separated by ``|``. For ``role=worker``: the
+            worker's end, where the trace cannot judge it (a timeout).
         expect_online_check: Pods that must send ONLINE_CHECK (``role=worker``).
         first_line: For ``role=worker``: instead of a task, write this line
             (empty: nothing) and close the input; the worker must write nothing.
+        omit_job_overrides: For ``role=modeller``: the control line leaves out
+            ``job_overrides``, which is optional (spec section 6).
     """
 
     name: str
@@ -162,6 +197,17 @@ class Scenario:
     expect: Mapping[str, str] = attrs.field(factory=dict)
     expect_online_check: tuple[str, ...] = ()
     first_line: bytes | None = None
+    omit_job_overrides: bool = False
+
+    @property
+    def unanswering(self) -> tuple[str, ...]:
+        """Pods that never answer: the silent ones, and those whose link fails at the job."""
+        failing = {
+            f.pod
+            for f in self.faults
+            if f.kind in (FaultKind.DROP, FaultKind.GARBLE, FaultKind.END) and "JOB_REQUEST" in f.on
+        }
+        return self.silent + tuple(p for p in self.pods if p in failing and p not in self.silent)
 
     def protocol_json(self, pod: str) -> dict[str, Any]:
         """The protocol JSON pod ``pod`` gets: the Echo job with its overrides."""
@@ -760,10 +806,251 @@ def _modeller_catalogue() -> tuple[Scenario, ...]:
     )
 
 
+# --- Cases for rules of the rule book that no case above provokes ------------------------------
+
+
+def _worker_rule_cases() -> tuple[Scenario, ...]:
+    """Worker cases added for a rule of the rule book (the rule is in each description)."""
+    return (
+        Scenario(
+            name="start-timeout",
+            role=_W,
+            description="W-4.28: no TASK_START within task_start_timeout_s of the worker's own:"
+            " TASK_ABORT(MODELLER_TIMEOUT)",
+            echo=Echo(items=_items(4), batch_size=2),
+            task_start_timeout_s=0.3,
+            faults=(Fault(_A, FaultKind.DELAY_SEND, ("TASK_START",), seconds=1.2),),
+            expect={_A: "aborted:MODELLER_TIMEOUT"},
+        ),
+        Scenario(
+            name="slow-start",
+            role=_W,
+            description="W-4.28: TASK_START comes late but within task_start_timeout_s: the"
+            " worker waits for it, whatever its soft and hard timeouts",
+            echo=Echo(items=_items(4), batch_size=2),
+            task_start_timeout_s=4.0,
+            soft_timeout_s=0.1,
+            hard_timeout_s=0.2,
+            faults=(Fault(_A, FaultKind.DELAY_SEND, ("TASK_START",), seconds=0.8),),
+            expect={_A: "complete"},
+        ),
+    )
+
+
+def _modeller_rule_cases() -> tuple[Scenario, ...]:
+    """Modeller cases added for a rule of the rule book (the rule is in each description)."""
+    return (
+        Scenario(
+            name="no-job-overrides",
+            role=_M,
+            description="M-6.2: a control line without job_overrides (it is optional)",
+            echo=Echo(items=_items(3), batch_size=2),
+            omit_job_overrides=True,
+        ),
+        Scenario(
+            name="slow-answer",
+            role=_M,
+            description="M-4.18: a pod answers late but within the response timeout: the"
+            " modeller waits for it, and it runs",
+            echo=Echo(items=_items(4), batch_size=2),
+            pods=(_A, _B),
+            response_timeout_s=4.0,
+            faults=(Fault(_B, FaultKind.DELAY_SEND, ("JOB_ACCEPT",), seconds=0.8),),
+        ),
+    )
+
+
+# --- Chart coverage: the kit as a misbehaving peer ---------------------------------------------
+# Cases that reach the transitions of the kit's own chart that the cases above do not: the
+# kit's modeller logging, and the kit's pods whose links fail, that skip optional markers,
+# whose setup fails, that log, or that are handed messages the modeller never sent.
+
+
+def _worker_coverage_cases() -> tuple[Scenario, ...]:
+    return (
+        Scenario(
+            name="modeller-logs",
+            role=_W,
+            description="the modeller sends LOG_MESSAGE while the worker prepares, runs batches"
+            " and waits for TASK_COMPLETE",
+            echo=Echo(items=_items(4), batch_size=2),
+            faults=(Fault(_A, FaultKind.LOG, ("accepted", "running_batch", "final_step")),),
+        ),
+    )
+
+
+def _modeller_coverage_cases() -> tuple[Scenario, ...]:
+    _D = "kit/pod-d"
+    return (
+        Scenario(
+            name="links-fail-at-the-job",
+            role=_M,
+            description="three pods' links fail as the JOB_REQUEST comes (lost, garbled, input"
+            " ended after it): they never answer, the fourth pod runs alone",
+            echo=Echo(items=_items(4), batch_size=2),
+            pods=(_A, _B, _C, _D),
+            response_timeout_s=0.5,
+            faults=(
+                Fault(_B, FaultKind.DROP, ("JOB_REQUEST",)),
+                Fault(_C, FaultKind.GARBLE, ("JOB_REQUEST",)),
+                Fault(_D, FaultKind.END, ("JOB_REQUEST",)),
+            ),
+            expect={_B: "closed", _C: "closed", _D: "closed"},
+        ),
+        Scenario(
+            name="pod-skips-markers",
+            role=_M,
+            description="a pod leaves out the optional PREPARING_DATA and PREPARING_DATA_BATCHES"
+            " and sends LOG_MESSAGE as it runs (it is also handed one the modeller never sent)",
+            echo=Echo(items=_items(6), batch_size=2),
+            faults=(
+                Fault(_A, FaultKind.SKIP_MARKERS, ()),
+                Fault(_A, FaultKind.LOG, ("accepted", "running_batch")),
+                Fault(_A, FaultKind.SPOOF_LOG, ("running_batch",)),
+            ),
+        ),
+        Scenario(
+            name="slow-preparation",
+            role=_M,
+            description="a pod is slow to prepare: the ALGORITHM_EXCHANGE arrives before it has"
+            " sent CONFIGURING_TASK",
+            echo=Echo(items=_items(4), batch_size=2, initial_setup=True),
+            faults=(Fault(_A, FaultKind.SLOW_SETUP, (), seconds=0.5),),
+        ),
+        Scenario(
+            name="pod-setup-fails",
+            role=_M,
+            description="a pod's setup raises (WORKER_ERROR, its job fails anyway): the other"
+            " is cancelled",
+            echo=Echo(items=_items(8), batch_size=1),
+            pods=(_A, _B),
+            overrides={_B: {"fail_alone": list(_items(8))}},
+            faults=(Fault(_B, FaultKind.FAIL_SETUP, ()),),
+        ),
+        Scenario(
+            name="garbled-start",
+            role=_M,
+            description="a pod's TASK_START arrives garbled: it aborts with PROTOCOL_ERROR, and"
+            " the other is cancelled",
+            echo=Echo(items=_items(8), batch_size=1),
+            pods=(_A, _B),
+            faults=(Fault(_B, FaultKind.GARBLE, ("TASK_START",)),),
+            expect={_B: "aborted:PROTOCOL_ERROR"},
+        ),
+        Scenario(
+            name="cancel-crosses-abort",
+            role=_M,
+            description="a pod with no data aborts; the others' TASK_CANCEL reaches them only as"
+            " they give up on TASK_START (as is, garbled, or with the link's end)",
+            echo=Echo(items=_items(4), batch_size=2),
+            pods=(_A, _B, _C, _D),
+            overrides={_B: {"items": []}},
+            task_start_timeout_s=0.3,
+            faults=(
+                Fault(_A, FaultKind.HOLD_UNTIL_ABORT, ("TASK_CANCEL",), seconds=2.0),
+                Fault(_A, FaultKind.LOG, ("aborting",)),
+                Fault(_C, FaultKind.HOLD_UNTIL_ABORT, ("TASK_CANCEL",), seconds=2.0),
+                Fault(_C, FaultKind.GARBLE, ("TASK_CANCEL",)),
+                Fault(_D, FaultKind.HOLD_UNTIL_ABORT, ("TASK_CANCEL",), seconds=2.0),
+                Fault(_D, FaultKind.DROP, ("TASK_CANCEL",)),
+            ),
+            expect={
+                pod: "aborted:MODELLER_TIMEOUT|aborted:CANCELLED_BY_MODELLER"
+                for pod in (_A, _C, _D)
+            },
+        ),
+        Scenario(
+            name="spoofed-in-setup",
+            role=_M,
+            description="a pod waiting for ALGORITHM_EXCHANGE is handed a LOG_MESSAGE and an"
+            " ONLINE_RESPONSE the modeller never sent; it checks online again, and runs",
+            echo=Echo(items=_items(2), batch_size=1, initial_setup=True),
+            soft_timeout_s=0.15,
+            hard_timeout_s=2.0,
+            faults=(
+                Fault(_A, FaultKind.HOLD_RECV, ("ALGORITHM_EXCHANGE",), seconds=1.0),
+                Fault(_A, FaultKind.SPOOF_LOG, ("setup_listening",)),
+                Fault(_A, FaultKind.SPOOF_RESPONSE, ("setup_listening",), nth=2),
+                Fault(_A, FaultKind.SPOOF_LOG, ("setup_checking",)),
+                Fault(_A, FaultKind.SPOOF_RESPONSE, ("setup_checking",), nth=2),
+            ),
+        ),
+        Scenario(
+            name="spoofed-before-complete",
+            role=_M,
+            description="a pod waiting for TASK_COMPLETE (the other is slow) is handed a"
+            " LOG_MESSAGE and an ONLINE_RESPONSE the modeller never sent; both complete",
+            echo=Echo(items=_items(2), batch_size=1),
+            pods=(_A, _B),
+            soft_timeout_s=0.15,
+            hard_timeout_s=2.0,
+            faults=(
+                Fault(_B, FaultKind.HOLD_RECV, ("TASK_START",), seconds=1.0),
+                Fault(_A, FaultKind.SPOOF_LOG, ("complete_listening",)),
+                Fault(_A, FaultKind.SPOOF_RESPONSE, ("complete_listening",), nth=2),
+                Fault(_A, FaultKind.SPOOF_LOG, ("complete_checking",)),
+                Fault(_A, FaultKind.SPOOF_RESPONSE, ("complete_checking",), nth=2),
+            ),
+        ),
+        Scenario(
+            name="online-response-delayed",
+            role=_M,
+            description="a pod waiting for TASK_COMPLETE gets the answers to its ONLINE_CHECK"
+            " too late and gives up (MODELLER_TIMEOUT): the slow other pod is cancelled",
+            echo=Echo(items=_items(2), batch_size=1),
+            pods=(_A, _B),
+            soft_timeout_s=0.15,
+            hard_timeout_s=0.4,
+            faults=(
+                Fault(_B, FaultKind.HOLD_RECV, ("TASK_START",), seconds=1.5),
+                Fault(_A, FaultKind.HOLD_RECV, ("ONLINE_RESPONSE",), nth=None, seconds=2.0),
+            ),
+            expect={_A: "aborted:MODELLER_TIMEOUT"},
+        ),
+        Scenario(
+            name="nothing-succeeds",
+            role=_M,
+            description="every batch and every retry of a pod fails: it aborts with"
+            " WORKER_ERROR after its resilience phase, and the other is cancelled",
+            echo=Echo(items=_items(6), batch_size=1),
+            pods=(_A, _B),
+            overrides={
+                _B: {
+                    "items": ["b0", "b1", "b2", "b3"],
+                    "batch_size": 2,
+                    "fail_alone": ["b0", "b1", "b2", "b3"],
+                }
+            },
+            faults=(Fault(_A, FaultKind.DELAY_SEND, ("BATCHES_COMPLETE",), nth=2, seconds=0.5),),
+        ),
+    )
+
+
 @functools.cache
 def catalogue(role: Role) -> tuple[Scenario, ...]:
     """The named scenarios for testing an implementation of ``role``."""
-    return _worker_catalogue() if role is Role.WORKER else _modeller_catalogue()
+    if role is Role.WORKER:
+        return _worker_catalogue() + _worker_rule_cases() + _worker_coverage_cases()
+    return _modeller_catalogue() + _modeller_rule_cases() + _modeller_coverage_cases()
+
+
+def depends_on_timing(scenario: Scenario) -> bool:
+    """Whether a case's meaning depends on timing, so that the kit runs it alone.
+
+    Cases with a fault, a short response timeout or short worker timeouts check
+    what happens when something is late or lost, often against one of the kit's
+    short waits; another case running beside them could make something late
+    that should not be.
+    """
+    defaults = Scenario(name="", role=scenario.role, description="")
+    return (
+        bool(scenario.faults)
+        or scenario.response_timeout_s != defaults.response_timeout_s
+        or scenario.task_start_timeout_s != defaults.task_start_timeout_s
+        or scenario.soft_timeout_s != defaults.soft_timeout_s
+        or scenario.hard_timeout_s != defaults.hard_timeout_s
+        or bool(scenario.silent or scenario.expect_online_check)
+    )
 
 
 # --- Generated scenarios ---------------------------------------------------------------------

@@ -13,7 +13,8 @@ import trio
 from .._algo._protocols import EchoModeller, registry
 from .._base._errors import BrokenTransportError, ConfigError, DecodeError
 from .._core._engine import Step
-from .._runtime._modeller import ModellerRun, TaskTimeouts, run_modeller
+from .._runtime._logs import LogHandle
+from .._runtime._modeller import ModellerRun, TaskTimeouts, run_modeller_for_kit
 from .._runtime._transport import Transport
 from .._wire._messages import Message, MessageType, encode
 from ._endpoints import WorkerEndpoint, WorkerLauncher, clean_exit_statuses
@@ -22,6 +23,10 @@ from ._recording import FAULT_EVENTS, FAULTED, MARKED_EVENTS, Marker, Recorder
 from ._scenarios import Fault, FaultKind, Matcher, Scenario
 
 _KIT_SEND: Final = frozenset({FaultKind.DELAY_SEND})
+# Matched on the states the kit's machine enters.
+_KIT_ENTER: Final = frozenset({FaultKind.LOG})
+# The kit's modeller's states while it waits for a pod's answer to its JOB_REQUEST.
+_ANSWER_WAITS: Final = frozenset({"requested", "left_out"})
 _KIT_RECV: Final = frozenset(
     {
         FaultKind.HOLD_RECV,
@@ -31,6 +36,10 @@ _KIT_RECV: Final = frozenset(
         FaultKind.SWALLOW,
     }
 )
+
+
+# What a worker with an initial setup sends only after ALGORITHM_EXCHANGE (W-4.6).
+_NEEDS_SETUP: Final = (MessageType.PREPARING_DATA_BATCHES, MessageType.NUMBER_OF_BATCHES)
 
 
 @final
@@ -45,6 +54,7 @@ class _KitLink:
         recorder: Recorder,
         cancel: trio.Event,
         scale: float,
+        startup: float,
     ) -> None:
         self.pod = pod
         self.endpoint = endpoint
@@ -53,14 +63,25 @@ class _KitLink:
         self.recorder = recorder
         self.cancel = cancel
         self.scale = scale
+        self.startup = startup
         self.received = 0
+        self.kinds: set[MessageType] = set()
+        self.held: tuple[Message, list[Fault], float, str | None] | None = None
 
     async def send(self, message: Message) -> None:
         delayed = False
         for fault in self.matcher.match(message.type.value, _KIT_SEND):
-            self.recorder.note(self.pod, f"{message.type.value} held back {fault.seconds:g} s")
-            await trio.sleep(fault.seconds * self.scale)
+            seconds = fault.seconds * self.scale
+            if message.type is MessageType.JOB_REQUEST:
+                # Measured from a start, like the response timeout: both get the allowance.
+                seconds += self.startup
+            self.recorder.note(self.pod, f"{message.type.value} held back {seconds:.3g} s")
+            await trio.sleep(seconds)
             delayed = True
+        if delayed and message.type is MessageType.ALGORITHM_EXCHANGE:
+            early = [t.value for t in _NEEDS_SETUP if t in self.kinds]
+            if early:
+                self.recorder.before_setup[self.pod] = early
         if message.type is MessageType.JOB_REQUEST and not delayed:
             self.recorder.requested_at[self.pod] = trio.current_time()
         await self.inner.send(message)
@@ -73,33 +94,51 @@ class _KitLink:
                 latency = trio.current_time() - asked
                 self.recorder.latency = max(self.recorder.latency, latency)
 
+    @property
+    def holding(self) -> bool:
+        """The kit holds a message of this worker: its silence meanwhile is the kit's doing."""
+        return self.held is not None
+
     async def receive(self) -> Message:
         arrivals = self.recorder.arrivals[self.pod]
         while True:
-            self.received += 1
-            if self.received > MAX_LINES:
-                self.recorder.problems.append(
-                    (f"pod {self.pod} wrote more than {MAX_LINES} lines in one case", b"")
-                )
-                self.recorder.cut.add(self.pod)
-                await self.endpoint.cut()
-                raise BrokenTransportError(f"more than {MAX_LINES} lines")
-            try:
-                message = await self.inner.receive()
-            except DecodeError as exc:
-                line = exc.line if isinstance(exc.line, bytes) else (exc.line or "").encode()
-                arrivals.append(line)
-                raise
-            faults = self.matcher.match(message.type.value, _KIT_RECV)
-            kinds = {fault.kind for fault in faults}
-            for fault in faults:
-                if fault.kind is FaultKind.HOLD_RECV:
-                    with trio.move_on_after(fault.seconds * self.scale):
+            if self.held is None:
+                self.received += 1
+                if self.received > MAX_LINES:
+                    self.recorder.problems.append(
+                        (f"pod {self.pod} wrote more than {MAX_LINES} lines in one case", b"")
+                    )
+                    self.recorder.cut.add(self.pod)
+                    await self.endpoint.cut()
+                    raise BrokenTransportError(f"more than {MAX_LINES} lines")
+                try:
+                    message = await self.inner.receive()
+                except DecodeError as exc:
+                    line = exc.line if isinstance(exc.line, bytes) else (exc.line or "").encode()
+                    arrivals.append(line)
+                    raise
+                faults = self.matcher.match(message.type.value, _KIT_RECV)
+                release, until = trio.current_time(), None
+                for fault in faults:
+                    if fault.kind is FaultKind.HOLD_RECV:
+                        longest = fault.seconds * self.scale
                         if fault.until is not None:
-                            await self.recorder.answered[fault.until].wait()
-                            await trio.sleep(0.05 * self.scale)  # let its answer go first
-                        else:
-                            await trio.sleep_forever()
+                            longest += self.startup  # the other pod's answer includes its start
+                            until = fault.until
+                        release = max(release, trio.current_time() + longest)
+                self.held = (message, faults, release, until)
+            # Invariant: a held message survives a cancelled receive (the next one goes on
+            # holding it), so a hold never loses a line.
+            message, faults, release, until = self.held
+            if release > trio.current_time():
+                with trio.move_on_at(release):
+                    if until is not None:
+                        await self.recorder.answered[until].wait()
+                        await trio.sleep(0.05 * self.scale)  # let its answer go first
+                    else:
+                        await trio.sleep_forever()
+            self.held = None
+            kinds = {fault.kind for fault in faults}
             self._answered(message)
             if FaultKind.CANCEL in kinds:
                 self.recorder.note(self.pod, f"cancel the task after its {message.type.value}")
@@ -121,6 +160,7 @@ class _KitLink:
                 await self.endpoint.cut()
                 raise BrokenTransportError(f"kit fault: the link dropped at {message.type.value}")
             arrivals.append(encode(message))
+            self.kinds.add(message.type)
             return message
 
     async def aclose(self) -> None:
@@ -138,6 +178,14 @@ class WorkerCase:
     start_error: str | None = None
     timed_out: bool = False
     clean_exits: frozenset[int] = frozenset({0})
+    response_timeout: float = 0.0
+
+
+def _quiet_ok(links: dict[str, Transport], pod: str, state: str) -> bool:
+    """Silence that is not the worker's: its answer has its own wait, the response timeout,
+    and a message the kit holds on purpose is not late by the worker's doing."""
+    link = links[pod]
+    return state in _ANSWER_WAITS or (isinstance(link, _KitLink) and link.holding)
 
 
 def _on_modeller_step(recorder: Recorder, pod: str, step: Step) -> None:
@@ -184,8 +232,10 @@ async def run_worker_case(
     launcher: WorkerLauncher,
     *,
     scale: float,
+    startup: float = 0.0,
     recorder: Recorder,
 ) -> WorkerCase:
+    """Run one case against workers; ``startup`` is added to the waits that include a start."""
     case = WorkerCase(scenario, recorder)
     task_id = f"conform-{scenario.name}"
     initial = recorder.chart.settle(recorder.chart.initial)
@@ -210,6 +260,7 @@ async def run_worker_case(
                     recorder,
                     cancel,
                     scale,
+                    startup,
                 )
                 for pod, endpoint in case.endpoints.items()
             }
@@ -220,15 +271,26 @@ async def run_worker_case(
                     configs[pod] = registry.load(scenario.protocol_json(pod))
                 except ConfigError:
                     configs[pod] = scenario.echo.protocol()
+            case.response_timeout = scenario.response_timeout_s * scale + startup
             timeouts = TaskTimeouts(
-                response_timeout_s=scenario.response_timeout_s * scale,
+                response_timeout_s=case.response_timeout,
                 cancel_timeout_s=CANCEL_WAIT * scale,
                 worker_idle_timeout_s=IDLE_WAIT * scale,
                 task_start_timeout_s=scenario.task_start_timeout_s * scale,
                 soft_timeout_s=scenario.soft_timeout_s * scale,
                 hard_timeout_s=scenario.hard_timeout_s * scale,
             )
-            case.run = await run_modeller(
+            logs = LogHandle()
+            entering = {pod: Matcher(f for f in scenario.faults if f.pod == pod) for pod in links}
+
+            def on_step(pod: str, step: Step) -> None:
+                _on_modeller_step(recorder, pod, step)
+                for state in step.entered:
+                    for _ in entering[pod].match(state, _KIT_ENTER):
+                        recorder.note(pod, f"the kit's modeller logs as it enters {state}")
+                        logs.log(pod, f"conformance kit: the modeller entered {state}")
+
+            case.run = await run_modeller_for_kit(
                 task_id=task_id,
                 jobs=jobs,
                 configs=configs,
@@ -237,8 +299,10 @@ async def run_worker_case(
                 timeouts=timeouts,
                 require_all_pods=scenario.require_all_pods,
                 cancel=cancel,
-                on_step=functools.partial(_on_modeller_step, recorder),
+                on_step=on_step,
                 on_message=functools.partial(_on_modeller_message, recorder),
+                logs=logs,
+                quiet_ok=functools.partial(_quiet_ok, links),
             )
             # Lines that arrived but were never processed came after that worker's end.
             for pod in scenario.pods:
@@ -248,7 +312,12 @@ async def run_worker_case(
                 recorder.arrivals[pod].clear()
 
             async def drain(pod: str, endpoint: WorkerEndpoint) -> None:
-                lines = await endpoint.drain(DRAIN_WAIT * scale)
+                # Its input ends first: a worker that has ended exits anyway, and one the
+                # kit gave up on learns it at once. What it still writes until its output
+                # ends, and its exit, share one wait.
+                await endpoint.cut()
+                started = trio.current_time()
+                lines = await endpoint.drain(EXIT_WAIT * scale)
                 if pod in recorder.cut:
                     pass
                 elif pod in recorder.faulted:
@@ -256,7 +325,8 @@ async def run_worker_case(
                 else:
                     for raw in lines:
                         recorder.line(raw)
-                case.exit_codes[pod] = await endpoint.finish(EXIT_WAIT * scale)
+                left = EXIT_WAIT * scale - (trio.current_time() - started)
+                case.exit_codes[pod] = await endpoint.finish(max(0.1 * scale, left))
 
             async with trio.open_nursery() as drains:
                 for pod, endpoint in case.endpoints.items():

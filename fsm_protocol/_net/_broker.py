@@ -62,10 +62,12 @@ if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport th
 from .._base._errors import (
     BrokenTransportError,
     ClosedTransportError,
+    ConfigError,
     DecodeError,
     TransportError,
 )
 from .._runtime._modeller import DEFAULT_TIMEOUTS, ModellerRun, TaskTimeouts, run_modeller
+from .._runtime._results import ResultsFolder
 from .._runtime._transport import Transport
 from .._runtime._worker import Pod, WorkerReport, run_worker
 from .._wire._messages import (
@@ -1275,11 +1277,17 @@ async def run_modeller_via_broker(
     timeouts: TaskTimeouts = DEFAULT_TIMEOUTS,
     require_all_pods: bool = False,
     on_message: Callable[[str, Message], None] | None = None,
-    ack_when: AckWhen = "applied",
+    results: ResultsFolder | None = None,
+    ack_when: AckWhen | None = None,
     rejoin: bool = False,
     log: Callable[[str], None] = lambda text: None,
 ) -> ModellerRun:
     """Make the task's stream, offer the task to its pods, run it, remove the stream.
+
+    With ``results``, every message goes to its folder too, and a pod's message
+    is acknowledged only once its effects are on disk (``ack_when="durable"``,
+    the default then; else ``"applied"``): a modeller killed before the results
+    were synced gets those messages again from the stream when it resumes.
 
     With ``rejoin`` (a resumed modeller) and the task's stream still there, the
     modeller takes the task up again instead: it replays its inbox from the
@@ -1295,15 +1303,25 @@ async def run_modeller_via_broker(
     else:
         layout = await broker.create_task(task_id, [*pods, MODELLER])
 
+    if ack_when is None:
+        ack_when = "durable" if results is not None else "applied"
+    if ack_when == "durable" and results is None:
+        raise ConfigError('ack_when="durable" needs results: a folder that says when it is')
+
     def seen(key: str, message: Message) -> None:
         if message.sender == MODELLER:
             broker.expect_sent(MODELLER, message)
+        if results is not None:
+            results.on_message(key, message)
         if on_message is not None:
             on_message(key, message)
 
-    links: dict[str, Transport] = {
+    transports = {
         pod: broker.transport(layout, me=MODELLER, peer=pod, ack_when=ack_when) for pod in pods
     }
+    if results is not None:
+        results.on_durable = lambda pod, message: transports[pod].durable(message)
+    links: dict[str, Transport] = dict(transports)
     # A task made again (its stream was gone) is offered under new ids: the broker
     # still remembers the earlier offers' ids and would drop them as repeats.
     await broker.offer_all(layout, pods, MODELLER, again=again)

@@ -21,6 +21,7 @@ arrival position, so a failed batch cannot shift the results after it.
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import logging
 from collections.abc import Callable, Mapping
@@ -36,7 +37,7 @@ from .._core._bindings import BindingNames
 from .._core._compiled import CompiledChart
 from .._core._engine import Event, Machine, Step
 from .._core._shipped import shipped_chart, shipped_chart_for
-from .._wire._catalogue import BODY_GUARDS, result_slot
+from .._wire._catalogue import BODY_GUARDS, first_batch_id, result_slot
 from .._wire._messages import (
     AbortReason,
     JobRejectBody,
@@ -46,6 +47,7 @@ from .._wire._messages import (
     body_of,
 )
 from ._executor import Executor, Slot, Violation
+from ._logs import LogHandle
 from ._transport import Transport
 from ._trio_only import require_trio
 
@@ -245,8 +247,7 @@ class LinkBindings:
         self.cancel_raised = False
         self.setup_sent = False
         # A resumed task starts later (modeller serve --resume).
-        first = (getattr(job, "options", None) or {}).get("resume_from_batch", 0)
-        self.next_batch_id = first if type(first) is int else 0
+        self.next_batch_id = first_batch_id(getattr(job, "options", None))
         self.estimate: int | None = None
         self.result_slots: set[tuple[int | None, int]] = set()
         self.retries = 0
@@ -705,6 +706,47 @@ async def run_modeller(
     ``on_message`` writes them out): the run's ``results`` map keys to None and
     its ``trace`` is empty.
     """
+    return await run_modeller_for_kit(
+        task_id=task_id,
+        jobs=jobs,
+        configs=configs,
+        links=links,
+        algorithm=algorithm,
+        timeouts=timeouts,
+        require_all_pods=require_all_pods,
+        sender=sender,
+        cancel=cancel,
+        on_step=on_step,
+        on_message=on_message,
+        on_progress=on_progress,
+        keep=keep,
+    )
+
+
+async def run_modeller_for_kit(
+    *,
+    task_id: str,
+    jobs: Mapping[str, JobRequestBody],
+    configs: Mapping[str, object],
+    links: Mapping[str, Transport],
+    algorithm: Any = None,
+    timeouts: TaskTimeouts = DEFAULT_TIMEOUTS,
+    require_all_pods: bool = False,
+    sender: str = "modeller",
+    cancel: Any = None,
+    on_step: Callable[[str, Step], None] | None = None,
+    on_message: Callable[[str, Message], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    keep: bool = True,
+    logs: LogHandle | None = None,
+    quiet_ok: Callable[[str, str], bool] | None = None,
+) -> ModellerRun:
+    """:func:`run_modeller`, with the conformance kit's extras (not public API).
+
+    ``logs`` lets the caller send LOG_MESSAGE to the workers. ``quiet_ok(pod,
+    state)`` says when a worker's silence is not its own (the kit holds its
+    message, or its answer has its own wait), so the idle watch lets it be.
+    """
     require_trio("run_modeller")
     import trio
 
@@ -719,6 +761,8 @@ async def run_modeller(
     )
     task = _Task(task_id, sender, executor, timeouts, algorithm, require_all_pods, on_progress)
     task.keep_bodies = keep
+    if logs is not None:
+        logs.bind(executor, lambda pod, body: task.message(pod, MessageType.LOG_MESSAGE, body))
     bodies: dict[int, Any] = {}
     for pod_id, transport in links.items():
         link = LinkBindings(task, pod_id, jobs[pod_id], configs[pod_id])
@@ -732,7 +776,11 @@ async def run_modeller(
                 transport,
                 eof_event="link_lost",
                 idle_timeout=timeouts.worker_idle_timeout_s,
-                idle_ok=_waiting_on_modeller,
+                idle_ok=(
+                    _waiting_on_modeller
+                    if quiet_ok is None
+                    else functools.partial(_quiet_or_waiting, quiet_ok, pod_id)
+                ),
                 after_step=link.after_step,
             )
         )
@@ -791,6 +839,10 @@ def _sort_key(key: ResultKey) -> tuple[str, int, int, int]:
         -1 if key.retry is None else key.retry,
         key.algorithm,
     )
+
+
+def _quiet_or_waiting(quiet_ok: Callable[[str, str], bool], pod: str, machine: Machine) -> bool:
+    return _waiting_on_modeller(machine) or quiet_ok(pod, machine.state)
 
 
 def _waiting_on_modeller(machine: Machine) -> bool:

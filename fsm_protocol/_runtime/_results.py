@@ -29,7 +29,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -196,6 +196,11 @@ class ResultsFolder:
         self.not_kept: list[tuple[str, int | None, int]] = []
         """Results that arrived after writing failed: (worker, batch, algorithm index)."""
         self._dirty = False
+        self.on_durable: Callable[[str, Message], None] | None = None
+        """Called with each received message once its effects are on disk, in order per
+        pod (a broker acknowledges it then, and everything before it on that link)."""
+        # Per pod, the last received message whose effects wait for the next sync.
+        self._waiting: dict[str, Message] = {}
         self._earlier: set[tuple[str, int | None, int]] = set()
         self._results_fd: int | None = None
         self._trace_fd: int | None = None
@@ -275,7 +280,8 @@ class ResultsFolder:
             if message.type is MessageType.EVALUATION_RESULTS:
                 slot = (pod_id, message.meta.batch_number, message.meta.algorithm_index)
                 if slot in self._earlier:
-                    return  # a resumed run: this result is already kept
+                    self._settled(pod_id, message)  # a resumed run: this result is already kept
+                    return
                 line = {
                     "worker": pod_id,
                     "seq": message.seq,
@@ -286,8 +292,12 @@ class ResultsFolder:
                 assert self._results_fd is not None
                 _write_all(self._results_fd, to_json_bytes(line) + b"\n")
                 self._dirty = True
+                self._waiting[pod_id] = message
             elif message.type in _BATCH_BOUNDARIES:
                 self.sync()
+                self._settled(pod_id, message)
+            else:
+                self._settled(pod_id, message)
         except OSError as exc:
             self.failure = f"cannot write to {self.path}: {exc.strerror or exc}"
             if message.type is MessageType.EVALUATION_RESULTS and message.sender == pod_id:
@@ -299,6 +309,18 @@ class ResultsFolder:
         if self._dirty and self._results_fd is not None:
             os.fsync(self._results_fd)
             self._dirty = False
+        if self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            if self.on_durable is not None:
+                for pod_id, message in waiting.items():
+                    self.on_durable(pod_id, message)
+
+    def _settled(self, pod_id: str, message: Message) -> None:
+        """``message`` has nothing to write: durable once what came before it is."""
+        if pod_id in self._waiting:
+            self._waiting[pod_id] = message  # after a result not synced yet
+        elif self.on_durable is not None:
+            self.on_durable(pod_id, message)
 
     def finish(self, outcome: Mapping[str, Any]) -> None:
         """Sync the results, rename the trace into place and write ``outcome.json``.

@@ -48,7 +48,10 @@ class Hooks:
         on_message: ``(who, message)`` for every message sent or received.
         on_progress: The slowest worker's batch, whenever it changes.
         around_run: An async context manager factory wrapped around the whole
-            run, given the task id (for tracing spans, timing, resources).
+            run, given the task id (for tracing spans, timing, resources). What
+            its entry raises is raised (the task never started); what its exit
+            raises after the task ended is kept in :attr:`TaskOutcome.errors`,
+            so the task's results are never lost to it.
     """
 
     on_state_change: Callable[[str, Step], None] | None = None
@@ -263,24 +266,35 @@ async def _run_task(
             await transport.aclose()
 
     on_step, on_message = _hook(hooks, "modeller", hook_errors)
-    async with around(task_id), trio.open_nursery() as nursery:
-        for pod in pods:
-            modeller_end, worker_end = memory_transport_pair()
-            links[pod.pod_id] = modeller_end
-            nursery.start_soon(serve, pod, worker_end)
-        run = await run_modeller(
-            task_id=task_id,
-            jobs=jobs,
-            configs=configs,
-            links=links,
-            algorithm=modeller_algorithm,
-            timeouts=timeouts,
-            require_all_pods=require_all_pods,
-            cancel=cancel,
-            on_step=on_step,
-            on_message=on_message,
-            on_progress=_guarded(hooks.on_progress, "on_progress", hook_errors),
-        )
+    around_run = around(task_id)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(around_run)
+        async with trio.open_nursery() as nursery:
+            for pod in pods:
+                modeller_end, worker_end = memory_transport_pair()
+                links[pod.pod_id] = modeller_end
+                nursery.start_soon(serve, pod, worker_end)
+            run = await run_modeller(
+                task_id=task_id,
+                jobs=jobs,
+                configs=configs,
+                links=links,
+                algorithm=modeller_algorithm,
+                timeouts=timeouts,
+                require_all_pods=require_all_pods,
+                cancel=cancel,
+                on_step=on_step,
+                on_message=on_message,
+                on_progress=_guarded(hooks.on_progress, "on_progress", hook_errors),
+            )
+        # The task has ended: from here, what the hook's exit raises is kept, not raised.
+        exit_stack = stack.pop_all()
+    try:
+        await exit_stack.aclose()
+    except Exception as exc:
+        report = ErrorReport.from_exception(exc, where="around_run")
+        hook_errors.append(report)
+        log_error_report(_LOG, report, exc, level=logging.ERROR)
     outcome = TaskOutcome(
         task_id=task_id,
         status=run.status,

@@ -31,6 +31,7 @@ from .._base._reports import ErrorReport, log_error_report
 from .._core._bindings import BindingNames
 from .._core._engine import Event, Machine
 from .._core._shipped import shipped_chart_for
+from .._wire._catalogue import RESUME_OPTION
 from .._wire._messages import (
     MAX_WAIT_S,
     MODELLER,
@@ -49,6 +50,7 @@ from .._wire._messages import (
 )
 from ._cache import ItemCache
 from ._executor import ActivityContext, Executor, Slot
+from ._logs import LogHandle
 from ._transport import Transport
 from ._trio_only import require_trio
 
@@ -117,10 +119,6 @@ class _Abort:
     error: BaseException | None = None
 
 
-RESUME_OPTION = "resume_from_batch"
-"""``job.options`` key of a resumed task (``modeller serve --resume``): the first batch id."""
-
-
 def _resume_from(job: JobRequestBody) -> int:
     value = job.options.get(RESUME_OPTION, 0)
     if type(value) is not int or not 0 <= value <= 2**53:
@@ -139,10 +137,19 @@ def _summary(error: BaseException | None) -> tuple[str | None, str | None]:
 class WorkerBindings:
     """Guards, actions and activities of the worker chart, for one task."""
 
-    def __init__(self, pod: Pod, executor: Executor, *, failure_limit: int = FAILURE_LIMIT) -> None:
+    def __init__(
+        self,
+        pod: Pod,
+        executor: Executor,
+        *,
+        failure_limit: int = FAILURE_LIMIT,
+        markers: bool = True,
+    ) -> None:
         self.pod = pod
         self.executor = executor
         self.failure_limit = failure_limit
+        # Send the optional progress markers PREPARING_DATA and PREPARING_DATA_BATCHES.
+        self.markers = markers
         self.request: Message | None = None
         self.job: JobRequestBody | None = None
         self.config: Any = None
@@ -419,6 +426,9 @@ class WorkerBindings:
             self._user_error("datasource", exc)
             ctx.post("worker_error", exc)
             return
+        if not self.markers:
+            await self.do_configure_task(ctx)  # straight to CONFIGURING_TASK
+            return
         ctx.send(self.message(MessageType.PREPARING_DATA))
 
     def _cache_scope(self) -> str:
@@ -490,7 +500,9 @@ class WorkerBindings:
 
     async def do_plan_batches(self, ctx: ActivityContext) -> None:
         assert self.job is not None
-        if self.job.batched_execution:
+        if self.job.batched_execution and not self.markers:
+            await self.do_count_batches(ctx)  # straight to NUMBER_OF_BATCHES(-1)
+        elif self.job.batched_execution:
             ctx.send(self.message(MessageType.PREPARING_DATA_BATCHES))
         else:
             ctx.send(self.message(MessageType.NUMBER_OF_BATCHES, 1))
@@ -722,13 +734,36 @@ async def run_worker(
     Returns:
         The worker's own report: its final state, abort reason and item account.
     """
+    return await run_worker_for_kit(
+        pod, transport, on_step=on_step, on_message=on_message, failure_limit=failure_limit
+    )
+
+
+async def run_worker_for_kit(
+    pod: Pod,
+    transport: Transport,
+    *,
+    on_step: Callable[[str, Any], None] | None = None,
+    on_message: Callable[[str, Message], None] | None = None,
+    failure_limit: int = FAILURE_LIMIT,
+    markers: bool = True,
+    logs: LogHandle | None = None,
+) -> WorkerReport:
+    """:func:`run_worker`, with the conformance kit's pods' extras (not public API).
+
+    ``markers`` False leaves out the optional progress markers PREPARING_DATA
+    and PREPARING_DATA_BATCHES; ``logs`` lets the caller send LOG_MESSAGE lines
+    to the modeller while the task runs.
+    """
     require_trio("run_worker")
     chart = shipped_chart_for("worker", BindingNames.from_class(WorkerBindings))
     # Nobody reads a worker's trace (its report says how it ended): keep none.
     executor = Executor(
         options=chart.options, on_step=on_step, on_message=on_message, keep_trace=False
     )
-    bindings = WorkerBindings(pod, executor, failure_limit=failure_limit)
+    bindings = WorkerBindings(pod, executor, failure_limit=failure_limit, markers=markers)
+    if logs is not None:
+        logs.bind(executor, lambda _key, body: bindings.message(MessageType.LOG_MESSAGE, body))
     machine = Machine.from_chart(chart, bindings)
     executor.add(Slot(pod.pod_id, machine, bindings, transport, eof_event="input_closed"))
     try:

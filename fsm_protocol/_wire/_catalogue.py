@@ -74,3 +74,17 @@ def result_slot(batch_number: int | None, algorithm_index: int) -> tuple[int | N
     for a slot is a duplicate, which the modeller chart refuses.
     """
     return (batch_number, algorithm_index)
+
+
+RESUME_OPTION: Final = "resume_from_batch"
+"""``job.options`` key of a resumed task (``modeller serve --resume``): its first batch id.
+
+Not part of wire v1: our extension, carried in the job's free ``options``. A
+worker refuses a job whose value is not an int >= 0 (a config error).
+"""
+
+
+def first_batch_id(options: Any) -> int:
+    """The first batch id of a job with these ``options``: 0 unless it is a resumed task."""
+    first = options.get(RESUME_OPTION, 0) if isinstance(options, Mapping) else 0
+    return first if type(first) is int and first >= 0 else 0

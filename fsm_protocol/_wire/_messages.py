@@ -974,6 +974,11 @@ _json_decoder: Final = json.JSONDecoder(
     parse_float=_parse_float,
 )
 
+# The same parser without the value rule's hooks, at full C speed (NaN and Infinity are still
+# refused: that hook runs only on those tokens). A repeated key silently keeps its last value,
+# so its result needs the proof under "Plain parsing" below before it can be trusted.
+_plain_json_decoder: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
 # Every byte but the brackets, deleted by bytes.translate to leave a line's skeleton.
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 _ONE_KIND: Final = bytes.maketrans(b"{}", b"[]")
@@ -1009,6 +1014,86 @@ def _too_deep(raw: bytes) -> bool:
             return False
         skeleton = skeleton.replace(b"[]", b"")
     return bool(skeleton)
+
+
+# --- Plain parsing: the value rule proved without the parser's hooks -----------------------
+#
+# A fast reader (the trace checker) parses with _plain_json_decoder and then proves that
+# decode() would find nothing wrong with the values, by comparing two counts:
+#
+# * the line's structure bytes, its "{", "[", ":" and backslashes (_STRUCTURE): what
+#   bytes.translate deletes from it;
+# * the value's structure: its objects, arrays and keys, counted by _plain_extent.
+#
+# Each object and array of the value has its own "{" or "[" on the line and each key its own
+# ":", and any other such byte sits inside a string. So the line has at least as many
+# structure bytes as the value has structure, and exactly as many only if no key was dropped
+# as a repeat and no string has a backslash: then there is no escape, so no escaped lone
+# surrogate (the UTF-8 was checked by decoding it). _plain_extent checks the numbers and the
+# nesting on its way. When the counts differ (a string holds such a byte, or a key repeats),
+# _keeps_value_rule settles it the way decode() does.
+
+_STRUCTURE: Final = b"{[:\\"
+"""The structure bytes; ``len(raw) - len(raw.translate(None, _STRUCTURE))`` counts them."""
+
+_PLAIN_PARSE_MAX_BYTES: Final = 2 * MAX_CONTAINERS
+"""Lines up to this long are safe to parse before counting their containers ("[]" is 2 bytes)."""
+
+
+def _plain_extent(value: Any, depth: int) -> int:
+    """The keys, objects and arrays in ``value``, which sits at nesting ``depth``.
+
+    -1 if a number in it is beyond the value rule (an integer beyond ±2^53, a float that
+    overflowed to infinity) or it nests deeper than MAX_NESTING.
+    """
+    kind = value.__class__
+    if kind is dict:
+        extent = 1 + len(value)
+        items = value.values()
+    elif kind is list:
+        extent = 1
+        items = value
+    elif kind is int:
+        return 0 if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else -1
+    elif kind is float:
+        return 0 if value - value == 0.0 else -1  # inf - inf is nan
+    else:
+        return 0  # a string, a bool or null
+    if depth > MAX_NESTING:
+        return -1
+    for item in items:
+        kind = item.__class__
+        if kind is str:
+            continue
+        if kind is list and depth < MAX_NESTING:  # a list of strings, without a call
+            for inner_item in item:
+                if inner_item.__class__ is not str:
+                    break
+            else:
+                extent += 1
+                continue
+        inner = _plain_extent(item, depth + 1)
+        if inner < 0:
+            return -1
+        extent += inner
+    return extent
+
+
+def _keeps_value_rule(text: str, raw: bytes) -> bool:
+    """Whether decode() finds the values of a line (``text``, UTF-8 ``raw``) within the rule.
+
+    The slower check, with the hooked parser and decode()'s own scans, for a line whose
+    structure counts do not settle it.
+    """
+    if len(raw) > _PLAIN_PARSE_MAX_BYTES and raw.count(b"[") + raw.count(b"{") > MAX_CONTAINERS:
+        return False
+    flags_before = _Flags.duplicates + _Flags.big_numbers
+    try:
+        obj = _json_decoder.decode(text)
+        _check_values(obj, raw, text, _Flags.duplicates + _Flags.big_numbers != flags_before)
+    except (DecodeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _lone_surrogate_at(text: str) -> int:
