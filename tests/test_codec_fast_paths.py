@@ -102,3 +102,61 @@ def test_a_typical_result_takes_the_fast_path() -> None:
     assert decode(line) == slow_decode(obj)
     assert decode(line).type is MessageType.EVALUATION_RESULTS
     assert encode(decode(line)) == line + b"\n"
+
+
+BODY_VALUES = st.one_of(
+    st.integers(min_value=-3, max_value=3),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["", "x", "BATCHES_ONLY", "TASK_COMPLETE", "batches_only"]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    json_values(max_leaves=3),
+)
+
+
+@given(st.sampled_from(sorted(_messages._FAST_BODY_OK, key=lambda t: t.value)), BODY_VALUES)
+def test_a_body_the_fast_check_passes_is_one_the_converter_takes(
+    type_: MessageType, body: Any
+) -> None:
+    if _messages._FAST_BODY_OK[type_](body):
+        _messages._converter.structure(body, _messages._BODY_TYPES[type_])  # does not raise
+    else:
+        # What the fast check turns away, the converter refuses too (it words the error).
+        try:
+            _messages._converter.structure(body, _messages._BODY_TYPES[type_])
+        except Exception:
+            return
+        raise AssertionError(f"the converter takes {body!r} for {type_.value}")
+
+
+LOCAL_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**60), max_value=2**60),
+        st.floats(),
+        st.text(alphabet=st.characters(codec=None), max_size=4),
+        st.sampled_from(["\udce9", "a\ud800b", object(), b"x", 1j]),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=3) | st.sampled_from([1, "\udce9"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(LOCAL_VALUES)
+def test_the_quick_value_check_agrees_with_the_walk_that_names_the_field(value: Any) -> None:
+    walked = _messages._local_problem(value, "$", 1)
+    assert _messages._locally_fine(value, 1) is (walked is None)
+
+
+def test_the_quick_value_check_knows_the_nesting_limit() -> None:
+    deep: Any = "x"
+    for _ in range(_messages.MAX_NESTING):
+        deep = [deep]
+    assert _messages._locally_fine(deep, 1)
+    assert not _messages._locally_fine([deep], 1)
+    assert _messages.value_problem([deep]) is not None

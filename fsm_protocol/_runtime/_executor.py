@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import inspect
 import math
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
 import attrs
 import trio
@@ -23,7 +24,8 @@ import trio
 from .._base._errors import DecodeError, InternalError, ProtocolViolation, TransportError
 from .._core._chart import Chart
 from .._core._engine import Machine, Step
-from .._wire._messages import Message
+from .._wire._messages import Message, MessageType
+from ._collector import collector_tuned
 from ._transport import Transport
 
 
@@ -45,7 +47,7 @@ class ActivityContext:
 
     def send(self, message: Message) -> None:
         """Ask to send ``message``; its ``seq`` is stamped when it goes out."""
-        self._poster(f"send:{message.type.value}", message)
+        self._poster(_SEND[message.type], message)
 
 
 @attrs.frozen
@@ -58,15 +60,21 @@ class Violation:
     message: str
 
 
-@attrs.frozen
-class _Item:
+class _Item(NamedTuple):
+    """One event on the queue (a tuple: one is made for every message)."""
+
     key: str
     name: str
     data: Any
     origin: tuple[str, int] | None = None
-    # A message read from the peer's transport: counted against MAX_QUEUED until the
-    # chart has taken it, and acknowledged to a transport that wants to know.
+    # A message read by the receive loop: counted against MAX_QUEUED until the chart
+    # has taken it, and acknowledged to a transport that wants to know.
     received: bool = False
+
+
+# The event names of sending and receiving each message type, made once.
+_SEND: Mapping[MessageType, str] = {t: f"send:{t.value}" for t in MessageType}
+_RECV: Mapping[MessageType, str] = {t: f"recv:{t.value}" for t in MessageType}
 
 
 @attrs.define
@@ -97,6 +105,10 @@ class Slot:
     send_failed: bool = False
     tokens: dict[str, int] = attrs.field(factory=dict)
     scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
+    # When the peer was last heard from (trio time), for the idle watch.
+    heard: float = 0.0
+    # What entering each state of the machine's chart starts (the executor's, cached).
+    plans: Mapping[str, _Plan | None] | None = None
 
 
 @attrs.frozen
@@ -105,11 +117,16 @@ class _Plan:
 
     do: str | None
     timers: tuple[tuple[float | str, str], ...]
+    method: str = attrs.field(init=False)  # the bindings' method: do_<do>
+
+    @method.default
+    def _method(self) -> str:
+        return f"do_{self.do}"
 
 
 _CALL = "__call__"
-# Events processed in a row before the run loop lets other tasks in.
-_BURST = 256
+# Start a plain (not ``async def``) activity: it runs in the run loop, as an event.
+_START = "__start__"
 
 MAX_QUEUED = 8
 """Decoded messages of one peer that may wait for the chart; then reading from it pauses."""
@@ -127,11 +144,16 @@ class Executor:
     """Drives the machines of one side until each reaches a final state.
 
     Per event: one engine step, its actions, then its I/O. Received messages
-    and expired timers arrive on one queue, which the run loop drains without
-    a scheduler round trip per event. Timers live in one heap served by one
-    task; a state's activity is one task, started only for states that
-    declare one. ``keep_trace=False`` keeps no copy of the messages (the
-    ``on_message`` hook still sees each one).
+    and expired timers arrive on one queue, which the run loop drains in
+    rounds: each round takes the events queued when it began, then lets the
+    other tasks run. Timers live in one heap served by one task. A state's
+    ``async def`` activity is one task, started only for states that declare
+    one; a plain-function activity (``def do_x(ctx)``) runs in the loop as an
+    event of the round after its state was entered, without a task, and may
+    return an awaitable, which then gets its task. A peer whose transport can
+    hand over its lines as they are sent (the in-memory one) has them decoded
+    straight onto the queue. ``keep_trace=False`` keeps no copy of the
+    messages (the ``on_message`` hook still sees each one).
     """
 
     def __init__(
@@ -153,10 +175,13 @@ class Executor:
         self._keep_trace = keep_trace
         self._slots: dict[str, Slot] = {}
         self._internal: deque[_Item] = deque()
-        self._send, self._queue = trio.open_memory_channel[_Item](math.inf)
+        self._events: deque[_Item] = deque()
+        # The run loop, while it waits for an event.
+        self._parked: trio.lowlevel.Task | None = None
         self._next_token = 0
         self._nursery: trio.Nursery | None = None
         self._plans: dict[int, dict[str, _Plan | None]] = {}
+        self._async: dict[tuple[type, str], bool] = {}
         self._timers: list[tuple[float, int, _Item]] = []
         self._timer_count = 0
         self._timer_scope: trio.CancelScope | None = None
@@ -197,7 +222,23 @@ class Executor:
 
     def post(self, key: str, name: str, data: Any = None) -> None:
         """Queue an external event (a message, a timer, a transport fault)."""
-        self._send.send_nowait(_Item(key, name, data))
+        self._put(_Item(key, name, data))
+
+    def _put(self, item: _Item) -> None:
+        self._events.append(item)
+        if self._parked is not None:
+            task, self._parked = self._parked, None
+            trio.lowlevel.reschedule(task)
+
+    async def _wait(self) -> None:
+        """Park the run loop until an event is queued."""
+        self._parked = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def raise_event(self, key: str, name: str, data: Any = None) -> None:
         """Queue an internal event; it is processed before any external one."""
@@ -205,7 +246,7 @@ class Executor:
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` in the event loop, between steps (e.g. a user's cancel)."""
-        self._send.send_nowait(_Item("", _CALL, callback))
+        self._put(_Item("", _CALL, callback))
 
     def start_timer(self, key: str, seconds: float, name: str, data: Any = None) -> None:
         """Post ``name`` after ``seconds`` unless the run ends first."""
@@ -231,7 +272,7 @@ class Executor:
             while timers and timers[0][0] <= now:
                 item = heapq.heappop(timers)[2]
                 if item.origin is None or self._current(item):
-                    self._send.send_nowait(item)
+                    self._put(item)
 
     def _current(self, item: _Item) -> bool:
         """Whether the state that posted ``item`` (an activity or a timer) is still active."""
@@ -243,11 +284,19 @@ class Executor:
 
     async def run(self) -> None:
         """Run every machine to a final state, then flush and close transports."""
+        with collector_tuned():
+            await self._run()
+
+    async def _run(self) -> None:
         async with trio.open_nursery() as outer:
             for slot in self._slots.values():
                 transport = slot.transport
                 if transport is None:
                     continue
+                slot.heard = trio.current_time()
+                deliver_to = getattr(transport, "deliver_to", None)
+                if deliver_to is not None:
+                    deliver_to(*self._taker(slot))
                 direct = getattr(transport, "send_nowait", None)
                 if direct is not None:
                     slot.direct = direct
@@ -280,28 +329,33 @@ class Executor:
 
     async def _loop(self) -> None:
         internal = self._internal
-        queue = self._queue
-        burst = 0
-        # Over a network (a send loop per peer) every event gets its scheduler round, as
-        # it always had: the peers, the send loops and a user's cancel see the run at the
-        # pace they always did. In-memory runs take queued events in bursts.
-        longest = 1 if any(slot.outbox is not None for slot in self._slots.values()) else _BURST
+        events = self._events
+        # Each round takes the events queued when it began (and what plain activities
+        # of the round post): a modeller keeps up with however many workers fill its
+        # queue, and an in-memory worker takes one batch per round, so no side races
+        # ahead of the others. A step that queued a message for a send loop (over a
+        # network) ends the round: the send loop gets its turn at once, as a
+        # transport's own send would take one.
+        # Invariant: every round begins at a checkpoint, so a run killed while events
+        # were on their way acts on none of them (its send loops may already be gone).
+        quota = 0
         while self._live:
             if internal:
                 item = internal.popleft()
             else:
-                try:
-                    item = queue.receive_nowait()
-                except trio.WouldBlock:
-                    burst = 0
-                    item = await queue.receive()
-            burst += 1
-            if burst >= longest:
-                burst = 0
-                await trio.lowlevel.checkpoint()
-            # Killed while an event was on its way: act on nothing more (the
-            # send loop may already be gone).
-            await trio.lowlevel.checkpoint_if_cancelled()
+                if not events:
+                    await self._wait()
+                    quota = len(events)
+                elif not quota:
+                    await trio.lowlevel.checkpoint()
+                    quota = len(events)
+                item = events.popleft()
+                quota -= 1
+            if item.name is _START:
+                queued = len(events)
+                self._start(item)
+                quota += len(events) - queued
+                continue
             self._process(item)
             if item.received:
                 slot = self._slots[item.key]
@@ -311,11 +365,14 @@ class Executor:
                     slot.drained.set()
                     slot.drained = None
             if self._queued:
-                # A send loop has a message to write: give it its round now, as a
-                # transport's own send would take one.
+                # A send loop has a message to write: the round ends, and the next begins
+                # only after it has had its turn (two scheduler batches: trio runs the
+                # tasks of a batch in any order). So this side's messages leave in the
+                # order of their seq even when several links share one stream (stdio).
                 self._queued = False
-                burst = 0
                 await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
+                quota = len(events)
 
     @staticmethod
     def _applied(slot: Slot, message: Message) -> None:
@@ -349,16 +406,18 @@ class Executor:
 
         The idle watch is one cancel scope per idle period, not one per message:
         when it expires early (a message came meanwhile), it is set again from
-        the time of the last message.
+        the time of the last message. Lines a transport hands over as they are
+        sent (:meth:`_taker`) count as heard too; this loop then sees only the
+        end of the peer's input (and lines written around the hand-over).
         """
         transport = slot.transport
         assert transport is not None
         idle = math.inf if slot.idle_timeout is None else slot.idle_timeout
         current_time = trio.current_time
         more: Callable[[], Message] | None = getattr(transport, "receive_nowait", None)
-        heard = current_time()
+        slot.heard = current_time()
         while True:
-            with trio.CancelScope(deadline=heard + idle):
+            with trio.CancelScope(deadline=slot.heard + idle):
                 while True:
                     try:
                         message = await transport.receive()
@@ -366,13 +425,13 @@ class Executor:
                         self.post(slot.key, slot.eof_event, None)
                         return
                     except DecodeError as exc:
-                        heard = current_time()
+                        slot.heard = current_time()
                         self.post(slot.key, slot.bad_input_event, exc)
                         continue
                     except TransportError as exc:
                         self.post(slot.key, slot.eof_event, exc)
                         return
-                    heard = current_time()
+                    slot.heard = current_time()
                     self._received(slot, message)
                     if more is not None:
                         # Take what is already there without a scheduler round trip each.
@@ -397,12 +456,12 @@ class Executor:
                 # Bounded memory per peer: read on once the chart has caught up. The wait
                 # is ours, not the peer's silence, so the idle watch starts again after it.
                 await slot.drained.wait()
-                heard = current_time()
+                slot.heard = current_time()
                 continue
-            if current_time() - heard < idle:
+            if current_time() - slot.heard < idle:
                 continue  # heard from it since the watch was set: watch the rest
             if slot.idle_ok is not None and slot.idle_ok(slot.machine):
-                heard = current_time()
+                slot.heard = current_time()
                 continue  # silence is expected here: the peer waits on us
             # A deadline can pass while this process is paused with the peer's lines in
             # the socket: read what already arrived before declaring the peer silent.
@@ -413,22 +472,50 @@ class Executor:
                 self.post(slot.key, slot.eof_event, None)
                 return
             except DecodeError as exc:
-                heard = current_time()
+                slot.heard = current_time()
                 self.post(slot.key, slot.bad_input_event, exc)
                 continue
             except TransportError as exc:
                 self.post(slot.key, slot.eof_event, exc)
                 return
             if not grace.cancelled_caught:
-                heard = current_time()
+                slot.heard = current_time()
                 self._received(slot, message)
                 continue
+            if current_time() - slot.heard < idle:
+                continue  # a line was handed over during the grace
             self.post(
                 slot.key,
                 slot.eof_event,
                 TransportError(f"{slot.key} sent nothing for {slot.idle_timeout:g} s"),
             )
             return
+
+    def _taker(self, slot: Slot) -> tuple[Callable[[Message], None], Callable[[DecodeError], None]]:
+        """What a transport that hands over lines as they are sent calls for each one.
+
+        Runs in the sender's task, so it only queues: a message, after the same
+        envelope checks as the receive loop's, or the line's decoding error.
+        """
+        watch = slot.idle_timeout is not None
+        current_time = trio.lowlevel.current_clock().current_time
+        key = slot.key
+
+        def take(message: Message) -> None:
+            if watch:
+                slot.heard = current_time()
+            problem = self._envelope_problem(slot, message)
+            if problem is not None:
+                self.post(key, slot.bad_input_event, ProtocolViolation(problem))
+                return
+            self._put(_Item(key, _RECV[message.type], message))
+
+        def refuse(error: DecodeError) -> None:
+            if watch:
+                slot.heard = current_time()
+            self.post(key, slot.bad_input_event, error)
+
+        return take, refuse
 
     def _received(self, slot: Slot, message: Message) -> None:
         problem = self._envelope_problem(slot, message)
@@ -438,9 +525,7 @@ class Executor:
         slot.queued += 1
         if slot.queued >= MAX_QUEUED and slot.drained is None:
             slot.drained = trio.Event()
-        self._send.send_nowait(
-            _Item(slot.key, f"recv:{message.type.value}", message, received=True)
-        )
+        self._put(_Item(slot.key, _RECV[message.type], message, received=True))
 
     def _envelope_problem(self, slot: Slot, message: Message) -> str | None:
         if self._expected_task is not None and message.task_id != self._expected_task:
@@ -464,7 +549,8 @@ class Executor:
             item.data()
             return
         slot = self._slots[item.key]
-        if item.origin is not None and not self._current(item):
+        origin = item.origin
+        if origin is not None and slot.tokens.get(origin[0]) != origin[1]:
             return  # posted by an activity or timer of a state since left
         machine = slot.machine
         data = item.data
@@ -494,9 +580,11 @@ class Executor:
         if kind == "send:":
             self._seq += 1
             self._transmit(slot, data)
-            self._record(slot, data)
-        elif kind == "recv:":
-            self._record(slot, data)
+        if kind == "send:" or kind == "recv:":
+            if self._keep_trace:
+                self.trace.append(data)
+            if self._on_message is not None:
+                self._on_message(slot.key, data)
         if self._on_step is not None:
             self._on_step(slot.key, step)
         if step.exited or step.entered:
@@ -518,29 +606,26 @@ class Executor:
                 slot.send_failed = True  # the peer is gone: later messages cannot reach it
                 self.post(slot.key, slot.eof_event, exc)
 
-    def _record(self, slot: Slot, message: Message) -> None:
-        if self._keep_trace:
-            self.trace.append(message)
-        if self._on_message is not None:
-            self._on_message(slot.key, message)
-
     def _violation(self, slot: Slot, event: str, text: str) -> None:
         self.violations.append(Violation(slot.key, slot.machine.state, event, text))
 
     # ---------------------------------------------------- activities, timers
 
     def _plan(self, slot: Slot, state_name: str) -> _Plan | None:
-        chart = slot.machine.chart
-        plans = self._plans.get(id(chart))
+        plans = slot.plans
         if plans is None:
-            plans = self._plans[id(chart)] = _plans_of(chart)
+            chart = slot.machine.chart
+            plans = self._plans.get(id(chart))
+            if plans is None:
+                plans = self._plans[id(chart)] = _plans_of(chart)
+            slot.plans = plans
         return plans[state_name]
 
     def _activate(self, slot: Slot, state_name: str) -> None:
         plan = self._plan(slot, state_name)
         if plan is None:
             return  # nothing to start, and nothing it could post later
-        nursery = self._require_nursery()
+        self._require_nursery()
         self._next_token += 1
         token = self._next_token
         slot.tokens[state_name] = token
@@ -552,14 +637,36 @@ class Executor:
             key = slot.key
 
             def post(name: str, data: Any = None) -> None:
-                self._send.send_nowait(_Item(key, name, data, origin))
+                self._put(_Item(key, name, data, origin))
 
-            activity = getattr(slot.bindings, f"do_{plan.do}")
+            activity = getattr(slot.bindings, plan.method)
+            context = ActivityContext(key, state_name, post)
+            if not self._is_async(slot.bindings, plan.method):
+                self._put(_Item(key, _START, (activity, context), origin))
+                return
             scope = trio.CancelScope()
             slot.scopes[state_name] = scope
-            context = ActivityContext(key, state_name, post)
             run = _run_activity if slot.outbox is None else _run_activity_after_sends
-            nursery.start_soon(run, scope, activity, context)
+            self._require_nursery().start_soon(run, scope, activity, context)
+
+    def _is_async(self, bindings: object, method: str) -> bool:
+        """Whether ``bindings``' activity ``method`` is an ``async def`` (cached per class)."""
+        key = (type(bindings), method)
+        known = self._async.get(key)
+        if known is None:
+            known = self._async[key] = inspect.iscoroutinefunction(getattr(bindings, method))
+        return known
+
+    def _start(self, item: _Item) -> None:
+        """Run a plain activity whose state is still active; an awaitable it returns gets a task."""
+        if not self._current(item):
+            return
+        activity, context = item.data
+        pending = activity(context)
+        if pending is not None:
+            scope = trio.CancelScope()
+            self._slots[item.key].scopes[context.state] = scope
+            self._require_nursery().start_soon(_await_activity, scope, pending)
 
     def _deactivate(self, slot: Slot, state_name: str) -> None:
         if slot.tokens.pop(state_name, None) is None:
@@ -606,19 +713,29 @@ def _plans_of(chart: Chart) -> dict[str, _Plan | None]:
 _plan_cache: dict[int, tuple[weakref.ref[Chart], dict[str, _Plan | None]]] = {}
 
 
+Activity = Callable[[ActivityContext], "Awaitable[None] | None"]
+
+
+async def _call(activity: Activity, context: ActivityContext) -> None:
+    pending = activity(context)
+    if pending is not None:
+        await pending
+
+
+async def _await_activity(scope: trio.CancelScope, pending: Awaitable[None]) -> None:
+    with scope:
+        await pending
+
+
 async def _run_activity(
-    scope: trio.CancelScope,
-    activity: Callable[[ActivityContext], Awaitable[None]],
-    context: ActivityContext,
+    scope: trio.CancelScope, activity: Activity, context: ActivityContext
 ) -> None:
     with scope:
-        await activity(context)
+        await _call(activity, context)
 
 
 async def _run_activity_after_sends(
-    scope: trio.CancelScope,
-    activity: Callable[[ActivityContext], Awaitable[None]],
-    context: ActivityContext,
+    scope: trio.CancelScope, activity: Activity, context: ActivityContext
 ) -> None:
     """As :func:`_run_activity`, a scheduling round later, for a transport with a send loop.
 
@@ -628,4 +745,4 @@ async def _run_activity_after_sends(
     """
     with scope:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(activity, context)
+            nursery.start_soon(_call, activity, context)

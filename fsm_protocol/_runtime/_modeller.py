@@ -519,6 +519,9 @@ class _Task:
     running: list[tuple[int, int, LinkBindings]] = attrs.field(factory=list)
     _indices: int = 0
     _leaves: tuple[CompiledChart, _Leaves] | None = None
+    # The algorithm's on_results hook (None: it has none), looked up at the first result.
+    _on_results: Callable[[str, int | None, Any], None] | None = None
+    _on_results_known: bool = False
 
     def new_index(self) -> int:
         self._indices += 1
@@ -561,7 +564,10 @@ class _Task:
 
     def store_result(self, key: ResultKey, message: Message) -> None:
         self.results[key] = message.body if self.keep_bodies else None
-        hook = optional_hook(self.algorithm, "on_results")
+        if not self._on_results_known:
+            self._on_results = optional_hook(self.algorithm, "on_results")
+            self._on_results_known = True
+        hook = self._on_results
         if hook is not None:
             hook(key.worker, key.batch, message.body)
 

@@ -17,6 +17,7 @@ from .._base._errors import ConfigError, PodResponseError
 from .._base._reports import ErrorReport, log_error_report
 from .._core._engine import Step
 from .._wire._messages import AbortReason, JobRequestBody, Message
+from ._collector import collector_tuned
 from ._executor import Violation
 from ._modeller import (
     DEFAULT_TIMEOUTS,
@@ -170,6 +171,44 @@ async def run_task(
             was awaited outside trio (e.g. from asyncio; the message says how to run it).
     """
     require_trio("run_task")
+    with collector_tuned():
+        return await _run_task(
+            protocol,
+            pods,
+            batched_execution=batched_execution,
+            run_on_new_data_only=run_on_new_data_only,
+            force_rerun_failed_files=force_rerun_failed_files,
+            test_run=test_run,
+            project_id=project_id,
+            require_all_pods=require_all_pods,
+            task_id=task_id,
+            timeouts=timeouts,
+            hooks=hooks,
+            protocols=protocols,
+            modeller_algorithm=modeller_algorithm,
+            cancel=cancel,
+            overrides=overrides,
+        )
+
+
+async def _run_task(
+    protocol: object,
+    pods: Sequence[Pod],
+    *,
+    batched_execution: bool,
+    run_on_new_data_only: bool,
+    force_rerun_failed_files: bool,
+    test_run: bool,
+    project_id: str | None,
+    require_all_pods: bool,
+    task_id: str | None,
+    timeouts: TaskTimeouts,
+    hooks: Hooks,
+    protocols: ProtocolRegistry,
+    modeller_algorithm: Any,
+    cancel: trio.Event | None,
+    overrides: Mapping[str, Mapping[str, Any]] | None,
+) -> TaskOutcome:
     ids = [pod.pod_id for pod in pods]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"pod ids must be unique, found {ids}")

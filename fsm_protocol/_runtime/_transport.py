@@ -8,11 +8,12 @@ small interface, so the runtime never knows which one it has.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol, final
 
 import trio
 
-from .._base._errors import BrokenTransportError, ClosedTransportError
+from .._base._errors import BrokenTransportError, ClosedTransportError, DecodeError
 from .._wire._messages import DEFAULT_MAX_LINE_BYTES, Message, decode, encode
 
 
@@ -37,7 +38,10 @@ class MemoryTransport:
     """One end of an in-process pair made by :func:`memory_transport_pair`.
 
     Lines really are encoded and decoded, so an in-process run exercises the
-    same codec, and the same limits, as a run over the network.
+    same codec, and the same limits, as a run over the network. A receiver
+    that takes lines as they are sent (:meth:`deliver_to`, as the runtime's
+    executor does) has each one decoded in the sender's :meth:`send_nowait`
+    and handed over then, instead of buffered for a task to read.
     """
 
     def __init__(
@@ -51,6 +55,11 @@ class MemoryTransport:
         self._incoming = incoming
         self._max_line_bytes = max_line_bytes
         self._closed = False
+        # The other end, when made by memory_transport_pair.
+        self._peer: MemoryTransport | None = None
+        # Set by deliver_to: what takes this end's incoming lines as they are sent.
+        self._take: Callable[[Message], None] | None = None
+        self._refuse: Callable[[DecodeError], None] | None = None
 
     async def send(self, message: Message) -> None:
         await self.send_raw(encode(message))
@@ -62,19 +71,52 @@ class MemoryTransport:
         """
         if self._closed:
             raise ClosedTransportError("this transport was closed; no more messages can be sent")
-        try:
-            self._outgoing.send_nowait(encode(message))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise BrokenTransportError("the peer closed its end of the conversation") from exc
+        self._put(encode(message))
 
     async def send_raw(self, line: bytes) -> None:
         """Send bytes as they are: for tests that feed a peer malformed input."""
         if self._closed:
             raise ClosedTransportError("this transport was closed; no more messages can be sent")
+        await trio.lowlevel.checkpoint()
+        self._put(line)
+
+    def _put(self, line: bytes) -> None:
+        peer = self._peer
+        if peer is not None and peer._take is not None:
+            peer._hand_over(line)
+            return
         try:
-            await self._outgoing.send(line)
+            self._outgoing.send_nowait(line)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BrokenTransportError("the peer closed its end of the conversation") from exc
+
+    def _hand_over(self, line: bytes) -> None:
+        assert self._take is not None and self._refuse is not None
+        try:
+            message = decode(line, max_line_bytes=self._max_line_bytes)
+        except DecodeError as exc:
+            self._refuse(exc)
+            return
+        self._take(message)
+
+    def deliver_to(
+        self, take: Callable[[Message], None], refuse: Callable[[DecodeError], None]
+    ) -> None:
+        """From now on, hand each line the peer sends to ``take``, decoded, as it is sent.
+
+        A line that does not decode goes to ``refuse``. Lines already buffered
+        are handed over first, in order. :meth:`receive` then sees only the end
+        of the peer's input. Both run in the sender's task: they must only queue.
+        """
+        if self._closed:
+            raise ClosedTransportError("this transport was closed; nothing more can be received")
+        self._take, self._refuse = take, refuse
+        while True:
+            try:
+                line = self._incoming.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            self._hand_over(line)
 
     async def receive(self) -> Message:
         if self._closed:
@@ -96,6 +138,7 @@ class MemoryTransport:
         """Stop sending; the peer sees the end of its input after what was sent."""
         if not self._closed:
             self._closed = True
+            self._take = self._refuse = None
             await self._outgoing.aclose()
             await self._incoming.aclose()
 
@@ -110,7 +153,7 @@ def memory_transport_pair(
     """
     a_send, b_recv = trio.open_memory_channel[bytes](math.inf)
     b_send, a_recv = trio.open_memory_channel[bytes](math.inf)
-    return (
-        MemoryTransport(a_send, a_recv, max_line_bytes=max_line_bytes),
-        MemoryTransport(b_send, b_recv, max_line_bytes=max_line_bytes),
-    )
+    a = MemoryTransport(a_send, a_recv, max_line_bytes=max_line_bytes)
+    b = MemoryTransport(b_send, b_recv, max_line_bytes=max_line_bytes)
+    a._peer, b._peer = b, a
+    return a, b

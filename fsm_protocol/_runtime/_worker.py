@@ -7,9 +7,10 @@ ends it. Which event is allowed, and where it leads, is the chart's business.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -54,6 +55,9 @@ from ._transport import Transport
 from ._trio_only import require_trio
 
 _LOG = logging.getLogger("fsm_protocol.runtime")
+
+# Bodies that go on the wire as they are (anything else is a typed body to convert).
+_RAW_BODIES = frozenset({dict, list, str, int, float, bool, type(None)})
 
 FAILURE_LIMIT = 5
 """Consecutive failed batches after which a worker gives up (the platform's default)."""
@@ -174,6 +178,10 @@ class WorkerBindings:
         self.resume_from = 0
         self.errors: list[ErrorReport] = []
         self.last_error: BaseException | None = None
+        # Looked up once per task: the algorithm's results_body hook, and the
+        # resources_consumed entry of a result of so many items.
+        self._results_body: Callable[[Sequence[Item], Sequence[Any]], Any] | None = None
+        self._consumed: dict[int, tuple[ResourceConsumed, ...]] = {}
 
     def _user_error(
         self, where: str, error: BaseException, items: Sequence[Item] = (), *, retried: bool = False
@@ -197,15 +205,27 @@ class WorkerBindings:
         return self.request.sender if self.request is not None else MODELLER
 
     def message(self, type_: MessageType, body: Any = None, meta: Meta | None = None) -> Message:
-        return Message.make(
-            type_,
-            task_id=self.task_id,
-            sender=self.pod.pod_id,
-            recipient=self.modeller,
-            seq=0,
-            body=body,
-            meta=meta,
-        )
+        request = self.request
+        task_id, modeller = ("", MODELLER) if request is None else (request.task_id, request.sender)
+        if body.__class__ not in _RAW_BODIES:  # a typed body: make() writes its wire form
+            return Message.make(
+                type_,
+                task_id=task_id,
+                sender=self.pod.pod_id,
+                recipient=modeller,
+                seq=0,
+                body=body,
+                meta=meta,
+            )
+        if meta is None:
+            return Message(
+                type=type_, task_id=task_id, sender=self.pod.pod_id, recipient=modeller, seq=0,
+                body=body,
+            )  # fmt: skip
+        return Message(
+            type=type_, task_id=task_id, sender=self.pod.pod_id, recipient=modeller, seq=0,
+            body=body, meta=meta,
+        )  # fmt: skip
 
     # -------------------------------------------------------------- guards
 
@@ -500,12 +520,16 @@ class WorkerBindings:
         ctx.send(self.message(MessageType.TASK_START))
 
     async def _run(self, items: list[Item], info: BatchInfo) -> Any:
+        results = self._call_run_batch(items, info)
+        if inspect.isawaitable(results):
+            results = await results
+        return _checked(items, results)
+
+    def _call_run_batch(self, items: list[Item], info: BatchInfo) -> Any:
+        """The algorithm's answer for ``items``: its results, or an awaitable of them."""
         assert self.plan is not None
         self.run_items.update(i.name for i in items)
-        results = await call_maybe_async(self.plan.algorithm.run_batch, items, info)
-        if len(results) != len(items):
-            raise ValueError(f"run_batch returned {len(results)} results for {len(items)} items")
-        return results
+        return self.plan.algorithm.run_batch(items, info)
 
     def _deliver(
         self, ctx: ActivityContext, items: list[Item], results: Any, batch: int | None
@@ -522,7 +546,10 @@ class WorkerBindings:
                 allowed = max(0, len(items) - overrun)
                 over = True
         kept, kept_results = items[:allowed], list(results)[:allowed]
-        body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
+        body_hook = self._results_body
+        if body_hook is None:
+            body_hook = optional_hook(self.plan.algorithm, "results_body") or default_results_body
+            self._results_body = body_hook
         try:
             body = body_hook(kept, kept_results)
             problem = value_problem(body, "results")
@@ -533,7 +560,10 @@ class WorkerBindings:
             # NaN, a non-JSON object, a lone surrogate...: the peer would refuse the line.
             ctx.post("worker_error", ValueError(f"the results cannot be sent: {problem}"))
             return False
-        consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
+        consumed = self._consumed.get(allowed)
+        if consumed is None:
+            consumed = (ResourceConsumed("MODEL_INFERENCE", self._protocol_name(), allowed),)
+            self._consumed[allowed] = consumed
         self.unsent.setdefault(batch, []).append(_Delivery(kept, items[allowed:]))
         ctx.send(
             self.message(
@@ -573,19 +603,53 @@ class WorkerBindings:
         if self._deliver(ctx, items, results, None):
             ctx.post("run_done")
 
-    async def do_run_batch(self, ctx: ActivityContext) -> None:
+    def do_run_batch(self, ctx: ActivityContext) -> Awaitable[None] | None:
+        """Run the current batch, then announce the next one (or the end of the batches).
+
+        A plain function, so a plain ``run_batch`` runs without a task of its
+        own; an async one (or one that returns an awaitable) is finished by the
+        awaitable this returns.
+        """
         batch_id = self.current_batch
         items = self.batches[batch_id]
         try:
-            results = await self._run(items, BatchInfo(batch_id))
+            results = self._call_run_batch(items, BatchInfo(batch_id))
+            if results.__class__ is not list and inspect.isawaitable(results):
+                return self._finish_batch(ctx, batch_id, items, results)
+            results = _checked(items, results)
         except Exception as exc:
-            self._user_error("run_batch", exc, items, retried=True)
-            self.retry_queue.extend(items)
-            ctx.post("batch_failed", exc)
+            self._batch_failed(ctx, items, exc)
         else:
-            self.consecutive_failures = 0
-            if not self._deliver(ctx, items, results, batch_id):
+            if not self._batch_ran(ctx, batch_id, items, results):
+                return None
+        self._announce_next(ctx, batch_id)
+        return None
+
+    async def _finish_batch(
+        self, ctx: ActivityContext, batch_id: int, items: list[Item], pending: Awaitable[Any]
+    ) -> None:
+        try:
+            results = _checked(items, await pending)
+        except Exception as exc:
+            self._batch_failed(ctx, items, exc)
+        else:
+            if not self._batch_ran(ctx, batch_id, items, results):
                 return
+        self._announce_next(ctx, batch_id)
+
+    def _batch_failed(self, ctx: ActivityContext, items: list[Item], error: Exception) -> None:
+        self._user_error("run_batch", error, items, retried=True)
+        self.retry_queue.extend(items)
+        ctx.post("batch_failed", error)
+
+    def _batch_ran(
+        self, ctx: ActivityContext, batch_id: int, items: list[Item], results: Any
+    ) -> bool:
+        """Send a batch's results; False when the usage limit ended the task."""
+        self.consecutive_failures = 0
+        return self._deliver(ctx, items, results, batch_id)
+
+    def _announce_next(self, ctx: ActivityContext, batch_id: int) -> None:
         if batch_id + 1 < len(self.batches):
             ctx.send(self.message(MessageType.CURRENT_BATCH_ID, batch_id + 1))
         else:
@@ -648,6 +712,13 @@ class WorkerBindings:
             skipped=tuple(self.skipped),
             errors=tuple(self.errors),
         )
+
+
+def _checked(items: Sequence[Item], results: Any) -> Any:
+    """``results`` of a run of ``items``, if there is one per item; raises ValueError if not."""
+    if len(results) != len(items):
+        raise ValueError(f"run_batch returned {len(results)} results for {len(items)} items")
+    return results
 
 
 async def run_worker(
