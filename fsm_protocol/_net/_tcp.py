@@ -695,7 +695,9 @@ class PodListener:
                     # A pod that gave up (or died) after its welcome frees its slot, so
                     # that it can come back; wait on until every pod is in and alive.
                     gone = [pod for pod, t in self._admitted.items() if _peer_gone(t)]
-                    if not gone:
+                    # A pod whose new connection is taking its slot over (see _reserve) is
+                    # out until that admission ends: every pod must be in, not only none gone.
+                    if not gone and self._expected <= self._admitted.keys():
                         break
                     for pod in gone:
                         self._log(f"pod {pod} closed its connection before the task began")
