@@ -116,7 +116,8 @@ def observe_collector(hooks_seen: list[tuple[int, int]]) -> TaskStatus:
 def test_the_collector_is_tuned_during_a_run_and_restored_after() -> None:
     seen: list[tuple[int, int]] = []
     assert observe_collector(seen) is TaskStatus.COMPLETE
-    assert seen and all(young == YOUNG_THRESHOLD and frozen > 0 for young, frozen in seen)
+    # Nothing is frozen: freezing kept earlier runs' garbage alive (the fuzzer grew 800 MiB).
+    assert seen and all(young == YOUNG_THRESHOLD and frozen == 0 for young, frozen in seen)
     assert gc.get_threshold() == (700, 10, 10)
     assert gc.get_freeze_count() == 0
 

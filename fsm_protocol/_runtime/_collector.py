@@ -4,14 +4,14 @@ A run with many workers keeps many objects alive (machines, bindings, links),
 and every collection of the older generations visits all of them, while what
 a message allocates dies young. So while any executor of this process runs,
 the young generation is collected every :data:`YOUNG_THRESHOLD` allocations
-instead of CPython's 700, and what was built before each run started (its
-machines and bindings) is frozen out of collections (:func:`gc.freeze`). When
-the last run of the process ends, the thresholds are put back as they were
-and what was frozen is unfrozen, so garbage left by the runs is collected.
+instead of CPython's 700. When the last run of the process ends, the
+thresholds are put back as they were. The collector is left alone when the
+application has disabled it.
 
-The collector is left alone when the application has disabled it, and
-nothing is frozen when the application has frozen objects itself (then
-unfreezing at the end would undo its choice).
+Nothing is frozen (:func:`gc.freeze`): freezing at each run's start also froze
+the garbage of earlier runs, and a process running many short tasks (the
+fault benchmark's fuzzer) grew by about 100 KiB per task; it did not make the
+runtime benchmark faster.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ YOUNG_THRESHOLD = 50_000
 
 _lock = threading.Lock()
 _runs = 0
-# What to put back when the last run ends: the thresholds, and whether we froze.
-_saved: tuple[tuple[int, ...], bool] | None = None
+# What to put back when the last run ends: the thresholds.
+_saved: tuple[int, ...] | None = None
 
 
 @contextlib.contextmanager
@@ -38,21 +38,17 @@ def collector_tuned() -> Iterator[None]:
         if _runs == 0:
             if gc.isenabled():
                 thresholds = gc.get_threshold()
-                _saved = (thresholds, gc.get_freeze_count() == 0)
+                _saved = thresholds
                 gc.set_threshold(max(thresholds[0], YOUNG_THRESHOLD), *thresholds[1:])
             else:
                 _saved = None
         _runs += 1
-        if _saved is not None and _saved[1]:
-            gc.freeze()  # cheap: moves the generations' lists, visits nothing
     try:
         yield
     finally:
         with _lock:
             _runs -= 1
             if _runs == 0 and _saved is not None:
-                before, froze = _saved
+                before = _saved
                 _saved = None
                 gc.set_threshold(*before)
-                if froze:
-                    gc.unfreeze()
