@@ -47,6 +47,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,8 @@ class Phase:
         return [pod for index in range(self.procs) for pod in self.proc_pods(index)]
 
     def start(self, keys: Path) -> None:
+        # A run's results from an earlier benchmark run would be refused (no --resume here).
+        shutil.rmtree(self.folder / "results", ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         task = {"task_id": self.task_id, "pods": self.pods, "job": self.job}
         (self.folder / "task.json").write_text(json.dumps(task))
