@@ -8,9 +8,18 @@ on JSON objects that are almost messages.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
 import json
+import math
+import uuid
 from typing import Any
+from unittest import mock
 
+import attrs
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -160,3 +169,216 @@ def test_the_quick_value_check_knows_the_nesting_limit() -> None:
     assert _messages._locally_fine(deep, 1)
     assert not _messages._locally_fine([deep], 1)
     assert _messages.value_problem([deep]) is not None
+
+
+# --- orjson: the plain path of decode() and encode() ----------------------------------------
+
+
+def careful_decode(line: bytes) -> Message | str:
+    """What decode() makes of ``line`` without its orjson path: the message, or the error."""
+    with mock.patch.object(_messages, "_plain_decode", lambda raw: None):
+        try:
+            return decode(line)
+        except DecodeError as exc:
+            return f"DecodeError: {exc}"
+
+
+def plain_decode(line: bytes) -> Message | str | None:
+    """What the orjson path makes of ``line``: the message, or None when it steps aside."""
+    return _messages._plain_decode(line)
+
+
+# Text spliced into a line: what orjson and json might read differently.
+TRICKY = st.sampled_from(
+    [
+        b"12345678901234567890",  # beyond 2^53, within orjson's 64 bits
+        b"123456789012345678901234567890",  # beyond 64 bits: orjson reads a float
+        b"-9223372036854775809",
+        b"9007199254740993",
+        b"9.3e18",
+        b"1e999",
+        b"-1e-400",
+        b"1.5",
+        b"NaN",
+        b'"\\ud800"',
+        b'"\\udc00\\ud800"',
+        b'"\\ud83d\\ude00"',
+        b'"\xed\xa0\x80"',  # a surrogate written in UTF-8: not UTF-8
+        b'"\xff"',
+        b'"a\\nb"',
+        b'"\t"',
+        b"[" * 70 + b"1" + b"]" * 70,
+        b"[" * 64 + b"1" + b"]" * 64,
+        b'{"x":1,"x":2}',
+        b'{"x":1,"y":{"x":2,"x":3}}',
+        b"\n1",
+        b" 1 ",
+        b"\xef\xbb\xbf1",
+        b"true",
+        b'"a:b{["',
+        b"1",
+        b"0",
+        b"null",
+        b'"x"',
+        b'{"n":[1,2.5,"z"]}',
+    ]
+)
+
+
+PLAIN_MESSAGES = st.builds(
+    Message,
+    type=st.sampled_from(MessageType),
+    task_id=st.sampled_from(["t", "task-1"]),
+    sender=st.sampled_from(["modeller", "org/pod-1"]),
+    recipient=st.sampled_from(["modeller", "org/pod-1"]),
+    seq=st.integers(min_value=0, max_value=10),
+    body=st.sampled_from([None, 0, 1, -1, "BATCHES_ONLY", "x", {"echo": ["a"]}, [1, 2]]),
+)
+"""Messages of plain ASCII names and small bodies, as most lines are."""
+
+
+@st.composite
+def spliced_lines(draw: st.DrawFn) -> bytes:
+    """A message's line with one of its values (or its body's) replaced by tricky text."""
+    message = draw(messages() | PLAIN_MESSAGES)
+    line = encode(message)
+    value = draw(TRICKY)
+    key = draw(st.sampled_from([b'"seq":', b'"body":', b'"v":', b'"task_id":']))
+    start = line.find(key)
+    if start == -1:
+        return line
+    start += len(key)
+    # Replace the value up to the next comma or closing brace at depth 0 (a guess at its
+    # end is enough: a broken line must be refused by both paths alike).
+    end = start
+    depth = 0
+    while end < len(line):
+        char = line[end : end + 1]
+        if char in b"[{":
+            depth += 1
+        elif char in b"]}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif char == b"," and depth == 0:
+            break
+        end += 1
+    return line[:start] + value + line[end:]
+
+
+@given(messages())
+def test_the_orjson_path_decodes_what_it_encodes(message: Message) -> None:
+    line = encode(message)
+    assert decode(line) == careful_decode(line) == message
+
+
+@given(st.one_of(spliced_lines(), messages().map(encode)))
+def test_the_orjson_path_agrees_with_the_careful_path_or_steps_aside(line: bytes) -> None:
+    careful = careful_decode(line)
+    plain = plain_decode(line)
+    if plain is not None:
+        assert plain == careful
+    # Whatever the path, decode() gives the careful answer, errors included.
+    try:
+        got: Message | str = decode(line)
+    except DecodeError as exc:
+        got = f"DecodeError: {exc}"
+    assert got == careful
+
+
+def test_an_integer_orjson_reads_as_a_float_is_still_refused() -> None:
+    line = (
+        b'{"v":1,"type":"EVALUATION_RESULTS","task_id":"t","sender":"a/p","recipient":"m",'
+        b'"seq":3,"body":{"n":123456789012345678901234567890},"meta":{"batch_number":0}}'
+    )
+    assert plain_decode(line) is None
+    with pytest.raises(DecodeError, match=r"\$\.body\.n"):
+        decode(line)
+
+
+def test_a_newline_inside_a_line_is_refused_though_orjson_reads_it_as_space() -> None:
+    line = (
+        b'{"v":1,"type":"TASK_START","task_id":"t","sender":"a","recipient":"m",\n'
+        b'"seq":3,"body":null}'
+    )
+    assert plain_decode(line) is None
+    with pytest.raises(DecodeError, match="newline"):
+        decode(line)
+
+
+def json_encode(message: Message) -> bytes:
+    """encode() without its orjson path."""
+    with mock.patch.object(_messages, "_plainly_json", lambda message: False):
+        return encode(message)
+
+
+@given(messages())
+def test_orjson_writes_what_json_writes(message: Message) -> None:
+    fast, careful = encode(message), json_encode(message)
+    assert json.loads(fast) == json.loads(careful)
+    if b"e-" not in careful:  # float exponents differ in form only: 1e-7 against 1e-07
+        assert fast == careful
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"x": math.nan}, ValueError),
+        ([math.inf], ValueError),
+        ({"x": Colour.RED}, TypeError),
+        ({"x": uuid.UUID(int=1)}, TypeError),
+        ({"x": Point(1)}, TypeError),
+        ({"x": datetime.date(2026, 1, 1)}, TypeError),
+        ({"x": b"bytes"}, TypeError),
+    ],
+)
+def test_values_json_cannot_carry_are_refused_as_json_refuses_them(
+    body: Any, error: type[Exception]
+) -> None:
+    message = Message(
+        type=MessageType.EVALUATION_RESULTS, task_id="t", sender="a", recipient="m", seq=0, body=0
+    )
+    message = attrs.evolve(message, body=body)
+    with pytest.raises(error):
+        encode(message)
+
+
+def test_what_json_writes_differently_from_orjson_goes_json_s_way() -> None:
+    class Name(str):
+        pass
+
+    message = Message(
+        type=MessageType.EVALUATION_RESULTS,
+        task_id="t",
+        sender="a",
+        recipient="m",
+        seq=0,
+        body={"n": Name("x"), "big": 2**70, "keys": {1: "one"}, "lone": "\ud800"},
+    )
+    assert encode(message) == json_encode(message)
+    assert json.loads(encode(message))["body"] == {
+        "n": "x",
+        "big": 2**70,
+        "keys": {"1": "one"},
+        "lone": "\ud800",
+    }
+
+
+@given(LOCAL_VALUES)
+def test_what_passes_the_type_check_orjson_writes_as_json_does_or_refuses(value: Any) -> None:
+    if not _messages._json_typed(value):
+        return
+    try:
+        fast = orjson.dumps(value)
+    except TypeError:
+        return  # encode() then goes json's way
+    assert json.loads(fast) == json.loads(json.dumps(value, allow_nan=False))

@@ -46,7 +46,7 @@ LAYERS = (
 # reference backend behind one adapter, and nothing else may see it.
 THIRD_PARTY = {
     "_base": {"attrs"},
-    "_wire": {"cattrs"},
+    "_wire": {"cattrs", "orjson"},
     "_core": {"yaml", "transitions"},
     "_runtime": {"trio", "exceptiongroup"},  # exceptiongroup: trio's backport before 3.11
     "_net": {"cryptography", "nats", "trio_asyncio"},  # nats-py and trio-asyncio: the broker

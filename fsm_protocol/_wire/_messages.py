@@ -25,6 +25,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias, Union, get_args, g
 
 import attrs
 import cattrs
+import orjson
 from cattrs.errors import (
     AttributeValidationNote,
     BaseValidationError,
@@ -884,17 +885,87 @@ def encode(message: Message) -> bytes:
         TypeError: The body holds a non-JSON Python object.
     """
     wire = _fast_wire(message) if type(message.type) is MessageType else None
-    if wire is None:
+    if wire is not None:
+        if message.type is MessageType.EVALUATION_RESULTS:
+            # The spec requires the key here even when null; omit_if_default would drop it.
+            wire["meta"].setdefault("batch_number", None)
+        if _plainly_json(message):
+            try:
+                return orjson.dumps(wire, option=_ORJSON_OPTIONS)
+            except TypeError:
+                pass  # a value orjson will not write the way json does: json decides below
+    else:
         wire = _unstructure_message(message)
-    if message.type is MessageType.EVALUATION_RESULTS:
-        # The spec requires the key here even when null; omit_if_default would drop it.
-        wire["meta"].setdefault("batch_number", None)
+        if message.type is MessageType.EVALUATION_RESULTS:
+            wire["meta"].setdefault("batch_number", None)
     try:
         return _json_encoder.encode(wire).encode() + b"\n"
     except UnicodeEncodeError:
         # A lone surrogate (legal as a JSON escape) has no UTF-8 form; escape it instead.
         return _json_ascii_encoder.encode(wire).encode() + b"\n"
 
+
+def _plainly_json(message: Message) -> bool:
+    """Whether orjson writes ``message`` as json would, to the byte but float exponents.
+
+    orjson writes NaN as null and writes enums and UUIDs, where json refuses
+    them; so every value must be of an exact JSON type, and every float finite.
+    Bodies and meta of other values go json's way, which also raises its errors.
+    """
+    meta = message.meta
+    body = message.body
+    kind = body.__class__
+    return (
+        message.task_id.__class__ is str
+        and message.sender.__class__ is str
+        and message.recipient.__class__ is str
+        and message.seq.__class__ is int
+        and message.v.__class__ is int
+        and (meta.batch_number is None or meta.batch_number.__class__ is int)
+        and meta.algorithm_index.__class__ is int
+        and all(
+            r.resource_type.__class__ is str
+            and r.resource_identifier.__class__ is str
+            and r.amount.__class__ is int
+            for r in meta.resources_consumed
+        )
+        and (kind is int or kind is str or body is None or _json_typed(body))
+    )
+
+
+_JSON_SCALARS: Final = frozenset({str, int, bool, type(None)})
+
+
+def _json_typed(value: Any) -> bool:
+    """Whether ``value`` holds only exact JSON types and finite floats.
+
+    What orjson itself refuses (lone surrogates, integers beyond 64 bits, keys that
+    are not strings, deep nesting) needs no look: it raises, and json decides. A
+    list or object of scalars (a job request's thousand pod names) is settled in C.
+    """
+    kind = value.__class__
+    if kind is dict:
+        items: Any = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    elif kind is float:
+        return bool(value - value == 0.0)  # inf - inf and nan - nan are nan
+    else:
+        return kind in _JSON_SCALARS
+    kinds = set(map(type, items))
+    if kinds <= _JSON_SCALARS:
+        return True
+    return all(item.__class__ in _JSON_SCALARS or _json_typed(item) for item in items)
+
+
+# orjson's output differs from json's only in a float's exponent (1e-7, not 1e-07); values
+# it would write differently (subclasses of str and int, dataclasses) go json's way.
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
 
 # The encoders json.dumps would build for each line, built once.
 _json_encoder: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -1040,6 +1111,10 @@ _PLAIN_PARSE_MAX_BYTES: Final = 2 * MAX_CONTAINERS
 """Lines up to this long are safe to parse before counting their containers ("[]" is 2 bytes)."""
 
 
+_TWO_63: Final = 2.0**63
+_STR_ONLY: Final = frozenset({str})
+
+
 def _plain_extent(value: Any, depth: int) -> int:
     """The keys, objects and arrays in ``value``, which sits at nesting ``depth``.
 
@@ -1056,7 +1131,9 @@ def _plain_extent(value: Any, depth: int) -> int:
     elif kind is int:
         return 0 if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else -1
     elif kind is float:
-        return 0 if value - value == 0.0 else -1  # inf - inf is nan
+        # inf - inf is nan. A float beyond 2^63 may be orjson's reading of an integer
+        # literal out of its range, which decode() refuses: the slow check settles it.
+        return 0 if value - value == 0.0 and -_TWO_63 < value < _TWO_63 else -1
     else:
         return 0  # a string, a bool or null
     if depth > MAX_NESTING:
@@ -1065,13 +1142,9 @@ def _plain_extent(value: Any, depth: int) -> int:
         kind = item.__class__
         if kind is str:
             continue
-        if kind is list and depth < MAX_NESTING:  # a list of strings, without a call
-            for inner_item in item:
-                if inner_item.__class__ is not str:
-                    break
-            else:
-                extent += 1
-                continue
+        if kind is list and depth < MAX_NESTING and set(map(type, item)) <= _STR_ONLY:
+            extent += 1  # a list of strings (a job request's pod names), settled in C
+            continue
         inner = _plain_extent(item, depth + 1)
         if inner < 0:
             return -1
@@ -1254,6 +1327,36 @@ def _check_values(obj: Any, raw: bytes, line: bytes | str, flagged: bool) -> Non
         raise DecodeError(f"field {where}: {what}", field=where, line=line[:_LINE_EXCERPT])
 
 
+def _plain_decode(raw: bytes) -> Message | None:
+    """The message of a line that is plainly well formed, or None to let decode() judge it.
+
+    orjson parses (it refuses what json refuses, and also lone surrogates, numbers
+    that overflow, and nesting json would recurse on); the structure counts under
+    "Plain parsing" prove the value rule. Any doubt goes the careful way, which
+    also words the error.
+    """
+    if len(raw) > _PLAIN_PARSE_MAX_BYTES:
+        return None
+    newline = raw.find(b"\n")
+    if newline != -1 and newline != len(raw) - 1:
+        return None  # orjson would read a newline inside a line as white space
+    try:
+        obj = _orjson_loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if obj.__class__ is not dict or len(raw) - len(raw.translate(None, _STRUCTURE)) != (
+        _plain_extent(obj, 1)
+    ):
+        return None
+    try:
+        return _message_from(obj, raw)
+    except DecodeError:
+        return None  # decode() says it again, with the whole story
+
+
+_orjson_loads: Final = orjson.loads
+
+
 def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Message:
     """Parse and validate one wire line, never trusting the peer.
 
@@ -1269,6 +1372,10 @@ def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
             path of the first problem (``$`` for the whole line) and the message
             says what was expected and what was found.
     """
+    if line.__class__ is bytes and len(line) <= max_line_bytes:
+        plain = _plain_decode(line)
+        if plain is not None:
+            return plain
     if isinstance(line, str):
         # A character is at most 4 bytes, so most lines skip the encoding.
         size = len(line) if len(line) * 4 <= max_line_bytes else len(line.encode(errors="replace"))
@@ -1311,6 +1418,11 @@ def decode(line: bytes | str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
             f"field $: expected a JSON object, found {_show(obj)}", line=line[:_LINE_EXCERPT]
         )
     _check_values(obj, raw, line, _Flags.duplicates + _Flags.big_numbers != flags_before)
+    return _message_from(obj, line)
+
+
+def _message_from(obj: dict[str, Any], line: bytes | str) -> Message:
+    """The message of a parsed line whose values keep the value rule."""
     fast = _fast_message(obj)
     if fast is not None:
         message = fast
