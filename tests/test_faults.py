@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -764,3 +765,50 @@ def test_kill_9_then_resume_ends_with_the_results_of_an_uninterrupted_run(
     task_folder = folder / "results" / "t-cli"
     assert (task_folder / "trace.ndjson.partial").exists()
     assert main(["check", str(task_folder / "trace-2.ndjson")]) == 0
+
+
+def test_row_4_boundaries_of_one_scheduler_round_share_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thousand pods reach their batch boundaries in bursts: one fsync covers a burst,
+    and nothing is acknowledged as durable before that fsync."""
+    events: list[object] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(_results.os, "fsync", fsync)
+    folder = ResultsFolder(tmp_path, "t-burst")
+    events.clear()
+    folder.on_durable = lambda pod, message: events.append((pod, message.type.value, message.seq))
+    pods = [f"org/pod-{n}" for n in range(50)]
+
+    def boundary(pod: str) -> Message:
+        return Message.make(
+            MessageType.BATCHES_COMPLETE,
+            task_id="t",
+            sender=pod,
+            recipient="modeller",
+            seq=5,
+            body="BATCHES_ONLY",
+        )
+
+    async def main() -> None:
+        for pod in pods:  # one round: every pod's result, then its boundary
+            folder.on_message(pod, _result(pod, 1))
+            folder.on_message(pod, boundary(pod))
+        assert events == []  # nothing is durable yet, so nothing may be acknowledged
+        await trio.testing.wait_all_tasks_blocked()
+        assert events[0] == "fsync"
+        assert events[1:] == [(pod, "BATCHES_COMPLETE", 5) for pod in pods]
+        folder.on_message(pods[0], _result(pods[0], 2))  # the next round syncs again
+        folder.on_message(pods[0], boundary(pods[0]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert events[-2:] == ["fsync", (pods[0], "BATCHES_COMPLETE", 5)]
+
+    trio.run(main)
+    assert events.count("fsync") == 2
+    assert len(list(read_results(folder.path / "results.ndjson"))) == 51
+    folder.close()

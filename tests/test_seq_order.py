@@ -19,8 +19,8 @@ is checked by the strict :class:`TraceChecker`:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import pytest
@@ -243,19 +243,34 @@ async def run_over_stdio(plan: TaskPlan) -> tuple[tuple[Message, ...], list[byte
     return run.trace, seen
 
 
+T = TypeVar("T")
+
+RUN_BOUND_S = 120
+"""A run takes well under a second: past this bound it fails (with a traceback of where it
+waited) instead of holding up the suite. One full-suite run once waited here for minutes."""
+
+
+def run_bounded(run: Callable[[TaskPlan], Awaitable[T]], plan: TaskPlan) -> T:
+    async def bounded() -> T:
+        with trio.fail_after(RUN_BOUND_S):
+            return await run(plan)
+
+    return trio.run(bounded)
+
+
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
 @given(task_plans())
 def test_in_memory_multi_pod_traces_pass_the_strict_checker(plan: TaskPlan) -> None:
-    strict(trio.run(run_in_memory, plan))
+    strict(run_bounded(run_in_memory, plan))
 
 
 @SETTINGS
 @given(task_plans())
 def test_stdio_multi_pod_traces_pass_the_strict_checker(plan: TaskPlan) -> None:
-    trace, seen = trio.run(run_over_stdio, plan)
+    trace, seen = run_bounded(run_over_stdio, plan)
     strict(trace)
     strict(seen)
 
@@ -263,7 +278,7 @@ def test_stdio_multi_pod_traces_pass_the_strict_checker(plan: TaskPlan) -> None:
 @SETTINGS
 @given(task_plans())
 def test_tcp_multi_pod_traces_pass_the_strict_checker(plan: TaskPlan) -> None:
-    strict(trio.run(run_over_tcp, plan))
+    strict(run_bounded(run_over_tcp, plan))
 
 
 def test_a_stdio_modeller_writes_its_seq_in_order_with_four_pods() -> None:
@@ -275,7 +290,7 @@ def test_a_stdio_modeller_writes_its_seq_in_order_with_four_pods() -> None:
         ),
         batched=True,
     )
-    _, seen = trio.run(run_over_stdio, plan)
+    _, seen = run_bounded(run_over_stdio, plan)
     strict(seen)
     assert len([line for line in seen if decode(line).sender == "modeller"]) >= 12
 
@@ -289,7 +304,7 @@ def test_every_pod_is_answered_over_stdio(refuses: bool) -> None:
         ),
         batched=False,
     )
-    trace, _ = trio.run(run_over_stdio, plan)
+    trace, _ = run_bounded(run_over_stdio, plan)
     kinds = {(m.recipient, m.type) for m in trace if m.sender == "modeller"}
     assert ("pod-0", MessageType.TASK_COMPLETE) in kinds
     assert (("pod-1", MessageType.TASK_COMPLETE) in kinds) is not refuses

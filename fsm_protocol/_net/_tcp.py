@@ -160,20 +160,34 @@ class TcpTransport:
                 f"the connection to {self.peer} was closed; no more messages can be sent"
             )
         try:
-            with trio.fail_after(self.limits.send_timeout_s):
-                async with self._send_lock:
-                    await self._stream.send_all(line)
-        except trio.TooSlowError:
+            # A cancel scope, not trio.fail_after: it is a generator, and this runs per line.
+            with trio.CancelScope(
+                deadline=trio.current_time() + self.limits.send_timeout_s
+            ) as scope:
+                lock = self._send_lock
+                if lock.locked():
+                    async with lock:
+                        await self._stream.send_all(line)
+                else:
+                    # Taken without Lock.acquire's extra trip through the scheduler (a
+                    # task switch per line); send_all checkpoints in any case.
+                    lock.acquire_nowait()
+                    try:
+                        await self._stream.send_all(line)
+                    finally:
+                        lock.release()
+            too_slow = scope.cancelled_caught
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            text = f"the connection to {self.peer} broke while sending: {_cause(exc)}"
+            self.failure = self.failure or text
+            raise BrokenTransportError(text) from exc
+        if too_slow:
             text = (
                 f"{self.peer} read nothing for {self.limits.send_timeout_s:g} s "
                 "(send_timeout_s); the connection was closed"
             )
             await self._fail(text)
-            raise BrokenTransportError(text) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            text = f"the connection to {self.peer} broke while sending: {_cause(exc)}"
-            self.failure = self.failure or text
-            raise BrokenTransportError(text) from exc
+            raise BrokenTransportError(text)
 
     # -------------------------------------------------------------- receiving
 

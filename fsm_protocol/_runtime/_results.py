@@ -4,7 +4,9 @@
 
 - ``task.json``: the task id (and the folder format), written once when the folder is made;
 - ``results.ndjson``: one line per accepted ``EVALUATION_RESULTS``, appended as it
-  arrives with a single ``write`` and fsync'd at each batch boundary. The file is
+  arrives with a single ``write`` and fsync'd at each batch boundary (the boundaries
+  of one scheduler round share one fsync, so a thousand pods do not stall the
+  modeller a thousand times). The file is
   only ever appended to: a second run of the same task refuses, or (``resume``)
   appends after what is there;
 - ``trace.ndjson`` (``trace-<n>.ndjson`` for the n-th resumed run): every message
@@ -34,9 +36,10 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import attrs
+import trio
 
 from .._base._errors import ConfigError
-from .._wire._messages import Message, MessageType, encode
+from .._wire._messages import Message, MessageType, encode, plain_json_bytes
 
 FORMAT: Final = 1
 """The version of the folder layout, in ``task.json``."""
@@ -74,6 +77,10 @@ def to_json_bytes(value: Any, *, indent: int | None = None) -> bytes:
     ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, lone surrogates are escaped
     (``\\udXXX``), and other objects become their ``repr``.
     """
+    if indent is None:
+        plain = plain_json_bytes(value)  # orjson, when it writes what json would
+        if plain is not None:
+            return plain
     separators = (",", ": ") if indent is not None else (",", ":")
     try:
         text = json.dumps(
@@ -196,6 +203,7 @@ class ResultsFolder:
         self.not_kept: list[tuple[str, int | None, int]] = []
         """Results that arrived after writing failed: (worker, batch, algorithm index)."""
         self._dirty = False
+        self._sync_scheduled = False
         self.on_durable: Callable[[str, Message], None] | None = None
         """Called with each received message once its effects are on disk, in order per
         pod (a broker acknowledges it then, and everything before it on that link)."""
@@ -294,8 +302,11 @@ class ResultsFolder:
                 self._dirty = True
                 self._waiting[pod_id] = message
             elif message.type in _BATCH_BOUNDARIES:
-                self.sync()
-                self._settled(pod_id, message)
+                if self._dirty and self._sync_soon():
+                    self._waiting[pod_id] = message  # durable with the results before it
+                else:
+                    self.sync()
+                    self._settled(pod_id, message)
             else:
                 self._settled(pod_id, message)
         except OSError as exc:
@@ -303,6 +314,34 @@ class ResultsFolder:
             if message.type is MessageType.EVALUATION_RESULTS and message.sender == pod_id:
                 meta = message.meta
                 self.not_kept.append((pod_id, meta.batch_number, meta.algorithm_index))
+
+    def _sync_soon(self) -> bool:
+        """Sync once this scheduler round is over: one fsync for every boundary in it.
+
+        With a thousand pods, boundaries come in bursts; an fsync each would stall
+        the event loop a thousand times. False outside a trio run (a test, a
+        tool): the caller syncs at once.
+        """
+        if self._sync_scheduled:
+            return True
+        try:
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return False
+        self._sync_scheduled = True
+        token.run_sync_soon(self._scheduled_sync)
+        return True
+
+    def _scheduled_sync(self) -> None:
+        self._sync_scheduled = False
+        if self.failure is not None:
+            return
+        try:
+            self.sync()
+        except OSError as exc:
+            self.failure = f"cannot write to {self.path}: {exc.strerror or exc}"
+        except Exception as exc:  # an on_durable callback's bug must not crash the run loop
+            self.failure = f"on_durable failed: {type(exc).__name__}: {exc}"
 
     def sync(self) -> None:
         """Make the results appended so far durable (a batch boundary)."""

@@ -933,6 +933,20 @@ def _plainly_json(message: Message) -> bool:
     )
 
 
+def plain_json_bytes(value: Any) -> bytes | None:
+    """``value`` as compact UTF-8 JSON written by orjson, or None if json must decide.
+
+    None for what orjson would write differently from ``json.dumps`` (NaN, enums,
+    subclasses) or refuses (lone surrogates, integers beyond 64 bits).
+    """
+    if not _json_typed(value):
+        return None
+    try:
+        return orjson.dumps(value, option=_ORJSON_PASSTHROUGH)
+    except TypeError:
+        return None
+
+
 _JSON_SCALARS: Final = frozenset({str, int, bool, type(None)})
 
 
@@ -960,12 +974,12 @@ def _json_typed(value: Any) -> bool:
 
 # orjson's output differs from json's only in a float's exponent (1e-7, not 1e-07); values
 # it would write differently (subclasses of str and int, dataclasses) go json's way.
-_ORJSON_OPTIONS: Final = (
-    orjson.OPT_APPEND_NEWLINE
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
+_ORJSON_PASSTHROUGH: Final = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
     | orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
 )
+_ORJSON_OPTIONS: Final = orjson.OPT_APPEND_NEWLINE | _ORJSON_PASSTHROUGH
 
 # The encoders json.dumps would build for each line, built once.
 _json_encoder: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
