@@ -1156,9 +1156,18 @@ def _plain_extent(value: Any, depth: int) -> int:
         kind = item.__class__
         if kind is str:
             continue
-        if kind is list and depth < MAX_NESTING and set(map(type, item)) <= _STR_ONLY:
-            extent += 1  # a list of strings (a job request's pod names), settled in C
-            continue
+        if kind is list and depth < MAX_NESTING:
+            if len(item) > 16:  # a long list (a job request's pod names): settled in C
+                if set(map(type, item)) <= _STR_ONLY:
+                    extent += 1
+                    continue
+            else:  # a short list of strings, without a call
+                for inner_item in item:
+                    if inner_item.__class__ is not str:
+                        break
+                else:
+                    extent += 1
+                    continue
         inner = _plain_extent(item, depth + 1)
         if inner < 0:
             return -1
