@@ -318,10 +318,10 @@ def _result(pod: str, batch: int) -> Message:
     )
 
 
-def test_row_4_a_message_is_durable_only_once_the_results_before_it_are_synced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What a broker may acknowledge (ack_when="durable"): nothing a crash could still lose."""
+def watched_folder(
+    tmp_path: Path, task_id: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[ResultsFolder, list[object]]:
+    """A results folder whose fsyncs and acknowledgements are listed, in order, in events."""
     events: list[object] = []
     real_fsync = os.fsync
 
@@ -330,9 +330,17 @@ def test_row_4_a_message_is_durable_only_once_the_results_before_it_are_synced(
         real_fsync(fd)
 
     monkeypatch.setattr(_results.os, "fsync", fsync)
-    folder = ResultsFolder(tmp_path, "t-durable")
+    folder = ResultsFolder(tmp_path, task_id)
     events.clear()  # making the folder synced its marker file
     folder.on_durable = lambda pod, message: events.append((pod, message.type.value, message.seq))
+    return folder, events
+
+
+def test_row_4_a_message_is_durable_only_once_the_results_before_it_are_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a broker may acknowledge (ack_when="durable"): nothing a crash could still lose."""
+    folder, events = watched_folder(tmp_path, "t-durable", monkeypatch)
 
     def batch_id(pod: str, seq: int, batch: int) -> Message:
         return Message.make(
@@ -772,17 +780,7 @@ def test_row_4_boundaries_of_one_scheduler_round_share_one_fsync(
 ) -> None:
     """A thousand pods reach their batch boundaries in bursts: one fsync covers a burst,
     and nothing is acknowledged as durable before that fsync."""
-    events: list[object] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        events.append("fsync")
-        real_fsync(fd)
-
-    monkeypatch.setattr(_results.os, "fsync", fsync)
-    folder = ResultsFolder(tmp_path, "t-burst")
-    events.clear()
-    folder.on_durable = lambda pod, message: events.append((pod, message.type.value, message.seq))
+    folder, events = watched_folder(tmp_path, "t-burst", monkeypatch)
     pods = [f"org/pod-{n}" for n in range(50)]
 
     def boundary(pod: str) -> Message:
