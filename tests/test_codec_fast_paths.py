@@ -13,6 +13,8 @@ import datetime
 import enum
 import json
 import math
+import sys
+import tracemalloc
 import uuid
 from typing import Any
 from unittest import mock
@@ -382,3 +384,32 @@ def test_what_passes_the_type_check_orjson_writes_as_json_does_or_refuses(value:
     except TypeError:
         return  # encode() then goes json's way
     assert json.loads(fast) == json.loads(json.dumps(value, allow_nan=False))
+
+
+def test_an_encoded_line_holds_no_more_memory_than_its_bytes() -> None:
+    """Lines wait in queues (stdio's writer, an in-memory transport not yet read): orjson's
+    output keeps its whole write buffer, so encode() hands out a right-sized copy."""
+    pods = [f"org/pod-{n}" for n in range(1000)]
+    messages_ = [
+        Message(
+            type=MessageType.TASK_START, task_id="t", sender="a", recipient="m", seq=0, body=None
+        ),
+        Message(
+            type=MessageType.NUMBER_OF_BATCHES,
+            task_id="t",
+            sender="a",
+            recipient="m",
+            seq=1,
+            body={"pods": pods},
+        ),
+    ]
+    for message in messages_:
+        line = encode(message)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            kept = [encode(message) for _ in range(20)]
+            per_line = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+        finally:
+            tracemalloc.stop()
+        assert per_line < sys.getsizeof(line) + 64, (len(line), per_line)
