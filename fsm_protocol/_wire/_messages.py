@@ -885,19 +885,17 @@ def encode(message: Message) -> bytes:
         TypeError: The body holds a non-JSON Python object.
     """
     wire = _fast_wire(message) if type(message.type) is MessageType else None
-    if wire is not None:
-        if message.type is MessageType.EVALUATION_RESULTS:
-            # The spec requires the key here even when null; omit_if_default would drop it.
-            wire["meta"].setdefault("batch_number", None)
-        if _plainly_json(message):
-            try:
-                return _right_sized(orjson.dumps(wire, option=_ORJSON_OPTIONS))
-            except TypeError:
-                pass  # a value orjson will not write the way json does: json decides below
-    else:
+    common = wire is not None
+    if wire is None:
         wire = _unstructure_message(message)
-        if message.type is MessageType.EVALUATION_RESULTS:
-            wire["meta"].setdefault("batch_number", None)
+    if message.type is MessageType.EVALUATION_RESULTS:
+        # The spec requires the key here even when null; omit_if_default would drop it.
+        wire["meta"].setdefault("batch_number", None)
+    if common and _plainly_json(message):
+        try:
+            return _right_sized(orjson.dumps(wire, option=_ORJSON_OPTIONS))
+        except TypeError:
+            pass  # a value orjson will not write the way json does: json decides below
     try:
         return _json_encoder.encode(wire).encode() + b"\n"
     except UnicodeEncodeError:
